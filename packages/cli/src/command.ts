@@ -1,0 +1,41 @@
+import type { Io } from './io.ts';
+
+/** What a command handler returns: `data` is printed as JSON with --json, `text` otherwise. */
+export interface Result {
+  data: unknown;
+  text: string;
+}
+
+export interface Context {
+  io: Io;
+  json: boolean;
+  /** the store directory, found from --store, $IMGCTL_STORE or the working directory */
+  storeDir(): Promise<string>;
+  /** a progress or log line on stderr; silent with --json */
+  log(line: string): void;
+}
+
+export type Options = Record<string, unknown>;
+
+export type Handler = (args: string[], options: Options, ctx: Context) => Promise<Result>;
+
+export interface OptionSpec {
+  flags: string;
+  description: string;
+  /** for repeatable options (`--set k=v --set k2=v2`) */
+  repeatable?: boolean;
+  defaultValue?: string | boolean;
+}
+
+export interface CommandSpec {
+  /** noun and verb, e.g. ['image', 'create']; a single word for top-level commands */
+  path: string[];
+  summary: string;
+  /** commander argument syntax: '<name>', '[dir]', '<assignments...>' */
+  args?: string[];
+  options?: OptionSpec[];
+  /** shown under --help; each line a command a user could run */
+  examples: string[];
+  /** loaded only when the command runs, so `imgctl --help` stays fast */
+  load: () => Promise<{ run: Handler }>;
+}

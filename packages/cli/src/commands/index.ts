@@ -1,0 +1,7 @@
+import type { CommandSpec } from '../command.ts';
+import { imageCommands } from './image.ts';
+import { recordCommands } from './record.ts';
+import { systemCommands } from './system.ts';
+import { topCommands } from './top.ts';
+
+export const allCommands: CommandSpec[] = [...topCommands, ...imageCommands, ...recordCommands, ...systemCommands];

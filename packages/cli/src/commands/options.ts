@@ -1,0 +1,10 @@
+import { ImgctlError } from '@imgctl/core/errors';
+
+export function integerOption(value: unknown, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new ImgctlError('USAGE', `${flag} takes a positive whole number, got '${String(value)}'`);
+  }
+  return n;
+}

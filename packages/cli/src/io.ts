@@ -1,0 +1,13 @@
+export interface Writer {
+  write(chunk: string): unknown;
+}
+
+/** Everything a command may touch of its surroundings; tests pass their own. */
+export interface Io {
+  stdout: Writer;
+  stderr: Writer;
+  env: Record<string, string | undefined>;
+  cwd: string;
+  /** whether stderr is a terminal (progress bars) */
+  isTTY: boolean;
+}

@@ -1,0 +1,54 @@
+import { Document, isScalar, parseDocument, stringify, type Scalar } from 'yaml';
+import type { PathSegment } from './document.ts';
+
+/** Options that keep machine-written YAML stable: no line folding, two-space indent. */
+const STRINGIFY = { lineWidth: 0, indent: 2 } as const;
+
+/** YAML text for a new document; key order is the order of `value`'s own keys. */
+export function stringifyYaml(value: unknown): string {
+  return stringify(value, STRINGIFY);
+}
+
+export interface YamlEdit {
+  path: readonly PathSegment[];
+  /** undefined removes the key */
+  value: unknown;
+}
+
+/**
+ * Applies edits to YAML text a person wrote, changing as few lines as it can: a scalar that
+ * already exists is replaced where it stands (keeping its quoting style); anything else goes
+ * through the document model, which keeps comments and key order.
+ */
+export function editYamlText(text: string, edits: readonly YamlEdit[]): string {
+  let current = text;
+  for (const edit of edits) current = applyEdit(current, edit);
+  return current;
+}
+
+function applyEdit(text: string, edit: YamlEdit): string {
+  const doc = parseDocument(text, { keepSourceTokens: true });
+  const node = doc.getIn(edit.path, true);
+  if (edit.value !== undefined && isScalar(node) && isPlainScalarValue(edit.value) && node.range) {
+    const replacement = renderScalar(edit.value, node);
+    if (replacement !== undefined) {
+      const [start, end] = node.range;
+      return text.slice(0, start) + replacement + text.slice(end);
+    }
+  }
+  if (edit.value === undefined) doc.deleteIn(edit.path);
+  else doc.setIn(edit.path, doc.createNode(edit.value));
+  return doc.toString(STRINGIFY);
+}
+
+function isPlainScalarValue(value: unknown): boolean {
+  return value === null || ['string', 'number', 'boolean'].includes(typeof value);
+}
+
+/** The scalar as it would be written in place of `like`, or undefined when it needs more than one line. */
+function renderScalar(value: unknown, like: Scalar): string | undefined {
+  const scalar = new Document().createNode(value) as Scalar;
+  if (typeof value === 'string' && like.type && !like.type.startsWith('BLOCK')) scalar.type = like.type;
+  const rendered = new Document(scalar).toString(STRINGIFY).replace(/\n$/, '');
+  return rendered.includes('\n') ? undefined : rendered;
+}
