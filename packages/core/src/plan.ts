@@ -2,10 +2,16 @@
  * Resolution (design.md §3): image defaults < record < system < command line (--set) give the
  * plan, the single fully-resolved document the agent executes. docs/plan.md describes it.
  */
-import { readFile } from 'node:fs/promises';
-import { join, relative, resolve, sep } from 'node:path';
+import { readFile, realpath } from 'node:fs/promises';
+import { join, resolve, sep } from 'node:path';
 import { parse as parseYamlValue } from 'yaml';
-import { formatProblem, type PathSegment, type Problem, problemAt, type YamlFile } from './document.ts';
+import {
+  formatProblem,
+  type PathSegment,
+  type Problem,
+  problemAt,
+  type YamlFile,
+} from './document.ts';
 import { ImgctlError } from './errors.ts';
 import { assertName, printable } from './names.ts';
 import { parseSize } from './sizes.ts';
@@ -35,7 +41,13 @@ export interface PlanRequest {
 }
 
 /** Names every template sees besides the parameters; a parameter may not take one of them. */
-export const TEMPLATE_VARIABLES = ['IMAGE_STORE', 'IMAGE_NAME', 'VM_NAME', 'SYSTEM_NAME', 'HOSTNAME'] as const;
+export const TEMPLATE_VARIABLES = [
+  'IMAGE_STORE',
+  'IMAGE_NAME',
+  'VM_NAME',
+  'SYSTEM_NAME',
+  'HOSTNAME',
+] as const;
 /** Extra names a rendered image file (the kickstart) sees. */
 const FILE_CONTEXT_NAMES = ['system', 'disks', 'devices'] as const;
 
@@ -93,9 +105,10 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
       { hint: `plan it with 'imgctl plan ${system.value.image} --system ${system.value.name}'` },
     );
   }
+  const defaults = await storeDefaults(storeDir);
   const recordName = assertName(
     'record',
-    request.record ?? system?.value.record ?? (await storeDefaults(storeDir)).record ?? 'default',
+    request.record ?? system?.value.record ?? defaults.record ?? 'default',
   );
   const record = await loadDocument<ImageRecordDoc>(
     'ImageRecord',
@@ -107,7 +120,7 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
   const vm_name = vmName ?? system?.value.name ?? imageName;
   const hostname = system?.value.hostname ?? vm_name;
   const variables: Record<string, string> = {
-    IMAGE_STORE: storeDir,
+    IMAGE_STORE: resolve(storeDir),
     IMAGE_NAME: imageName,
     VM_NAME: vm_name,
     SYSTEM_NAME: system?.value.name ?? '',
@@ -133,13 +146,24 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
       path: ['parameters'],
     });
   }
-  layers.push({ layer: 'command line', who: 'the command line', values: sets.values, path: [], args: sets.args });
+  layers.push({
+    layer: 'command line',
+    who: 'the command line',
+    values: sets.values,
+    path: [],
+    args: sets.args,
+  });
 
   const resolved = resolveParameters(image, layers, variables, problems);
   const disks = resolveDisks(image, record, problems);
   if (problems.length > 0) throw planError(imageName, problems);
 
-  const devices = resolveDevices(image.value, record.value, system?.value);
+  const devices = resolveDevices(
+    image.value,
+    record.value,
+    system?.value,
+    defaults.network ?? 'default',
+  );
   const provision = await resolveProvision(storeDir, image.value);
 
   const plan: PlanDoc = {
@@ -176,7 +200,8 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
 export function redactPlan(plan: PlanDoc): PlanDoc {
   const copy = structuredClone(plan);
   for (const name of copy.secrets) {
-    if (Object.hasOwn(copy.parameters, name) && copy.parameters[name] !== null) copy.parameters[name] = REDACTED;
+    if (Object.hasOwn(copy.parameters, name) && copy.parameters[name] !== null)
+      copy.parameters[name] = REDACTED;
   }
   return copy;
 }
@@ -189,23 +214,43 @@ export type ImageFileKind = 'kickstart';
  * interfaces, ssh_authorized_keys), `disks` and `devices`. Pass the unredacted plan: secrets are
  * rendered in, since the file is the machine's configuration.
  */
-export async function renderImageFile(storeDir: string, plan: PlanDoc, kind: ImageFileKind): Promise<string> {
-  if (kind !== 'kickstart') throw new ImgctlError('USAGE', `cannot render '${printable(String(kind))}'`);
+export async function renderImageFile(
+  storeDir: string,
+  plan: PlanDoc,
+  kind: ImageFileKind,
+): Promise<string> {
+  if (kind !== 'kickstart')
+    throw new ImgctlError('USAGE', `cannot render '${printable(String(kind))}'`);
   const imageDir = storePaths.imageDir(storeDir, plan.image.name);
   const file = plan.provision.kickstart ?? 'kickstart.ks';
   const abs = resolve(imageDir, file);
   const display = `images/${plan.image.name}/${file}`;
-  if (relative(imageDir, abs).startsWith(`..`) || !abs.startsWith(imageDir + sep)) {
-    throw new ImgctlError('VALIDATION', `${storePaths.rel.imageFile(plan.image.name)}: provision.kickstart '${printable(file)}' is outside the image`);
+  if (!abs.startsWith(imageDir + sep)) {
+    throw new ImgctlError(
+      'VALIDATION',
+      `${storePaths.rel.imageFile(plan.image.name)}: provision.kickstart '${printable(file)}' is outside the image`,
+    );
   }
   let source: string;
   try {
-    source = await readFile(abs, 'utf8');
+    // A symlink must not lead a kickstart out of the image either.
+    const [realDir, realFile] = await Promise.all([realpath(imageDir), realpath(abs)]);
+    if (!realFile.startsWith(realDir + sep)) {
+      throw new ImgctlError(
+        'VALIDATION',
+        `${display} leads outside images/${plan.image.name}/ (a symlink); templates are read from the image only`,
+      );
+    }
+    source = await readFile(realFile, 'utf8');
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new ImgctlError('NOT_FOUND', `image '${plan.image.name}' has no kickstart (${display} does not exist)`, {
-        hint: `write ${display}, or set provision.kickstart in ${storePaths.rel.imageFile(plan.image.name)}`,
-      });
+      throw new ImgctlError(
+        'NOT_FOUND',
+        `image '${plan.image.name}' has no kickstart (${display} does not exist)`,
+        {
+          hint: `write ${display}, or set provision.kickstart in ${storePaths.rel.imageFile(plan.image.name)}`,
+        },
+      );
     }
     throw error;
   }
@@ -246,7 +291,7 @@ function parseSets(sets: string[]): ParsedSets {
   for (const arg of sets) {
     const eq = arg.indexOf('=');
     const name = eq < 0 ? '' : arg.slice(0, eq).trim();
-    if (!/^[A-Za-z_][A-Za-z0-9_.-]*$/.test(name)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
       throw new ImgctlError('USAGE', `--set expects NAME=VALUE, got '${printable(arg)}'`, {
         hint: 'e.g. --set http_port=8080 --set debug=yes',
       });
@@ -277,9 +322,17 @@ function resolveParameters(
 
   for (const name of names) {
     const p = declared[name]!;
-    if ((TEMPLATE_VARIABLES as readonly string[]).includes(name) || (FILE_CONTEXT_NAMES as readonly string[]).includes(name)) {
+    if (
+      (TEMPLATE_VARIABLES as readonly string[]).includes(name) ||
+      (FILE_CONTEXT_NAMES as readonly string[]).includes(name)
+    ) {
       problems.push(
-        problemAt(image.yaml, imageAt(name), `parameter '${name}' has the name of a template variable; rename it`, { key: true }),
+        problemAt(
+          image.yaml,
+          imageAt(name),
+          `parameter '${name}' has the name of a template variable; rename it`,
+          { key: true },
+        ),
       );
       continue;
     }
@@ -289,7 +342,10 @@ function resolveParameters(
     } else {
       const typed = typeValue(p, p.default);
       if (typed.ok) values[name] = typed.value;
-      else problems.push(problemAt(image.yaml, imageAt(name, 'default'), `parameter '${name}': ${typed.error}`));
+      else
+        problems.push(
+          problemAt(image.yaml, imageAt(name, 'default'), `parameter '${name}': ${typed.error}`),
+        );
     }
     sources[name] = 'image';
   }
@@ -300,18 +356,35 @@ function resolveParameters(
       const where = (message: string, key = false) => layerProblem(layer, name, message, key);
       if (p === undefined) {
         const known = names.length > 0 ? `; it declares ${names.join(', ')}` : '; it declares none';
-        problems.push(where(`${layer.who} sets parameter '${name}', which image '${image.value.name}' does not declare${known}`, true));
+        problems.push(
+          where(
+            `${layer.who} sets parameter '${name}', which image '${image.value.name}' does not declare${known}`,
+            true,
+          ),
+        );
       } else if (p.computed !== undefined) {
-        problems.push(where(`parameter '${name}' is computed by the image, ${layer.who} tried to set it`, true));
+        problems.push(
+          where(`parameter '${name}' is computed by the image, ${layer.who} tried to set it`, true),
+        );
       } else if (p.customizable === false) {
-        problems.push(where(`parameter '${name}' is not customizable: the image fixes it, ${layer.who} tried to set it`, true));
+        problems.push(
+          where(
+            `parameter '${name}' is not customizable: the image fixes it, ${layer.who} tried to set it`,
+            true,
+          ),
+        );
       } else {
-        const typed = layer.layer === 'command line' ? parseCommandLineValue(p, String(raw)) : typeValue(p, raw);
+        const typed =
+          layer.layer === 'command line'
+            ? parseCommandLineValue(p, String(raw))
+            : typeValue(p, raw);
         if (typed.ok) {
           values[name] = typed.value;
           sources[name] = layer.layer;
         } else {
-          problems.push(where(`parameter '${name}': ${typed.error} (from ${layer.who})`));
+          // A secret's rejected value is not echoed back.
+          const error = p.secret === true ? typed.error.replace(/, got .*$/, '') : typed.error;
+          problems.push(where(`parameter '${name}': ${error} (from ${layer.who})`));
         }
       }
     }
@@ -346,11 +419,10 @@ function computeParameters(
 ): void {
   const declared = image.value.parameters ?? {};
   const computed = Object.keys(declared).filter((n) => declared[n]!.computed !== undefined);
-  const display = (name: string) => `${image.yaml.file} parameters.${name}.computed`;
   const deps = new Map<string, string[]>();
   for (const name of computed) {
     try {
-      const used = templateVariables(declared[name]!.computed!, { name: display(name) });
+      const used = templateVariables(declared[name]!.computed!);
       deps.set(
         name,
         used.filter((u) => Object.hasOwn(declared, u)),
@@ -368,7 +440,11 @@ function computeParameters(
     if (state.get(name) === 'visiting') {
       const cycle = [...path.slice(path.indexOf(name)), name];
       problems.push(
-        problemAt(image.yaml, ['parameters', name, 'computed'], `computed parameters form a cycle: ${cycle.join(' -> ')}`),
+        problemAt(
+          image.yaml,
+          ['parameters', name, 'computed'],
+          `computed parameters form a cycle: ${cycle.join(' -> ')}`,
+        ),
       );
       return false;
     }
@@ -382,27 +458,48 @@ function computeParameters(
   };
   for (const name of computed) if (!visit(name, [])) return;
 
+  // A computed parameter over one that failed is not reported again.
+  const failed = new Set<string>();
   for (const name of order) {
     const p = declared[name]!;
+    if ((deps.get(name) ?? []).some((d) => failed.has(d))) {
+      failed.add(name);
+      continue;
+    }
     if ((deps.get(name) ?? []).some((d) => secret.has(d))) secret.add(name);
     try {
-      const rendered = renderTemplate(p.computed!, { ...values, ...variables }, { name: display(name) });
-      const typed = p.type === undefined || p.type === 'string' ? { ok: true as const, value: rendered } : parseCommandLineValue(p, rendered.trim());
+      const rendered = renderTemplate(p.computed!, { ...values, ...variables });
+      const typed =
+        p.type === undefined || p.type === 'string'
+          ? { ok: true as const, value: rendered }
+          : parseCommandLineValue(p, rendered.trim());
       if (!typed.ok) {
-        problems.push(problemAt(image.yaml, ['parameters', name, 'computed'], `parameter '${name}': ${typed.error}`));
+        problems.push(
+          problemAt(
+            image.yaml,
+            ['parameters', name, 'computed'],
+            `parameter '${name}': ${typed.error}`,
+          ),
+        );
+        failed.add(name);
         continue;
       }
       values[name] = typed.value;
       sources[name] = 'computed';
     } catch (error) {
       problems.push(asProblem(image.yaml, ['parameters', name, 'computed'], error));
+      failed.add(name);
     }
   }
 }
 
 type Typed = { ok: true; value: unknown } | { ok: false; error: string };
 
-/** Checks (and, for strings written where a number or boolean is expected, converts) a value from YAML. */
+/**
+ * Checks a value from YAML against the parameter's type, as strictly as `image validate` does
+ * (an integer is a YAML number, a boolean is true or false); a number or boolean given for a
+ * string parameter becomes its text.
+ */
 function typeValue(p: Parameter, value: unknown): Typed {
   if (value === null) return { ok: true, value: null };
   switch (p.type) {
@@ -410,18 +507,17 @@ function typeValue(p: Parameter, value: unknown): Typed {
       return { ok: true, value };
     case 'string':
       if (typeof value === 'string') return { ok: true, value };
-      if (typeof value === 'number' || typeof value === 'boolean') return { ok: true, value: String(value) };
+      if (typeof value === 'number' || typeof value === 'boolean')
+        return { ok: true, value: String(value) };
       return { ok: false, error: `expected a string, got ${describe(value)}` };
     case 'integer':
-      if (typeof value === 'number') {
-        return Number.isSafeInteger(value) ? { ok: true, value } : { ok: false, error: `expected an integer, got ${value}` };
-      }
-      if (typeof value === 'string') return parseInteger(value);
-      return { ok: false, error: `expected an integer, got ${describe(value)}` };
+      return Number.isSafeInteger(value)
+        ? { ok: true, value }
+        : { ok: false, error: `expected an integer, got ${describe(value)}` };
     case 'boolean':
-      if (typeof value === 'boolean') return { ok: true, value };
-      if (typeof value === 'string') return parseBoolean(value);
-      return { ok: false, error: `expected a boolean (true, false, yes, no), got ${describe(value)}` };
+      return typeof value === 'boolean'
+        ? { ok: true, value }
+        : { ok: false, error: `expected true or false, got ${describe(value)}` };
     case 'size':
       if (typeof value === 'string' || typeof value === 'number') return parseSizeValue(value);
       return { ok: false, error: `expected a size (e.g. 512MiB, 2GiB), got ${describe(value)}` };
@@ -453,7 +549,8 @@ function parseCommandLineValue(p: Parameter, text: string): Typed {
 
 function parseInteger(text: string): Typed {
   const t = text.trim();
-  if (/^[+-]?\d+$/.test(t) && Number.isSafeInteger(Number(t))) return { ok: true, value: Number(t) };
+  if (/^[+-]?\d+$/.test(t) && Number.isSafeInteger(Number(t)))
+    return { ok: true, value: Number(t) };
   return { ok: false, error: `expected an integer, got '${printable(text)}'` };
 }
 
@@ -461,7 +558,10 @@ function parseBoolean(text: string): Typed {
   const t = text.trim().toLowerCase();
   if (['true', 'yes', 'on'].includes(t)) return { ok: true, value: true };
   if (['false', 'no', 'off'].includes(t)) return { ok: true, value: false };
-  return { ok: false, error: `expected a boolean (true, false, yes, no), got '${printable(text)}'` };
+  return {
+    ok: false,
+    error: `expected a boolean (true, false, yes, no), got '${printable(text)}'`,
+  };
 }
 
 /** Sizes stay as written (`2GiB`), checked; a bare byte count becomes a number. */
@@ -471,17 +571,25 @@ function parseSizeValue(value: string | number): Typed {
     if (typeof value === 'number' || /^\d+$/.test(value.trim())) return { ok: true, value: bytes };
     return { ok: true, value: value.trim() };
   } catch {
-    return { ok: false, error: `expected a size (e.g. 512MiB, 2GiB), got '${printable(String(value))}'` };
+    return {
+      ok: false,
+      error: `expected a size (e.g. 512MiB, 2GiB), got '${printable(String(value))}'`,
+    };
   }
 }
 
 function describe(value: unknown): string {
   if (Array.isArray(value)) return 'a list';
   if (typeof value === 'object') return 'a mapping';
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
   return `'${printable(String(value))}'`;
 }
 
-function resolveDisks(image: Loaded<ImageDoc>, record: Loaded<ImageRecordDoc>, problems: Problem[]): PlanDisk[] {
+function resolveDisks(
+  image: Loaded<ImageDoc>,
+  record: Loaded<ImageRecordDoc>,
+  problems: Problem[],
+): PlanDisk[] {
   const wanted = record.value.provision?.disks ?? {};
   const ids = new Set(image.value.disks.map((d) => d.id));
   for (const id of Object.keys(wanted)) {
@@ -541,22 +649,40 @@ function resolveDisks(image: Loaded<ImageDoc>, record: Loaded<ImageRecordDoc>, p
   return disks;
 }
 
-function resolveDevices(image: ImageDoc, record: ImageRecordDoc, system: SystemDoc | undefined): PlanDoc['devices'] {
+/**
+ * vcpus and memory from the record over the image; one NIC per system interface (its MAC, bridge
+ * or network) over the record's NICs over the image's; a NIC attached to nothing goes on the
+ * store's default network, a NIC without a model is virtio.
+ */
+function resolveDevices(
+  image: ImageDoc,
+  record: ImageRecordDoc,
+  system: SystemDoc | undefined,
+  defaultNetwork: string,
+): PlanDoc['devices'] {
   const base: Nic[] = record.provision?.nics ?? image.devices.nics ?? [];
   const interfaces = system?.interfaces ?? [];
-  const nics =
+  const merged: Nic[] =
     interfaces.length > 0
       ? interfaces.map((iface, i) => {
           const fallback = base[i] ?? base[0];
           const attached = iface.bridge !== undefined || iface.network !== undefined;
-          return compact<Nic>({
+          return {
             model: fallback?.model,
             network: attached ? iface.network : fallback?.network,
             bridge: attached ? iface.bridge : fallback?.bridge,
-            mac: iface.mac ?? fallback?.mac,
-          });
+            mac: iface.mac ?? (base[i] === undefined ? undefined : fallback?.mac),
+          };
         })
-      : base.map((nic) => compact<Nic>({ model: nic.model, network: nic.network, bridge: nic.bridge, mac: nic.mac }));
+      : base;
+  const nics = merged.map((nic) =>
+    compact<Nic>({
+      model: nic.model ?? 'virtio',
+      network: nic.bridge === undefined ? (nic.network ?? defaultNetwork) : undefined,
+      bridge: nic.bridge,
+      mac: nic.mac,
+    }),
+  );
   return {
     vcpus: record.provision?.vcpus ?? image.devices.vcpus,
     memory: parseSize(record.provision?.memory ?? image.devices.memory),
@@ -569,8 +695,12 @@ function resolveDevices(image: ImageDoc, record: ImageRecordDoc, system: SystemD
 /** The provisioning files: those named in the image, else the conventional ones that exist. */
 async function resolveProvision(storeDir: string, image: ImageDoc): Promise<PlanDoc['provision']> {
   const dir = storePaths.imageDir(storeDir, image.name);
-  const script = image.provision?.script ?? ((await exists(join(dir, 'provision.sh'))) ? 'provision.sh' : undefined);
-  const kickstart = image.provision?.kickstart ?? ((await exists(join(dir, 'kickstart.ks'))) ? 'kickstart.ks' : undefined);
+  const script =
+    image.provision?.script ??
+    ((await exists(join(dir, 'provision.sh'))) ? 'provision.sh' : undefined);
+  const kickstart =
+    image.provision?.kickstart ??
+    ((await exists(join(dir, 'kickstart.ks'))) ? 'kickstart.ks' : undefined);
   return compact({ script, custom_scripts: image.provision?.custom_scripts ?? [], kickstart });
 }
 
@@ -584,8 +714,15 @@ function locateIn(yaml: YamlFile, path: PathSegment[]): { line: number; col: num
   return { line: p.line, col: p.col };
 }
 
+/** An error about a value of a file; a template's own position becomes a note after the message. */
 function asProblem(yaml: YamlFile, path: PathSegment[], error: unknown): Problem {
-  if (error instanceof ImgctlError) return problemAt(yaml, path, error.message);
+  if (error instanceof ImgctlError) {
+    const message = error.message.replace(
+      /^template:(\d+):(\d+): (.*)$/s,
+      '$3 (template line $1, column $2)',
+    );
+    return problemAt(yaml, path, message);
+  }
   throw error;
 }
 
@@ -596,7 +733,9 @@ function formatPlanProblem(p: Problem): string {
 function planError(image: string, problems: Problem[]): ImgctlError {
   const lines = problems.map(formatPlanProblem);
   if (lines.length === 1) return new ImgctlError('VALIDATION', lines[0]!);
-  return new ImgctlError('VALIDATION', `${lines.length} problems in the plan of image '${image}'`, { details: lines });
+  return new ImgctlError('VALIDATION', `${lines.length} problems in the plan of image '${image}'`, {
+    details: lines,
+  });
 }
 
 /** Drops undefined members so the plan prints the same way every time (and YAML/JSON agree). */

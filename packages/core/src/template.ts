@@ -8,7 +8,7 @@
  * template reads no file; parse size, render time, render steps and allocations are bounded, so a
  * hostile template fails instead of hanging or exhausting memory.
  */
-import { type FilterImpl, type FS, Liquid, LiquidError, Tag, type Template } from 'liquidjs';
+import { type FilterImplOptions, type FS, Liquid, LiquidError, type Template } from 'liquidjs';
 import { stringify as stringifyYaml } from 'yaml';
 import { ImgctlError } from './errors.ts';
 import { parseSize } from './sizes.ts';
@@ -45,14 +45,17 @@ function refuseFile(file: string): never {
   throw new Error(`templates cannot read files (${file})`);
 }
 
+/** What liquidjs binds `this` to in a filter (it does not export the type). */
+type FilterImpl = ThisParameterType<Extract<FilterImplOptions, (...args: never[]) => unknown>>;
+
 /** A tag that refuses to parse: templates are self-contained and never read files. */
-function refusedTag(name: string): typeof Tag {
-  return class extends Tag {
-    constructor(...args: ConstructorParameters<typeof Tag>) {
-      super(...args);
+function refusedTag(name: string) {
+  return {
+    parse() {
       throw new Error(`{% ${name} %} is not available: templates cannot read other files`);
-    }
-  } as unknown as typeof Tag;
+    },
+    render() {},
+  };
 }
 
 function createEngine(): Liquid {
@@ -99,36 +102,52 @@ function registerJinjaFilters(engine: Liquid): void {
   alias('b64decode', 'base64_decode');
 
   engine.registerFilter('quote', function (this: FilterImpl, value: unknown) {
-    const out = Array.isArray(value) ? value.map((v) => shellQuote(toText(v))).join(' ') : shellQuote(toText(value));
+    const out = Array.isArray(value)
+      ? value.map((v) => shellQuote(toText(v))).join(' ')
+      : shellQuote(toText(value));
     return charge(this, out);
   });
   engine.registerFilter('to_json', function (this: FilterImpl, value: unknown) {
     return charge(this, JSON.stringify(value ?? null));
   });
-  engine.registerFilter('to_nice_json', function (this: FilterImpl, value: unknown, width: unknown = 4) {
-    return charge(this, JSON.stringify(value ?? null, null, clampWidth(width)));
-  });
+  engine.registerFilter(
+    'to_nice_json',
+    function (this: FilterImpl, value: unknown, width: unknown = 4) {
+      return charge(this, JSON.stringify(value ?? null, null, clampWidth(width)));
+    },
+  );
   engine.registerFilter('to_yaml', function (this: FilterImpl, value: unknown) {
     return charge(this, stringifyYaml(value ?? null).replace(/\n$/, ''));
   });
   engine.registerFilter(
     'indent',
-    function (this: FilterImpl, value: unknown, width: unknown = 4, first: unknown = false, blank: unknown = false) {
+    function (
+      this: FilterImpl,
+      value: unknown,
+      width: unknown = 4,
+      first: unknown = false,
+      blank: unknown = false,
+    ) {
       const pad = typeof width === 'string' ? width : ' '.repeat(clampWidth(width));
       const lines = toText(value).split('\n');
       const out = lines
-        .map((line, i) => ((i > 0 || first === true) && (blank === true || line.trim() !== '') ? pad + line : line))
+        .map((line, i) =>
+          (i > 0 || first === true) && (blank === true || line.trim() !== '') ? pad + line : line,
+        )
         .join('\n');
       return charge(this, out);
     },
   );
   engine.registerFilter('bool', (value: unknown) => {
-    if (typeof value === 'string') return ['true', 'yes', 'on', '1'].includes(value.trim().toLowerCase());
+    if (typeof value === 'string')
+      return ['true', 'yes', 'on', '1'].includes(value.trim().toLowerCase());
     return Boolean(value);
   });
   // Sizes as written in the store (`2GiB`) to numbers, e.g. for kickstart's `part --size` (MiB).
   engine.registerFilter('bytes', (value: unknown) => parseSize(value as string | number));
-  engine.registerFilter('mib', (value: unknown) => Math.floor(parseSize(value as string | number) / 1024 ** 2));
+  engine.registerFilter('mib', (value: unknown) =>
+    Math.floor(parseSize(value as string | number) / 1024 ** 2),
+  );
 }
 
 function charge(filter: FilterImpl, out: string): string {
@@ -168,11 +187,17 @@ function parse(source: string, name: string): Template[] {
  * Renders `source` over `context`. Throws ImgctlError('VALIDATION', '<name>:<line>:<col>: <message>')
  * on a syntax error, an undefined variable or filter, a refused tag, or an exceeded limit.
  */
-export function renderTemplate(source: string, context: Record<string, unknown>, options: { name?: string } = {}): string {
+export function renderTemplate(
+  source: string,
+  context: Record<string, unknown>,
+  options: { name?: string } = {},
+): string {
   const name = options.name ?? 'template';
   const templates = parse(source, name);
   try {
-    return String(engine.renderSync(templates, context, { templateLimit: TEMPLATE_LIMITS.templateLimit }));
+    return String(
+      engine.renderSync(templates, context, { templateLimit: TEMPLATE_LIMITS.templateLimit }),
+    );
   } catch (error) {
     throw toImgctlError(error, name);
   }
@@ -205,7 +230,10 @@ export function templateVariables(source: string, options: { name?: string } = {
 function problemOf(error: unknown): TemplateProblem {
   if (error instanceof LiquidError) {
     const [line, col] = error.token?.getPosition() ?? [1, 1];
-    const message = (error.originalError?.message ?? error.message).replace(/, line:\d+, col:\d+$/, '');
+    const message = (error.originalError?.message ?? error.message).replace(
+      /, line:\d+, col:\d+$/,
+      '',
+    );
     return { line: line ?? 1, col: col ?? 1, message: innermost(message) };
   }
   if (error instanceof ImgctlError) return { line: 1, col: 1, message: error.message };
@@ -219,8 +247,13 @@ function innermost(message: string): string {
 
 function toImgctlError(error: unknown, name: string): ImgctlError {
   if (error instanceof ImgctlError && !error.message.startsWith(`${name}:`)) {
-    return new ImgctlError(error.code, `${name}: ${error.message}`, { hint: error.hint, cause: error });
+    return new ImgctlError(error.code, `${name}: ${error.message}`, {
+      hint: error.hint,
+      cause: error,
+    });
   }
   const p = problemOf(error);
-  return new ImgctlError('VALIDATION', `${name}:${p.line}:${p.col}: ${p.message}`, { cause: error });
+  return new ImgctlError('VALIDATION', `${name}:${p.line}:${p.col}: ${p.message}`, {
+    cause: error,
+  });
 }

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# npm run demo: a narrated walk through the example store (image-store/), on a copy in a temp
+# directory so the store in the repository is never modified. Each step prints the command it
+# runs as a `==> imgctl …` header on stderr; the command's own output follows on stdout.
+#
+# Later issues extend it (build the tiny appliance, serve the store, imgagent --virt): add a
+# function below and call it from main.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/imgctl-demo.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+STORE=$WORK/image-store
+
+say() { printf '\n%s\n' "$*" >&2; }
+die() {
+  printf 'demo: %s\n' "$*" >&2
+  exit 1
+}
+
+# imgctl ARGS…: prints the header, then runs the CLI from source (no build step).
+imgctl() {
+  printf '==> imgctl %s\n' "$*" >&2
+  "$ROOT/node_modules/.bin/imgctl" "$@"
+}
+
+# expect_exit CODE ARGS…: runs imgctl ARGS and checks it fails with exit CODE.
+expect_exit() {
+  local want=$1 got=0
+  shift
+  imgctl "$@" || got=$?
+  [ "$got" -eq "$want" ] || die "expected exit $want from 'imgctl $*', got $got"
+  printf '    (exit %s, as expected)\n' "$got" >&2
+}
+
+check_node() {
+  command -v node >/dev/null || die 'node is not installed: Node >= 20.19 is needed'
+  node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' ||
+    die "Node >= 20.19 is needed, this is $(node --version)"
+  if [ ! -d "$ROOT/node_modules" ]; then
+    say 'node_modules is missing: running npm ci'
+    (cd "$ROOT" && npm ci --no-audit --no-fund) >&2
+  fi
+}
+
+copy_store() {
+  say "Copying the example store to $STORE (disks and state are never copied)."
+  mkdir -p "$STORE"
+  tar -C "$ROOT/image-store" --exclude=./.blobs --exclude=./.state -cf - . | tar -C "$STORE" -xf -
+  # The store is found through $IMGCTL_STORE from here on (--store DIR works too).
+  export IMGCTL_STORE=$STORE
+  if command -v git >/dev/null; then
+    git -C "$STORE" init -q
+    git -C "$STORE" add -A
+    git -C "$STORE" -c user.name=demo -c user.email=demo@localhost commit -q -m 'example store'
+  fi
+}
+
+look_around() {
+  say 'Every file of the store is checked against its schema; a problem names file:line:col.'
+  imgctl image validate
+  say 'The images, their records, and the target systems.'
+  imgctl image list
+  imgctl image show web
+  imgctl record list web
+  imgctl system list
+  say 'A system is found by name, by MAC address or by hostname (what the agent sends).'
+  imgctl system show 52:54:00:12:34:56
+}
+
+plan_and_render() {
+  say 'The plan: image defaults < record < system < --set, resolved. Secrets are redacted.'
+  imgctl plan web --system web01 --set db_password=demo-only-secret
+  say 'The large record and a --set override (devices, disks and parameters only; web01 sets workers itself, and a system wins over a record).'
+  imgctl plan web --system web01 --record large --set http_port=8080 --json |
+    node -e 'let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => {
+      const p = JSON.parse(s);
+      console.log(JSON.stringify({ devices: p.devices, disks: p.disks.map((d) => ({ id: d.id, size: d.size })), parameters: p.parameters, parameter_sources: p.parameter_sources }, null, 2));
+    })'
+  say 'The image fixes its time zone: changing it is refused (exit 3, validation).'
+  expect_exit 3 plan web --system web01 --set timezone=Europe/Paris
+  say "The kickstart rendered for web01: its static address, hostname and SSH key."
+  imgctl plan web --system web01 --render kickstart
+}
+
+copy_and_edit() {
+  say "'image copy' is create-like: same files, new name, revision 1, parent set."
+  imgctl image copy web web-staging
+  say "'image set' edits the descriptor in place, keeping its comments and layout."
+  imgctl image set web-staging devices.memory=2GiB labels.tier=staging
+  imgctl image validate web-staging
+  if command -v git >/dev/null; then
+    say 'What changed in the store, as git sees it:'
+    git -C "$STORE" add -A
+    printf '==> git diff --cached --stat\n' >&2
+    git -C "$STORE" --no-pager diff --cached --stat
+    printf '==> git diff --no-index images/web/image.yaml images/web-staging/image.yaml\n' >&2
+    git -C "$STORE" --no-pager diff --no-index -- images/web/image.yaml images/web-staging/image.yaml || true
+  fi
+}
+
+main() {
+  check_node
+  copy_store
+  look_around
+  plan_and_render
+  copy_and_edit
+  say 'Done. The temporary store is removed; image-store/ is unchanged.'
+}
+
+main "$@"
