@@ -23,13 +23,17 @@ export function parseAssignment(text: string): Assignment {
   }
   const path = parsePath(text.slice(0, eq));
   const raw = text.slice(eq + 1);
-  let value: unknown;
+  return { path, value: parseValue(raw), text };
+}
+
+/** A template (`{{ HOSTNAME }}-web`) is text, never a YAML flow mapping. */
+function parseValue(raw: string): unknown {
+  if (raw === '' || raw.includes('{{') || raw.includes('{%')) return raw;
   try {
-    value = raw === '' ? '' : parse(raw);
+    return parse(raw);
   } catch {
-    value = raw;
+    return raw;
   }
-  return { path, value, text };
 }
 
 const SEGMENT = /^([A-Za-z0-9_-]+)((?:\[\d+\])*)$/;

@@ -1,10 +1,19 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { formatProblem, parseYaml } from './document.ts';
 import { ImgctlError } from './errors.ts';
-import { checkOverlay, type DocKind, loadDocument, type ValidateOptions, validateDocument, validateStore } from './validate.ts';
+import {
+  checkOverlay,
+  type DocKind,
+  loadDocument,
+  quickParse,
+  type ValidateOptions,
+  validateDocument,
+  validateStore,
+} from './validate.ts';
 
 const SHA = 'a'.repeat(64);
 
@@ -93,7 +102,9 @@ function edit(text: string, from: string, to: string): string {
 describe('validateDocument: schema problems', () => {
   it('accepts the valid documents', () => {
     expect(check('Image', IMAGE, { expectedName: 'web' })).toEqual([]);
-    expect(check('ImageRecord', RECORD, { expectedName: 'large', expectedImage: 'web' })).toEqual([]);
+    expect(check('ImageRecord', RECORD, { expectedName: 'large', expectedImage: 'web' })).toEqual(
+      [],
+    );
     expect(check('System', SYSTEM, { expectedName: 'web1' })).toEqual([]);
     expect(check('ImageStore', 'apiVersion: imgctl/v1\nkind: ImageStore\nname: lab\n')).toEqual([]);
   });
@@ -105,8 +116,22 @@ describe('validateDocument: schema problems', () => {
     expect(check('Image', 'a: 1\na: 2\n')[0]).toMatch(/^f\.yaml:2:1 .*unique/i);
   });
 
+  it('points at where an unclosed quote or list was opened, not where the file ends', () => {
+    expect(
+      check('Image', 'apiVersion: imgctl/v1\nkind: Image\nlabel: "Web\nrevision: 3\nboot: []\n')[0],
+    ).toMatch(/^f\.yaml:3:8 /);
+    expect(
+      check(
+        'Image',
+        'apiVersion: imgctl/v1\nprovision:\n  custom_scripts: [a, b\nkind: Image\n',
+      )[0],
+    ).toMatch(/^f\.yaml:3:19 /);
+  });
+
   it('reports an empty document', () => {
-    expect(check('System', '')).toEqual(['f.yaml:1:1 (document): the document is empty (expected kind: System)']);
+    expect(check('System', '')).toEqual([
+      'f.yaml:1:1 (document): the document is empty (expected kind: System)',
+    ]);
   });
 
   it('points at an unknown key itself and suggests the near one', () => {
@@ -176,7 +201,9 @@ describe('validateDocument: schema problems', () => {
     expect(check('Image', edit(IMAGE, 'target: vdb', 'target: nvme0'))).toEqual([
       'f.yaml:13:17 boot[0].drives[1].target: must be a guest disk like vda, hda, sda or xvda',
     ]);
-    expect(check('Image', edit(IMAGE, 'provision:\n', 'provision:\n  script: ../../etc/passwd\n'))).toEqual([
+    expect(
+      check('Image', edit(IMAGE, 'provision:\n', 'provision:\n  script: ../../etc/passwd\n')),
+    ).toEqual([
       "f.yaml:38:11 provision.script: must be a path relative to the image directory, without '..' or a leading '/'",
     ]);
     expect(check('Image', edit(IMAGE, 'revision: 1', 'revision: 1\nparent: web'))).toEqual([
@@ -192,15 +219,31 @@ describe('validateDocument: schema problems', () => {
   });
 
   it('reports every problem of a file at once, in line order', () => {
-    const text = edit(edit(edit(IMAGE, '  vcpus: 1', '  vcpus: 0'), 'format: qcow2', 'format: iso'), 'arch: x86_64', 'arch: amd64');
+    const text = edit(
+      edit(edit(IMAGE, '  vcpus: 1', '  vcpus: 0'), 'format: qcow2', 'format: iso'),
+      'arch: x86_64',
+      'arch: amd64',
+    );
     const problems = check('Image', text);
     expect(problems).toHaveLength(3);
-    expect(problems.map((p) => p.split(' ')[0])).toEqual(['f.yaml:7:11', 'f.yaml:15:10', 'f.yaml:20:13']);
+    expect(problems.map((p) => p.split(' ')[0])).toEqual([
+      'f.yaml:7:11',
+      'f.yaml:15:10',
+      'f.yaml:20:13',
+    ]);
   });
 
   it('checks MACs, addresses, hostnames and keys of systems', () => {
     const bad = edit(
-      edit(edit(edit(SYSTEM, 'mac: 52:54:00:12:34:56', 'mac: 52:54:00:12:34'), 'ip: 192.0.2.10/24', 'ip: 192.0.2.300/24'), 'gateway: 192.0.2.1', 'gateway: 192.0.2.1/24'),
+      edit(
+        edit(
+          edit(SYSTEM, 'mac: 52:54:00:12:34:56', 'mac: 52:54:00:12:34'),
+          'ip: 192.0.2.10/24',
+          'ip: 192.0.2.300/24',
+        ),
+        'gateway: 192.0.2.1',
+        'gateway: 192.0.2.1/24',
+      ),
       'hostname: web1.example.com',
       'hostname: web_1',
     );
@@ -211,9 +254,18 @@ describe('validateDocument: schema problems', () => {
       'f.yaml:11:14 interfaces[0].gateway: must be an IPv4 or IPv6 address like 192.0.2.1 or 2001:db8::1',
     ]);
     expect(check('System', edit(SYSTEM, 'ip: 192.0.2.10/24', 'ip: "2001:db8::10/64"'))).toEqual([]);
-    expect(check('System', edit(SYSTEM, 'ip: 192.0.2.10/24', 'ip: "2001:db8::10/129"'))).toHaveLength(1);
-    expect(check('System', edit(SYSTEM, 'mac: 52:54:00:12:34:56', 'mac: 52:54:00:AB:CD:EF'))).toEqual([]);
-    expect(check('System', edit(SYSTEM, '  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx user@host', '  - not a key'))).toEqual([
+    expect(
+      check('System', edit(SYSTEM, 'ip: 192.0.2.10/24', 'ip: "2001:db8::10/129"')),
+    ).toHaveLength(1);
+    expect(
+      check('System', edit(SYSTEM, 'mac: 52:54:00:12:34:56', 'mac: 52:54:00:AB:CD:EF')),
+    ).toEqual([]);
+    expect(
+      check(
+        'System',
+        edit(SYSTEM, '  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx user@host', '  - not a key'),
+      ),
+    ).toEqual([
       "f.yaml:14:5 ssh_authorized_keys[0]: must be an OpenSSH public key line like 'ssh-ed25519 AAAA… user@host'",
     ]);
   });
@@ -222,11 +274,17 @@ describe('validateDocument: schema problems', () => {
 describe('validateDocument: rules beyond the schema', () => {
   it('finds duplicate disk ids', () => {
     const text = edit(IMAGE, '  - id: data', '  - id: system');
-    expect(check('Image', text)).toContain("f.yaml:24:9 disks[1].id: duplicate disk id 'system' (also disks[0])");
+    expect(check('Image', text)).toContain(
+      "f.yaml:24:9 disks[1].id: duplicate disk id 'system' (also disks[0])",
+    );
   });
 
   it('finds boot drives naming unknown disks and duplicate targets', () => {
-    const text = edit(edit(IMAGE, '      - disk: data', '      - disk: date'), 'target: vdb', 'target: vda');
+    const text = edit(
+      edit(IMAGE, '      - disk: data', '      - disk: date'),
+      'target: vdb',
+      'target: vda',
+    );
     expect(check('Image', text)).toEqual([
       "f.yaml:12:15 boot[0].drives[1].disk: unknown disk 'date' (disks: system, data)",
       "f.yaml:13:17 boot[0].drives[1].target: duplicate target 'vda' (also boot[0].drives[0])",
@@ -237,35 +295,63 @@ describe('validateDocument: rules beyond the schema', () => {
     expect(check('Image', edit(IMAGE, '    loader: hd\n', ''))).toEqual([
       "f.yaml:6:5 boot[0]: missing required key 'loader' or 'kernel' (how the guest boots)",
     ]);
-    expect(check('Image', edit(IMAGE, '    loader: hd\n', '    loader: hd\n    kernel: vmlinuz\n'))).toEqual([
-      'f.yaml:6:5 boot[0]: set either loader or kernel, not both',
-    ]);
-    expect(check('Image', edit(IMAGE, '    loader: hd\n', '    kernel: boot/vmlinuz\n    initrd: boot/initrd.img\n'))).toEqual([]);
-    expect(check('Image', edit(IMAGE, '    loader: hd\n', '    loader: hd\n    cmdline: quiet\n'))).toEqual([
-      'f.yaml:9:14 boot[0].cmdline: cmdline needs kernel',
-    ]);
+    expect(
+      check('Image', edit(IMAGE, '    loader: hd\n', '    loader: hd\n    kernel: vmlinuz\n')),
+    ).toEqual(['f.yaml:6:5 boot[0]: set either loader or kernel, not both']);
+    expect(
+      check(
+        'Image',
+        edit(IMAGE, '    loader: hd\n', '    kernel: boot/vmlinuz\n    initrd: boot/initrd.img\n'),
+      ),
+    ).toEqual([]);
+    expect(
+      check('Image', edit(IMAGE, '    loader: hd\n', '    loader: hd\n    cmdline: quiet\n')),
+    ).toEqual(['f.yaml:9:14 boot[0].cmdline: cmdline needs kernel']);
   });
 
   it('needs sha256 for content in the store or at a URL, and allows disks not built yet', () => {
     expect(check('Image', edit(IMAGE, `    sha256: ${SHA}\n`, ''))).toEqual([
       "f.yaml:18:5 disks[0]: missing required key 'sha256' (a disk with blob: true needs its checksum)",
     ]);
-    expect(check('Image', edit(IMAGE, `    sha256: ${SHA}\n    blob: true\n`, '    url: https://example.com/s.qcow2\n'))).toEqual([
+    expect(
+      check(
+        'Image',
+        edit(
+          IMAGE,
+          `    sha256: ${SHA}\n    blob: true\n`,
+          '    url: https://example.com/s.qcow2\n',
+        ),
+      ),
+    ).toEqual([
       "f.yaml:18:5 disks[0]: missing required key 'sha256' (a disk with url needs its checksum)",
     ]);
     expect(check('Image', edit(IMAGE, `    sha256: ${SHA}\n    blob: true\n`, ''))).toEqual([]);
-    expect(check('Image', edit(IMAGE, '    use: data', '    use: scratch\n    blob: true\n    sha256: ' + SHA))).toEqual([
+    expect(
+      check(
+        'Image',
+        edit(IMAGE, '    use: data', `    use: scratch\n    blob: true\n    sha256: ${SHA}`),
+      ),
+    ).toEqual([
       'f.yaml:24:5 disks[1]: a scratch disk is created empty: it takes no sha256, blob or url',
     ]);
   });
 
   it('refuses a parameter with both default and computed, and defaults of the wrong type', () => {
-    const text = edit(edit(IMAGE, '  url:\n', '  url:\n    default: x\n'), '    default: 80', '    default: eighty');
+    const text = edit(
+      edit(IMAGE, '  url:\n', '  url:\n    default: x\n'),
+      '    default: 80',
+      '    default: eighty',
+    );
     expect(check('Image', text)).toEqual([
       "f.yaml:30:14 parameters.port.default: must be an integer (parameter type integer; got 'eighty')",
       "f.yaml:35:3 parameters.url: parameter 'url' sets both default and computed; keep one",
     ]);
-    expect(check('Image', edit(IMAGE, '    customizable: false', '    customizable: false\n    secret: true'))).toEqual([]);
+    expect(
+      check(
+        'Image',
+        edit(IMAGE, '    customizable: false', '    customizable: false\n    secret: true'),
+      ),
+    ).toEqual([]);
   });
 
   it('checks the name against the file and a record against its directory', () => {
@@ -282,7 +368,9 @@ describe('validateDocument: rules beyond the schema', () => {
 
   it('refuses dhcp together with a static address, and duplicate interfaces', () => {
     const text = edit(SYSTEM, '    ip: 192.0.2.10/24', '    dhcp: true\n    ip: 192.0.2.10/24');
-    expect(check('System', text)).toEqual(['f.yaml:8:5 interfaces[0]: set either dhcp: true or ip, not both']);
+    expect(check('System', text)).toEqual([
+      'f.yaml:8:5 interfaces[0]: set either dhcp: true or ip, not both',
+    ]);
     const two = `${SYSTEM.replace(/\nssh_authorized_keys[\s\S]*$/, '')}\n  - name: eth0\n    mac: 52:54:00:12:34:56\n`;
     expect(check('System', two)).toEqual([
       "f.yaml:13:11 interfaces[1].name: duplicate interface 'eth0' (also interfaces[0])",
@@ -299,9 +387,27 @@ describe('validateDocument: plans', () => {
     record: 'default',
     vm_name: 'web1',
     hostname: 'web1',
-    boot: [{ type: 'hvm', arch: 'x86_64', loader: 'hd', drives: [{ disk: 'system', target: 'vda' }] }],
-    devices: { vcpus: 1, memory: 536870912, nics: [{ model: 'virtio', network: 'default' }], graphics: 'none', console: 'serial' },
-    disks: [{ id: 'system', use: 'system', format: 'qcow2', image_size: 2147483648, size: 2147483648, sha256: SHA, blob: true }],
+    boot: [
+      { type: 'hvm', arch: 'x86_64', loader: 'hd', drives: [{ disk: 'system', target: 'vda' }] },
+    ],
+    devices: {
+      vcpus: 1,
+      memory: 536870912,
+      nics: [{ model: 'virtio', network: 'default' }],
+      graphics: 'none',
+      console: 'serial',
+    },
+    disks: [
+      {
+        id: 'system',
+        use: 'system',
+        format: 'qcow2',
+        image_size: 2147483648,
+        size: 2147483648,
+        sha256: SHA,
+        blob: true,
+      },
+    ],
     interfaces: [],
     ssh_authorized_keys: [],
     parameters: { port: 80 },
@@ -336,7 +442,9 @@ async function makeStore(tree: Record<string, string>): Promise<string> {
   dirs.push(dir);
   const files = { 'store.yaml': 'apiVersion: imgctl/v1\nkind: ImageStore\nname: lab\n', ...tree };
   const paths = Object.keys(files).map((file) => join(dir, file));
-  await Promise.all([...new Set(paths.map((p) => dirname(p)))].map((d) => mkdir(d, { recursive: true })));
+  await Promise.all(
+    [...new Set(paths.map((p) => dirname(p)))].map((d) => mkdir(d, { recursive: true })),
+  );
   await Promise.all(Object.values(files).map((text, i) => writeFile(paths[i]!, text)));
   return dir;
 }
@@ -344,12 +452,16 @@ async function makeStore(tree: Record<string, string>): Promise<string> {
 const GOOD_STORE = {
   'images/web/image.yaml': IMAGE,
   'images/web/records/large.yaml': RECORD,
-  'images/web/records/default.yaml': 'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: web\n',
+  'images/web/records/default.yaml':
+    'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: web\n',
   'images/web/custom_scripts/base/10-hello.sh': 'echo hello\n',
   'systems/web1.yaml': SYSTEM,
 };
 
-async function storeProblems(tree: Record<string, string>, options?: { images?: string[] }): Promise<string[]> {
+async function storeProblems(
+  tree: Record<string, string>,
+  options?: { images?: string[] },
+): Promise<string[]> {
   return (await validateStore(await makeStore(tree), options)).problems.map(formatProblem);
 }
 
@@ -361,21 +473,35 @@ describe('validateStore', () => {
   });
 
   it('finds custom script sets in the store too, and reports missing ones', async () => {
-    const tree = { ...GOOD_STORE, 'images/web/image.yaml': edit(IMAGE, 'custom_scripts: [base]', 'custom_scripts: [base, shared, nope]') };
+    const tree = {
+      ...GOOD_STORE,
+      'images/web/image.yaml': edit(
+        IMAGE,
+        'custom_scripts: [base]',
+        'custom_scripts: [base, shared, nope]',
+      ),
+    };
     expect(await storeProblems({ ...tree, 'custom_scripts/shared/10-a.sh': '' })).toEqual([
       "images/web/image.yaml:38:34 provision.custom_scripts[2]: custom script set 'nope' not found in images/web/custom_scripts/ or custom_scripts/",
     ]);
   });
 
   it('reports a named provision script or kickstart that is missing', async () => {
-    const tree = { ...GOOD_STORE, 'images/web/image.yaml': `${IMAGE}  script: setup.sh\n  kickstart: web.ks\n` };
+    const tree = {
+      ...GOOD_STORE,
+      'images/web/image.yaml': `${IMAGE}  script: setup.sh\n  kickstart: web.ks\n`,
+    };
     expect(await storeProblems({ ...tree, 'images/web/web.ks': 'text\n' })).toEqual([
       'images/web/image.yaml:39:11 provision.script: setup.sh does not exist in images/web/',
     ]);
   });
 
   it('reports an image directory without image.yaml and its records', async () => {
-    const problems = await storeProblems({ ...GOOD_STORE, 'images/db/records/default.yaml': 'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: db\n' });
+    const problems = await storeProblems({
+      ...GOOD_STORE,
+      'images/db/records/default.yaml':
+        'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: db\n',
+    });
     expect(problems).toEqual([
       'images/db/image.yaml:1:1 (document): image directory images/db has no image.yaml',
       'images/db/records/default.yaml:4:8 image: record of a missing image: images/db/image.yaml does not exist',
@@ -383,9 +509,19 @@ describe('validateStore', () => {
   });
 
   it('refuses overrides of parameters that are not customizable or not declared, naming the layer', async () => {
-    const record = edit(RECORD, '    port: 8080', '    port: 8080\n    edition: enterprise\n    colour: blue');
+    const record = edit(
+      RECORD,
+      '    port: 8080',
+      '    port: 8080\n    edition: enterprise\n    colour: blue',
+    );
     const system = edit(SYSTEM, '  port: 8081', '  port: "x"\n  edition: pro');
-    expect(await storeProblems({ ...GOOD_STORE, 'images/web/records/large.yaml': record, 'systems/web1.yaml': system })).toEqual([
+    expect(
+      await storeProblems({
+        ...GOOD_STORE,
+        'images/web/records/large.yaml': record,
+        'systems/web1.yaml': system,
+      }),
+    ).toEqual([
       "images/web/records/large.yaml:13:5 provision.parameters.edition: parameter 'edition' is not customizable (set by record 'large')",
       "images/web/records/large.yaml:14:5 provision.parameters.colour: parameter 'colour' is not declared by image 'web'",
       "systems/web1.yaml:16:9 parameters.port: must be an integer (parameter type integer; got 'x')",
@@ -394,11 +530,17 @@ describe('validateStore', () => {
   });
 
   it('refuses unknown disks and disks shrunk below the image', async () => {
-    const record = edit(RECORD, '    data:\n      size: 10GiB', '    data:\n      size: 512MiB\n    logs:\n      size: 1GiB');
-    expect(await storeProblems({ ...GOOD_STORE, 'images/web/records/large.yaml': record })).toEqual([
-      "images/web/records/large.yaml:10:13 provision.disks.data.size: size 512MiB is smaller than the image's disk 'data' (1GiB); disks can grow, not shrink",
-      "images/web/records/large.yaml:11:5 provision.disks.logs: unknown disk 'logs' (image 'web' has disks: system, data)",
-    ]);
+    const record = edit(
+      RECORD,
+      '    data:\n      size: 10GiB',
+      '    data:\n      size: 512MiB\n    logs:\n      size: 1GiB',
+    );
+    expect(await storeProblems({ ...GOOD_STORE, 'images/web/records/large.yaml': record })).toEqual(
+      [
+        "images/web/records/large.yaml:10:13 provision.disks.data.size: size 512MiB is smaller than the image's disk 'data' (1GiB); disks can grow, not shrink",
+        "images/web/records/large.yaml:11:5 provision.disks.logs: unknown disk 'logs' (image 'web' has disks: system, data)",
+      ],
+    );
   });
 
   it('reports systems of missing images or records, and shared MACs or hostnames', async () => {
@@ -407,7 +549,10 @@ describe('validateStore', () => {
     const problems = await storeProblems({
       ...GOOD_STORE,
       'systems/web2.yaml': web2.replace('hostname: web1.example.com', 'hostname: WEB1.example.com'),
-      'systems/db.yaml': edit(db, 'hostname: web1.example.com', 'hostname: db').replace(/\nparameters:[\s\S]*$/, '\n'),
+      'systems/db.yaml': edit(db, 'hostname: web1.example.com', 'hostname: db').replace(
+        /\nparameters:[\s\S]*$/,
+        '\n',
+      ),
     });
     expect(problems).toEqual([
       "systems/db.yaml:5:8 image: image 'db' does not exist",
@@ -422,12 +567,15 @@ describe('validateStore', () => {
     const tree = {
       ...GOOD_STORE,
       'images/api/image.yaml': 'apiVersion: imgctl/v1\nkind: Image\nname: api\n',
-      'systems/other.yaml': 'apiVersion: imgctl/v1\nkind: System\nname: other\nhostname: other\nimage: api\nbogus: 1\n',
+      'systems/other.yaml':
+        'apiVersion: imgctl/v1\nkind: System\nname: other\nhostname: other\nimage: api\nbogus: 1\n',
     };
     const result = await validateStore(await makeStore(tree), { images: ['web'] });
     expect(result.problems).toEqual([]);
     expect(result.counts).toEqual({ images: 1, records: 2, systems: 1 });
-    await expect(validateStore(await makeStore(tree), { images: ['nope'] })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(validateStore(await makeStore(tree), { images: ['nope'] })).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+    });
     expect((await storeProblems(tree)).length).toBeGreaterThan(0);
   });
 
@@ -437,9 +585,12 @@ describe('validateStore', () => {
     expect((await validateStore(dir)).problems.map(formatProblem)).toEqual([
       'store.yaml:1:1 (document): missing store.yaml: this is not an image store',
     ]);
-    expect(await storeProblems({ 'store.yaml': 'apiVersion: imgctl/v1\nkind: ImageStore\nname: lab\nserver:\n  listen: everywhere\n' })).toEqual([
-      'store.yaml:5:11 server.listen: must be [host:]port, like 0.0.0.0:8080',
-    ]);
+    expect(
+      await storeProblems({
+        'store.yaml':
+          'apiVersion: imgctl/v1\nkind: ImageStore\nname: lab\nserver:\n  listen: everywhere\n',
+      }),
+    ).toEqual(['store.yaml:5:11 server.listen: must be [host:]port, like 0.0.0.0:8080']);
   });
 
   it('validates a store of 1,000 images quickly', async () => {
@@ -447,7 +598,8 @@ describe('validateStore', () => {
     for (let i = 0; i < 1000; i++) {
       tree[`images/img${i}/image.yaml`] = edit(IMAGE, 'name: web', `name: img${i}`);
       tree[`images/img${i}/custom_scripts/base/10-a.sh`] = '';
-      tree[`images/img${i}/records/default.yaml`] = `apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: img${i}\n`;
+      tree[`images/img${i}/records/default.yaml`] =
+        `apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: img${i}\n`;
     }
     const dir = await makeStore(tree);
     const started = performance.now();
@@ -461,32 +613,166 @@ describe('validateStore', () => {
 describe('checkOverlay', () => {
   it('checks a new record or system against the store', async () => {
     const dir = await makeStore(GOOD_STORE);
-    const record = edit(edit(RECORD, 'name: large', 'name: big'), '    port: 8080', '    edition: x');
-    expect((await checkOverlay(dir, 'ImageRecord', parseYaml('r.yaml', record), { expectedName: 'big', expectedImage: 'web' })).map(formatProblem)).toEqual([
+    const record = edit(
+      edit(RECORD, 'name: large', 'name: big'),
+      '    port: 8080',
+      '    edition: x',
+    );
+    expect(
+      (
+        await checkOverlay(dir, 'ImageRecord', parseYaml('r.yaml', record), {
+          expectedName: 'big',
+          expectedImage: 'web',
+        })
+      ).map(formatProblem),
+    ).toEqual([
       "r.yaml:12:5 provision.parameters.edition: parameter 'edition' is not customizable (set by record 'big')",
     ]);
     const system = edit(SYSTEM, 'name: web1', 'name: web2');
-    expect((await checkOverlay(dir, 'System', parseYaml('s.yaml', system), { expectedName: 'web2' })).map(formatProblem)).toEqual([
+    expect(
+      (
+        await checkOverlay(dir, 'System', parseYaml('s.yaml', system), { expectedName: 'web2' })
+      ).map(formatProblem),
+    ).toEqual([
       "s.yaml:4:11 hostname: hostname 'web1.example.com' is also used by system 'web1'",
       "s.yaml:9:10 interfaces[0].mac: MAC 52:54:00:12:34:56 is also used by system 'web1'",
     ]);
     // a system compared with its own earlier version is not a duplicate of itself
-    expect(await checkOverlay(dir, 'System', parseYaml('s.yaml', SYSTEM), { expectedName: 'web1' })).toEqual([]);
+    expect(
+      await checkOverlay(dir, 'System', parseYaml('s.yaml', SYSTEM), { expectedName: 'web1' }),
+    ).toEqual([]);
   });
 });
 
 describe('loadDocument', () => {
   it('returns the value, or throws VALIDATION with every problem, or NOT_FOUND', async () => {
     const dir = await makeStore(GOOD_STORE);
-    const { value } = await loadDocument<{ name: string }>('Image', join(dir, 'images/web/image.yaml'), 'images/web/image.yaml', { expectedName: 'web' });
+    const { value } = await loadDocument<{ name: string }>(
+      'Image',
+      join(dir, 'images/web/image.yaml'),
+      'images/web/image.yaml',
+      { expectedName: 'web' },
+    );
     expect(value.name).toBe('web');
 
-    await writeFile(join(dir, 'bad.yaml'), 'apiVersion: imgctl/v1\nkind: System\nname: b\nimage: web\nhostname: -x\n');
-    const error = await loadDocument('System', join(dir, 'bad.yaml'), 'systems/bad.yaml').catch((e: unknown) => e);
+    await writeFile(
+      join(dir, 'bad.yaml'),
+      'apiVersion: imgctl/v1\nkind: System\nname: b\nimage: web\nhostname: -x\n',
+    );
+    const error = await loadDocument('System', join(dir, 'bad.yaml'), 'systems/bad.yaml').catch(
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(ImgctlError);
-    expect(error).toMatchObject({ code: 'VALIDATION', message: 'systems/bad.yaml is not valid (1 problem)' });
-    expect((error as ImgctlError).details).toEqual(['systems/bad.yaml:5:11 hostname: must be a host name like web1 or web1.example.com']);
+    expect(error).toMatchObject({
+      code: 'VALIDATION',
+      message: 'systems/bad.yaml is not valid (1 problem)',
+    });
+    expect((error as ImgctlError).details).toEqual([
+      'systems/bad.yaml:5:11 hostname: must be a host name like web1 or web1.example.com',
+    ]);
 
-    await expect(loadDocument('System', join(dir, 'none.yaml'), 'systems/none.yaml')).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(
+      loadDocument('System', join(dir, 'none.yaml'), 'systems/none.yaml'),
+    ).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  });
+});
+
+describe('quickParse', () => {
+  const full = (text: string) => {
+    const y = parseYaml('q.yaml', text);
+    return y.problems.length > 0 ? 'invalid' : y.value;
+  };
+
+  it('reads exactly what the YAML parser reads, or declines', () => {
+    const scalars = [
+      'yes',
+      'no',
+      'on',
+      '0o17',
+      '0x1f',
+      '1e3',
+      '.5',
+      '1.',
+      '-',
+      '1_000',
+      '12:30',
+      '~',
+      'Null',
+      'TRUE',
+      '+1',
+      '-0',
+      '007',
+      '1.0e+3',
+      '.inf',
+      '-.Inf',
+      '.NaN',
+      'a: b',
+      'a #b',
+      'a#b',
+      '@x',
+      '`x',
+      '%x',
+      '!x',
+      '&x',
+      '*x',
+      '|x',
+      '>x',
+      '?x',
+      'x:',
+      '[a]',
+      '{a: 1}',
+      '[a, "b"]',
+      '[]',
+      '{}',
+      '[1, 2.5, true, null, x]',
+      '{a: 1, b: [x]}',
+      '"a\\nb"',
+      "'it''s'",
+      '"quoted # not a comment"',
+      "'single'",
+      'http://x/{{ a }}',
+      '$HOME',
+      '(x)',
+      '9999999999999999999',
+      'a, b',
+      '2024-01-01T00:00:00Z',
+      'x # comment',
+      '"x" # comment',
+      '-x',
+      'ssh-ed25519 AAAA user@host',
+    ];
+    const docs = [
+      IMAGE,
+      RECORD,
+      SYSTEM,
+      ...scalars.map((s) => `k: ${s}\n`),
+      ...scalars.map((s) => `k:\n  - ${s}\n`),
+      'a:\n- 1\n- 2\nb: x\n',
+      'a:\n  b:\n    c: 1\n  d: 2\n',
+      'a: 1\na: 2\n',
+      'a: |\n  one\n\n  # not a comment\n  two\n\nb: 1\n',
+      'a: |-\n  one\n    two\nb: 1\n',
+      'a: >\n  folded\n  text\n',
+      'a: x\n  continued\n',
+      'a:\r\n  b: 1\r\n',
+      'null: 1\ntrue: 2\n1: 3\n',
+      '- 1\n- 2\n',
+      '--- \na: 1\n',
+      'a: [1,\n  2]\n',
+      'a:\n  - b: 1\n    c: 2\n  -   d: 3\n  -\n    e: 4\n',
+      'a: "x\n  y"\n',
+      '\tb: 1\n',
+    ];
+    let quick = 0;
+    const differ: unknown[] = [];
+    for (const text of docs) {
+      const value = quickParse(text);
+      if (value === undefined) continue;
+      quick++;
+      const expected = full(text);
+      if (!isDeepStrictEqual(value, expected)) differ.push({ text, value, expected });
+    }
+    expect(differ).toEqual([]);
+    expect(quick).toBeGreaterThan(docs.length / 2);
   });
 });

@@ -4,6 +4,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { join } from 'node:path';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import addFormatsModule from 'ajv-formats';
+import { CST, LineCounter, Parser } from 'yaml';
 import imageSchema from '../../../schemas/image.schema.json' with { type: 'json' };
 import recordSchema from '../../../schemas/image-record.schema.json' with { type: 'json' };
 import storeSchema from '../../../schemas/image-store.schema.json' with { type: 'json' };
@@ -111,7 +112,7 @@ export function validateDocument(
   y: YamlFile,
   options: ValidateOptions = {},
 ): Problem[] {
-  if (y.problems.length > 0) return y.problems;
+  if (y.problems.length > 0) return locateSyntaxProblems(y);
   if (y.value === null || y.value === undefined) {
     return [
       {
@@ -127,6 +128,39 @@ export function validateDocument(
   const problems = validate(y.value) ? [] : schemaProblems(y, validate.errors ?? []);
   if (isObject(y.value)) problems.push(...semanticProblems(kind, y, y.value, options));
   return sortProblems(dedupe(problems));
+}
+
+/**
+ * The YAML parser notices an unclosed quote or flow collection only where the file ends or the
+ * indentation breaks; a person needs to see where it was opened, so point there.
+ */
+function locateSyntaxProblems(y: YamlFile): Problem[] {
+  const opened: { line: number; col: number }[] = [];
+  const lineCounter = new LineCounter();
+  for (const token of new Parser(lineCounter.addNewLine).parse(y.text)) {
+    if (token.type !== 'document') continue;
+    CST.visit(token, (item) => {
+      for (const node of [item.key, item.value]) {
+        if (!node) continue;
+        const unclosed =
+          node.type === 'double-quoted-scalar' || node.type === 'single-quoted-scalar'
+            ? node.source.length < 2 || node.source.at(-1) !== node.source[0]
+            : node.type === 'flow-collection' &&
+              !node.end.some((e) => e.source === ']' || e.source === '}');
+        if (unclosed) opened.push(lineCounter.linePos(node.offset));
+      }
+    });
+  }
+  if (opened.length === 0) return y.problems;
+  return y.problems.map((problem) => {
+    if (!/missing closing|flow (sequence|mapping|collection)/i.test(problem.message))
+      return problem;
+    const before = opened.filter(
+      (o) => o.line < problem.line || (o.line === problem.line && o.col <= problem.col),
+    );
+    const start = before.at(-1);
+    return start ? { ...problem, line: start.line, col: start.col } : problem;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -717,7 +751,7 @@ async function readImage(storeDir: string, name: string, limit: Limiter): Promis
     jobs.push(
       limit(() => readOptional(join(dir, 'image.yaml'))).then((text) => {
         if (text === undefined) return; // removed while we read
-        image.yaml = parseYaml(`images/${name}/image.yaml`, text);
+        image.yaml = readYamlQuickly(`images/${name}/image.yaml`, text);
         if (isObject(image.yaml.value)) image.doc = image.yaml.value;
       }),
     );
@@ -730,7 +764,7 @@ async function readImage(storeDir: string, name: string, limit: Limiter): Promis
     for (const file of files) {
       jobs.push(
         limit(() => readFile(join(dir, 'records', file), 'utf8')).then((text) => {
-          const yaml = parseYaml(`images/${name}/records/${file}`, text);
+          const yaml = readYamlQuickly(`images/${name}/records/${file}`, text);
           image.records.set(file.slice(0, -'.yaml'.length), {
             yaml,
             doc: isObject(yaml.value) ? yaml.value : undefined,
@@ -757,7 +791,7 @@ async function readSystems(
   return Promise.all(
     names.map(async (file) => {
       const text = await limit(() => readFile(join(storeDir, 'systems', file), 'utf8'));
-      const yaml = parseYaml(`systems/${file}`, text);
+      const yaml = readYamlQuickly(`systems/${file}`, text);
       return {
         name: file.slice(0, -'.yaml'.length),
         yaml,
@@ -1040,6 +1074,276 @@ export async function loadDocument<T>(
 }
 
 // ---------------------------------------------------------------------------------------------
+// a quick reader for the plain YAML most store files are written in
+
+/**
+ * Parses `text` like `parseYaml` does, faster: files in the plain block style that imgctl writes
+ * are read by `quickParse`, and the full YAML parser (which tracks every position) only runs when
+ * a problem has to be located. Anything `quickParse` is not sure about goes to the full parser.
+ */
+function readYamlQuickly(file: string, text: string): YamlFile {
+  const value = quickParse(text);
+  if (value === undefined) return parseYaml(file, text);
+  let full: YamlFile | undefined;
+  const parsed = () => {
+    full ??= parseYaml(file, text);
+    return full;
+  };
+  return {
+    file,
+    text,
+    value,
+    problems: [],
+    get doc() {
+      return parsed().doc;
+    },
+    get lineCounter() {
+      return parsed().lineCounter;
+    },
+  };
+}
+
+class Unsure extends Error {}
+
+interface Line {
+  indent: number;
+  content: string;
+  /** index in the raw lines, for block scalars (which keep blank and comment lines) */
+  n: number;
+}
+
+/** One instance: building an Error (and its stack) for every bail-out would cost more than parsing. */
+const UNSURE = new Unsure();
+
+const PLAIN_KEY = /^[A-Za-z0-9_][A-Za-z0-9_./-]*$/;
+// a plain scalar starts with none of YAML's indicators; inside, `: ` and ` #` are ruled out below
+const PLAIN_TEXT = /^[A-Za-z0-9_./=+~$(-]\P{Cc}*$/u;
+
+/**
+ * The value of a document in a subset of YAML (block mappings and sequences, plain and simple
+ * quoted scalars, one-level flow collections of plain scalars, comments) with the YAML 1.2 core
+ * schema `yaml` uses; undefined for anything else, so the caller falls back to the full parser.
+ */
+export function quickParse(text: string): unknown {
+  const lines: Line[] = [];
+  const raws = text.split('\n');
+  for (const [n, raw] of raws.entries()) {
+    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    const content = line.trimStart();
+    if (content === '' || content.startsWith('#')) continue;
+    const indent = line.length - content.length;
+    if (
+      line.slice(0, indent).includes('\t') ||
+      content.startsWith('---') ||
+      content.startsWith('...')
+    )
+      return undefined;
+    lines.push({ indent, content: content.trimEnd(), n });
+  }
+  if (lines.length === 0 || lines[0]!.indent !== 0) return undefined;
+  try {
+    const at = { i: 0 };
+    const value = quickBlock(lines, at, 0, raws);
+    return at.i === lines.length && isObject(value) ? value : undefined;
+  } catch (error) {
+    if (error instanceof Unsure) return undefined;
+    throw error;
+  }
+}
+
+function quickBlock(lines: Line[], at: { i: number }, indent: number, raws: string[]): unknown {
+  const first = lines[at.i]!;
+  if (first.content === '-' || first.content.startsWith('- '))
+    return quickSequence(lines, at, indent, raws);
+  return quickMapping(lines, at, indent, raws);
+}
+
+function quickMapping(lines: Line[], at: { i: number }, indent: number, raws: string[]): Obj {
+  const out: Obj = {};
+  while (at.i < lines.length && lines[at.i]!.indent === indent) {
+    const { content } = lines[at.i]!;
+    if (content.startsWith('-')) break;
+    const colon = content.indexOf(':');
+    if (colon <= 0) throw UNSURE;
+    const key = content.slice(0, colon);
+    const rest = content.slice(colon + 1);
+    if (
+      !PLAIN_KEY.test(key) ||
+      typeof quickPlain(key) !== 'string' ||
+      Object.hasOwn(out, key) ||
+      key === '__proto__'
+    )
+      throw UNSURE;
+    if (rest !== '' && !rest.startsWith(' ')) throw UNSURE;
+    at.i++;
+    const inline = stripComment(rest.trim());
+    if (inline === '|' || inline === '|-') {
+      out[key] = quickLiteral(lines, at, indent, raws, inline === '|');
+      continue;
+    }
+    if (inline !== '') {
+      out[key] = quickScalar(inline);
+      if (at.i < lines.length && lines[at.i]!.indent > indent) throw UNSURE;
+      continue;
+    }
+    const next = lines[at.i];
+    if (next && next.indent > indent) out[key] = quickBlock(lines, at, next.indent, raws);
+    else if (
+      next &&
+      next.indent === indent &&
+      (next.content === '-' || next.content.startsWith('- '))
+    ) {
+      out[key] = quickSequence(lines, at, indent, raws);
+    } else out[key] = null;
+  }
+  if (at.i < lines.length && lines[at.i]!.indent > indent) throw UNSURE;
+  return out;
+}
+
+function quickSequence(
+  lines: Line[],
+  at: { i: number },
+  indent: number,
+  raws: string[],
+): unknown[] {
+  const out: unknown[] = [];
+  while (at.i < lines.length && lines[at.i]!.indent === indent) {
+    const line = lines[at.i]!;
+    if (line.content !== '-' && !line.content.startsWith('- ')) break;
+    const item = line.content.slice(1).trimStart();
+    if (item === '') {
+      at.i++;
+      const next = lines[at.i];
+      out.push(next && next.indent > indent ? quickBlock(lines, at, next.indent, raws) : null);
+    } else if (item.startsWith('-')) {
+      throw UNSURE;
+    } else if (/^[A-Za-z0-9_][A-Za-z0-9_./-]*:( |$)/.test(item)) {
+      // `- key: value` starts a mapping whose keys line up with `key`
+      const column = indent + (line.content.length - item.length);
+      lines[at.i] = { indent: column, content: item, n: line.n };
+      out.push(quickMapping(lines, at, column, raws));
+    } else {
+      at.i++;
+      out.push(quickScalar(stripComment(item)));
+      if (at.i < lines.length && lines[at.i]!.indent > indent) throw UNSURE;
+    }
+  }
+  return out;
+}
+
+/** A literal block scalar (`|` keeps one final newline, `|-` none) under a key at `indent`. */
+function quickLiteral(
+  lines: Line[],
+  at: { i: number },
+  indent: number,
+  raws: string[],
+  clip: boolean,
+): string {
+  const start = lines[at.i - 1]!.n + 1;
+  let end = start;
+  while (end < raws.length) {
+    const raw = raws[end]!.endsWith('\r') ? raws[end]!.slice(0, -1) : raws[end]!;
+    const content = raw.trimStart();
+    if (content !== '' && raw.length - content.length <= indent) break;
+    end++;
+  }
+  const body = raws.slice(start, end).map((r) => (r.endsWith('\r') ? r.slice(0, -1) : r));
+  while (body.length > 0 && body.at(-1)!.trim() === '') body.pop();
+  if (body.length === 0) throw UNSURE;
+  const blockIndent = body[0]!.length - body[0]!.trimStart().length;
+  const text = body.map((line) => {
+    if (line.trim() === '') {
+      if (line.length > blockIndent) throw UNSURE;
+      return '';
+    }
+    if (
+      line.length - line.trimStart().length < blockIndent ||
+      line.slice(0, blockIndent).includes('\t')
+    )
+      throw UNSURE;
+    return line.slice(blockIndent);
+  });
+  while (at.i < lines.length && lines[at.i]!.n < end) at.i++;
+  return text.join('\n') + (clip ? '\n' : '');
+}
+
+function stripComment(text: string): string {
+  if (text.startsWith('"') || text.startsWith("'")) {
+    const end = text.indexOf(text[0]!, 1);
+    if (end < 0) throw UNSURE;
+    const after = text.slice(end + 1).trim();
+    if (after !== '' && !after.startsWith('#')) throw UNSURE;
+    return text.slice(0, end + 1);
+  }
+  const hash = text.indexOf(' #');
+  return (hash < 0 ? text : text.slice(0, hash)).trimEnd();
+}
+
+function quickScalar(text: string): unknown {
+  const quote = text[0];
+  if (quote === '"' || quote === "'") {
+    const body = text.slice(1, -1);
+    if (text.length < 2 || text.at(-1) !== quote || body.includes(quote) || body.includes('\\'))
+      throw UNSURE;
+    return body;
+  }
+  if (text.startsWith('[') && text.endsWith(']'))
+    return quickFlow(text.slice(1, -1)).map(quickPlain);
+  if (text === '{}') return {};
+  if (text.startsWith('{') && text.endsWith('}')) {
+    const out: Obj = {};
+    for (const pair of quickFlow(text.slice(1, -1))) {
+      const colon = pair.indexOf(': ');
+      const key = pair.slice(0, colon);
+      if (
+        colon <= 0 ||
+        !PLAIN_KEY.test(key) ||
+        typeof quickPlain(key) !== 'string' ||
+        Object.hasOwn(out, key) ||
+        key === '__proto__'
+      )
+        throw UNSURE;
+      out[key] = quickPlain(pair.slice(colon + 2).trim());
+    }
+    return out;
+  }
+  return quickPlain(text);
+}
+
+function quickFlow(inner: string): string[] {
+  if (inner.trim() === '') return [];
+  if (/["'[\]{}#]/.test(inner)) throw UNSURE;
+  const items = inner.split(',').map((s) => s.trim());
+  if (items.at(-1) === '') items.pop(); // trailing comma
+  return items;
+}
+
+function quickPlain(text: string): unknown {
+  if (text === '-' || text.startsWith('- ')) throw UNSURE;
+  if (text === '' || text === '~' || text === 'null' || text === 'Null' || text === 'NULL')
+    return null;
+  if (/^(true|True|TRUE)$/.test(text)) return true;
+  if (/^(false|False|FALSE)$/.test(text)) return false;
+  if (/^[-+]?[0-9]+$/.test(text)) {
+    const n = Number(text);
+    if (!Number.isSafeInteger(n)) throw UNSURE;
+    return n;
+  }
+  if (
+    /^[-+]?(\.[0-9]+|[0-9]+\.[0-9]*)([eE][-+]?[0-9]+)?$/.test(text) ||
+    /^[-+]?[0-9]+[eE][-+]?[0-9]+$/.test(text)
+  ) {
+    return Number(text);
+  }
+  // anything else YAML might read as a number, a special value or structure is left to it
+  if (!PLAIN_TEXT.test(text) || (/^[-+.]?[0-9.]/.test(text) && /^[-+]?(0x|0o|\.)/i.test(text)))
+    throw UNSURE;
+  if (/: |:$| #|^[-?:,] /.test(text) || /^[-+]?\.(inf|Inf|INF|nan|NaN|NAN)$/.test(text))
+    throw UNSURE;
+  return text;
+}
+
+// ---------------------------------------------------------------------------------------------
 // helpers
 
 function isObject(value: unknown): value is Obj {
@@ -1085,7 +1389,11 @@ function dedupe(problems: Problem[]): Problem[] {
 
 function sortProblems(problems: Problem[]): Problem[] {
   return problems.sort(
-    (a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0) || a.line - b.line || a.col - b.col || (a.message < b.message ? -1 : 1),
+    (a, b) =>
+      (a.file < b.file ? -1 : a.file > b.file ? 1 : 0) ||
+      a.line - b.line ||
+      a.col - b.col ||
+      (a.message < b.message ? -1 : 1),
   );
 }
 

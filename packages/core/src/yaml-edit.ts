@@ -1,8 +1,8 @@
-import { Document, isScalar, parseDocument, stringify, type Scalar } from 'yaml';
+import { Document, isCollection, isScalar, parseDocument, stringify, type Scalar } from 'yaml';
 import type { PathSegment } from './document.ts';
 
 /** Options that keep machine-written YAML stable: no line folding, two-space indent. */
-const STRINGIFY = { lineWidth: 0, indent: 2 } as const;
+const STRINGIFY = { lineWidth: 0, indent: 2, flowCollectionPadding: false } as const;
 
 /** YAML text for a new document; key order is the order of `value`'s own keys. */
 export function stringifyYaml(value: unknown): string {
@@ -36,8 +36,12 @@ function applyEdit(text: string, edit: YamlEdit): string {
       return text.slice(0, start) + replacement + text.slice(end);
     }
   }
-  if (edit.value === undefined) doc.deleteIn(edit.path);
-  else doc.setIn(edit.path, doc.createNode(edit.value));
+  if (edit.value === undefined) {
+    doc.deleteIn(edit.path);
+  } else {
+    openEmptyFlowCollections(doc, edit.path);
+    doc.setIn(edit.path, doc.createNode(edit.value));
+  }
   return doc.toString(STRINGIFY);
 }
 
@@ -51,4 +55,15 @@ function renderScalar(value: unknown, like: Scalar): string | undefined {
   if (typeof value === 'string' && like.type && !like.type.startsWith('BLOCK')) scalar.type = like.type;
   const rendered = new Document(scalar).toString(STRINGIFY).replace(/\n$/, '');
   return rendered.includes('\n') ? undefined : rendered;
+}
+
+/**
+ * `parameters: {}` written by a person means "none yet"; once something goes in, it reads better
+ * as a block, so the empty flow collections on the way to an edit become block collections.
+ */
+function openEmptyFlowCollections(doc: Document, path: readonly PathSegment[]): void {
+  for (let depth = 0; depth < path.length; depth++) {
+    const node = depth === 0 ? doc.contents : doc.getIn(path.slice(0, depth), true);
+    if (isCollection(node) && node.flow && node.items.length === 0) node.flow = false;
+  }
 }

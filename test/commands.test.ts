@@ -1,0 +1,387 @@
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { allCommands } from '../packages/cli/src/commands/index.ts';
+import { BASE_TREE } from './helpers/base-store.ts';
+import { execImgctl, makeStore, makeTempDir, runCli } from './helpers/index.ts';
+
+/** Runs a command with --json against `store` and returns its parsed stdout. */
+// biome-ignore lint/suspicious/noExplicitAny: parsed JSON whose shape the assertions check
+async function json(store: string, args: string[], exit = 0): Promise<any> {
+  const result = await runCli([...args, '--json', '--store', store]);
+  expect(result.exitCode, `${args.join(' ')}\n${result.stderr}${result.stdout}`).toBe(exit);
+  return JSON.parse(result.stdout);
+}
+
+describe('commands: --json shapes scripts depend on', () => {
+  it('init, image create|list|show|set|validate', async () => {
+    const { dir } = await makeTempDir();
+    const storeDir = join(dir, 'store');
+    const init = await runCli(['init', 'store', '--json'], { cwd: dir });
+    expect(init.exitCode, init.stderr).toBe(0);
+    expect(JSON.parse(init.stdout)).toMatchObject({
+      storeDir,
+      created: expect.arrayContaining(['store.yaml']),
+    });
+    for (const path of ['store.yaml', 'common/functions.sh', 'common/defs.sh', '.gitignore']) {
+      await expect(readFile(join(storeDir, path), 'utf8')).resolves.toBeTypeOf('string');
+    }
+    expect(await readFile(join(storeDir, '.gitignore'), 'utf8')).toMatch(
+      /\.blobs\/[\s\S]*\.state\//,
+    );
+
+    expect(await json(storeDir, ['image', 'create', 'web'])).toEqual({
+      image: 'web',
+      files: expect.arrayContaining([
+        'image.yaml',
+        'description.md',
+        'provision.sh',
+        'kickstart.ks',
+        'records/default.yaml',
+      ]),
+    });
+    const list = await json(storeDir, ['image', 'list']);
+    expect(list).toEqual([
+      expect.objectContaining({ name: 'web', revision: 1, records: ['default'] }),
+    ]);
+    expect(Object.keys(list[0]).sort()).toEqual([
+      'disks',
+      'label',
+      'name',
+      'os',
+      'parent',
+      'records',
+      'revision',
+    ]);
+
+    const show = await json(storeDir, ['image', 'show', 'web']);
+    expect(show).toMatchObject({
+      image: { apiVersion: 'imgctl/v1', kind: 'Image', name: 'web', revision: 1 },
+      records: ['default'],
+      systems: [],
+    });
+    expect(show.files).toContain('image.yaml');
+
+    expect(await json(storeDir, ['image', 'set', 'web', 'devices.memory=2GiB'])).toMatchObject({
+      file: 'images/web/image.yaml',
+      changed: true,
+    });
+    expect((await json(storeDir, ['image', 'show', 'web'])).image.devices.memory).toBe('2GiB');
+    expect(await json(storeDir, ['image', 'validate'])).toMatchObject({
+      valid: true,
+      images: 1,
+      records: 1,
+    });
+    expect(await json(storeDir, ['image', 'validate', 'web'])).toMatchObject({
+      valid: true,
+      problems: [],
+    });
+  });
+
+  it('record add|list|show|set|remove', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    expect(
+      await json(dir, [
+        'record',
+        'add',
+        'web',
+        'big',
+        '--vcpus',
+        '8',
+        '--memory',
+        '8GiB',
+        '--disk-size',
+        'data=50GiB',
+      ]),
+    ).toEqual({ image: 'web', record: 'big', file: 'images/web/records/big.yaml' });
+    const list = await json(dir, ['record', 'list', 'web']);
+    expect(list.map((r: { name: string }) => r.name)).toEqual(['big', 'default', 'large']);
+    expect(list[0]).toMatchObject({ name: 'big', vcpus: 8, memory: '8GiB' });
+    expect(await json(dir, ['record', 'show', 'web', 'big'])).toMatchObject({
+      kind: 'ImageRecord',
+      name: 'big',
+      image: 'web',
+      provision: { vcpus: 8, memory: '8GiB', disks: { data: { size: '50GiB' } } },
+    });
+    expect(
+      await json(dir, ['record', 'set', 'web', 'big', 'provision.parameters.http_port=8443']),
+    ).toMatchObject({
+      file: 'images/web/records/big.yaml',
+      changed: true,
+    });
+    expect((await json(dir, ['record', 'show', 'web', 'big'])).provision.parameters).toEqual({
+      http_port: 8443,
+    });
+    expect(await json(dir, ['record', 'remove', 'web', 'big'])).toMatchObject({
+      image: 'web',
+      record: 'big',
+      removed: true,
+    });
+    await json(dir, ['record', 'show', 'web', 'big'], 4);
+  });
+
+  it('system add|list|show|set|remove', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    const add = await json(dir, [
+      'system',
+      'add',
+      'db01',
+      '--image',
+      'web',
+      '--record',
+      'large',
+      '--hostname',
+      'db01.example.com',
+      '--interface',
+      'eth0,mac=52:54:00:AA:00:01,ip=192.0.2.30/24,gateway=192.0.2.1,dns=192.0.2.53;192.0.2.54',
+      '--ssh-key',
+      'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host',
+    ]);
+    expect(add).toEqual({ system: 'db01', file: 'systems/db01.yaml' });
+    const list = await json(dir, ['system', 'list']);
+    expect(list.map((s: { name: string }) => s.name)).toEqual(['db01', 'web01', 'web02']);
+    expect(list[0]).toEqual({
+      name: 'db01',
+      hostname: 'db01.example.com',
+      image: 'web',
+      record: 'large',
+      macs: ['52:54:00:aa:00:01'],
+    });
+    const show = await json(dir, ['system', 'show', 'db01']);
+    expect(show).toMatchObject({
+      kind: 'System',
+      name: 'db01',
+      image: 'web',
+      record: 'large',
+      interfaces: [
+        {
+          name: 'eth0',
+          mac: '52:54:00:aa:00:01',
+          ip: '192.0.2.30/24',
+          dns: ['192.0.2.53', '192.0.2.54'],
+        },
+      ],
+      ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host'],
+    });
+    expect(await json(dir, ['system', 'set', 'db01', 'record=default'])).toMatchObject({
+      changed: true,
+    });
+    expect((await json(dir, ['system', 'show', 'db01'])).record).toBe('default');
+    expect(await json(dir, ['system', 'remove', 'db01'])).toMatchObject({
+      system: 'db01',
+      removed: true,
+    });
+    await json(dir, ['system', 'show', 'db01'], 4);
+  });
+
+  it('plan: the resolved document, layers in order, secrets redacted', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    const plan = await json(dir, ['plan', 'web', '--system', 'web02', '--set', 'http_port=9000']);
+    expect(plan).toMatchObject({
+      apiVersion: 'imgctl/v1',
+      kind: 'Plan',
+      image: { name: 'web', revision: 3 },
+      record: 'large',
+      system: 'web02',
+      hostname: 'web02.example.com',
+      devices: { vcpus: 4, memory: 4 * 1024 ** 3 },
+      parameters: { http_port: 9000, admin_user: 'admin' },
+      parameter_sources: { http_port: 'command line', admin_user: 'image' },
+    });
+    expect(plan.disks.find((d: { id: string }) => d.id === 'data')).toMatchObject({
+      size: 20 * 1024 ** 3,
+    });
+    expect(plan.parameters.server_name).toBe('web02.example.com:9000');
+    expect(plan.secrets).toContain('db_password');
+    const text = await runCli(['plan', 'web', '--system', 'web02', '--store', dir]);
+    for (const out of [JSON.stringify(plan), text.stdout, text.stderr])
+      expect(out).not.toContain('changeme');
+
+    const rendered = await json(dir, ['plan', 'web', '--system', 'web01', '--render', 'kickstart']);
+    expect(rendered).toEqual({
+      file: 'kickstart',
+      content: expect.stringContaining('--hostname=web01.example.com'),
+    });
+  });
+});
+
+describe('commands: --help', () => {
+  it.each(allCommands.map((c) => ({ path: c.path.join(' '), words: c.path })))(
+    'imgctl $path --help shows examples',
+    async ({ words }) => {
+      const result = await runCli([...words, '--help']);
+      expect(result.exitCode).toBe(0);
+      expect(result.stdout).toContain('Examples:');
+      expect(result.stdout).toContain(`imgctl ${words.join(' ')}`);
+    },
+  );
+
+  it('imgctl --help lists the nouns and shows examples, through the real binary', async () => {
+    const result = await execImgctl(['--help']);
+    expect(result.exitCode).toBe(0);
+    for (const word of ['init', 'image', 'record', 'system', 'plan', 'Examples:'])
+      expect(result.stdout).toContain(word);
+    expect(result.stderr).toBe('');
+  });
+});
+
+describe('commands: store discovery', () => {
+  it('uses --store, then $IMGCTL_STORE, then the nearest store.yaml above the working directory', async () => {
+    const a = await makeStore(BASE_TREE);
+    const b = await makeStore();
+    const names = (r: { stdout: string }) =>
+      JSON.parse(r.stdout).map((i: { name: string }) => i.name);
+
+    expect(names(await runCli(['image', 'list', '--json', '--store', a.dir]))).toEqual(['web']);
+    expect(
+      names(await runCli(['image', 'list', '--json'], { env: { IMGCTL_STORE: a.dir } })),
+    ).toEqual(['web']);
+    // --store wins over the environment, which wins over the working directory
+    expect(
+      names(
+        await runCli(['image', 'list', '--json', '--store', b.dir], {
+          env: { IMGCTL_STORE: a.dir },
+        }),
+      ),
+    ).toEqual([]);
+    expect(
+      names(
+        await runCli(['image', 'list', '--json'], { env: { IMGCTL_STORE: b.dir }, cwd: a.dir }),
+      ),
+    ).toEqual([]);
+
+    const deep = join(a.dir, 'images/web/records');
+    const found = await execImgctl(['image', 'list', '--json'], { cwd: deep });
+    expect(found.exitCode, found.stderr).toBe(0);
+    expect(names(found)).toEqual(['web']);
+  });
+
+  it('a relative --store is taken from the working directory', async () => {
+    const a = await makeStore(BASE_TREE);
+    const result = await runCli(['image', 'list', '--json', '--store', '.'], { cwd: a.dir });
+    expect(result.exitCode).toBe(0);
+    expect(JSON.parse(result.stdout)).toHaveLength(1);
+  });
+
+  it('exits 4 with a clear message and a hint when there is no store', async () => {
+    const { dir } = await makeTempDir();
+    const sub = join(dir, 'a/b');
+    await mkdir(sub, { recursive: true });
+    const result = await execImgctl(['image', 'list'], { cwd: sub });
+    expect(result.exitCode).toBe(4);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toMatch(/^imgctl: error\[NOT_FOUND\]: .*store/);
+    expect(result.stderr).toMatch(/imgctl init|--store/);
+
+    const missing = await runCli(['image', 'list', '--store', join(dir, 'nowhere')]);
+    expect(missing.exitCode).toBe(4);
+    expect(missing.stderr).toContain('nowhere');
+  });
+});
+
+describe('commands: image copy and remove, system lookup', () => {
+  it('image copy makes revision 1 with parent SRC@REV and re-points the records', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    const copy = await json(dir, ['image', 'copy', 'web', 'web-staging']);
+    expect(copy).toMatchObject({ image: 'web-staging', parent: 'web@3' });
+    const image = parse(await readFile(join(dir, 'images/web-staging/image.yaml'), 'utf8'));
+    expect(image).toMatchObject({
+      name: 'web-staging',
+      revision: 1,
+      parent: 'web@3',
+      label: 'Web appliance',
+    });
+    for (const record of ['default', 'large']) {
+      const doc = parse(
+        await readFile(join(dir, `images/web-staging/records/${record}.yaml`), 'utf8'),
+      );
+      expect(doc).toMatchObject({ name: record, image: 'web-staging' });
+    }
+    // same files, the source untouched
+    expect(
+      await readFile(join(dir, 'images/web-staging/custom_scripts/hardening/10-ssh.sh'), 'utf8'),
+    ).toBe(BASE_TREE['images/web/custom_scripts/hardening/10-ssh.sh']);
+    expect(await readFile(join(dir, 'images/web/image.yaml'), 'utf8')).toBe(
+      BASE_TREE['images/web/image.yaml'],
+    );
+    expect(await json(dir, ['image', 'validate'])).toMatchObject({
+      valid: true,
+      images: 2,
+      records: 4,
+    });
+    const list = await json(dir, ['image', 'list']);
+    expect(list.find((i: { name: string }) => i.name === 'web-staging')).toMatchObject({
+      revision: 1,
+      parent: 'web@3',
+    });
+  });
+
+  it('image remove is refused while a system uses the image, and allowed with --force', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    const refused = await runCli(['image', 'remove', 'web', '--store', dir]);
+    expect(refused.exitCode).toBe(5);
+    expect(refused.stderr).toContain('web01');
+    expect(refused.stderr).toContain('--force');
+    await expect(readFile(join(dir, 'images/web/image.yaml'), 'utf8')).resolves.toBeTypeOf(
+      'string',
+    );
+
+    expect(await json(dir, ['image', 'remove', 'web', '--force'])).toMatchObject({
+      image: 'web',
+      removed: true,
+    });
+    expect(await json(dir, ['image', 'list'])).toEqual([]);
+    await json(dir, ['image', 'show', 'web'], 4);
+  });
+
+  it('system show finds a system by name, MAC address (any case) and hostname', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    for (const key of [
+      'web01',
+      '52:54:00:12:34:56',
+      '52:54:00:12:34:56'.toUpperCase(),
+      'web01.example.com',
+    ]) {
+      expect((await json(dir, ['system', 'show', key])).name, key).toBe('web01');
+    }
+    expect((await json(dir, ['system', 'show', '52:54:00:12:34:57'])).name).toBe('web02');
+    await json(dir, ['system', 'show', 'nothing.example.com'], 4);
+  });
+});
+
+describe('commands: errors', () => {
+  it('--json errors are {"error":{"code","message","hint"}} on stdout', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    const cases: Array<[string[], number, string]> = [
+      [['image', 'show', 'nope'], 4, 'NOT_FOUND'],
+      [['image', 'create', 'web'], 5, 'CONFLICT'],
+      [['image', 'set', 'web', 'devices.memory=lots'], 3, 'VALIDATION'],
+      [['image', 'create', '../x'], 2, 'USAGE'],
+    ];
+    for (const [args, exit, code] of cases) {
+      const result = await runCli([...args, '--json', '--store', dir]);
+      expect(result.exitCode, args.join(' ')).toBe(exit);
+      const body = JSON.parse(result.stdout);
+      expect(body.error).toMatchObject({ code, message: expect.any(String) });
+      expect('hint' in body.error).toBe(true);
+    }
+  });
+
+  it('a usage error with --json is JSON on stdout too', async () => {
+    const result = await runCli(['image', 'show', '--json']);
+    expect(result.exitCode).toBe(2);
+    expect(JSON.parse(result.stdout).error).toMatchObject({
+      code: 'USAGE',
+      message: expect.any(String),
+    });
+  });
+
+  it('without --json an error is one line plus a hint on stderr, and stdout stays empty', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    const result = await execImgctl(['image', 'show', 'nope', '--store', dir]);
+    expect(result.exitCode).toBe(4);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toMatch(/^imgctl: error\[NOT_FOUND\]: .*nope.*\nhint: /);
+  });
+});
