@@ -18,7 +18,7 @@ describe('slow: store scale', () => {
     const out = join(dir, 'store-scale.json');
     const bench = await execa(
       process.execPath,
-      ['--import', 'tsx', join(REPO_ROOT, 'bench/store-scale.ts'), '--out', out],
+      ['--import', 'tsx', join(REPO_ROOT, 'bench/store-scale.ts'), '--runs', '3', '--out', out],
       {
         cwd: REPO_ROOT,
         reject: false,
