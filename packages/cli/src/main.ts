@@ -14,7 +14,10 @@ export async function main(argv: string[], io: Io): Promise<number> {
   program
     .description('Provision machines from a git-friendly library of virtual-machine images.')
     .version(VERSION, '-V, --version')
-    .option('--store <dir>', 'the image store (default: $IMGCTL_STORE, else the nearest store.yaml above the working directory)')
+    .option(
+      '--store <dir>',
+      'the image store (default: $IMGCTL_STORE, else the nearest store.yaml above the working directory)',
+    )
     .option('--json', 'machine-readable output on stdout')
     .showHelpAfterError('(run with --help for usage)')
     .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
@@ -49,10 +52,20 @@ Exit codes: 0 ok, 1 failed, 2 usage, 3 validation, 4 not found, 5 conflict,
     await program.parseAsync(argv, { from: 'user' });
   } catch (error) {
     if (error instanceof CommanderError) {
-      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') {
+      if (
+        error.code === 'commander.helpDisplayed' ||
+        error.code === 'commander.version' ||
+        error.code === 'commander.help'
+      ) {
         return 0;
       }
-      if (error.code === 'commander.executeSubCommandAsync') return 1;
+      if (argv.includes('--json')) {
+        const message = error.message.replace(/^error: /, '');
+        const hint = 'run the command with --help for its usage and examples';
+        io.stdout.write(
+          `${JSON.stringify({ error: { code: 'USAGE', message, hint } }, null, 2)}\n`,
+        );
+      }
       return 2;
     }
     throw error;
@@ -80,7 +93,11 @@ function addCommand(program: Command, spec: CommandSpec): Command {
     .option('--json', 'machine-readable output on stdout');
   for (const o of spec.options ?? []) {
     const option = new Option(o.flags, o.description);
-    if (o.repeatable) option.argParser((value: string, previous: string[] | undefined) => [...(previous ?? []), value]);
+    if (o.repeatable)
+      option.argParser((value: string, previous: string[] | undefined) => [
+        ...(previous ?? []),
+        value,
+      ]);
     if (o.defaultValue !== undefined) option.default(o.defaultValue);
     command.addOption(option);
   }
@@ -109,7 +126,11 @@ async function runCommand(
     async storeDir() {
       if (storeDir === undefined) {
         const { findStore } = await import('@imgctl/core/store');
-        storeDir = await findStore({ store: options.store as string | undefined, env: io.env, cwd: io.cwd });
+        storeDir = await findStore({
+          store: options.store as string | undefined,
+          env: io.env,
+          cwd: io.cwd,
+        });
       }
       return storeDir;
     },

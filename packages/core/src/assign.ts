@@ -42,7 +42,10 @@ export function parsePath(text: string): PathSegment[] {
   const segments: PathSegment[] = [];
   for (const part of text.split('.')) {
     const m = SEGMENT.exec(part);
-    if (!m) throw new ImgctlError('USAGE', `invalid path '${printable(text)}'`, { hint: 'paths look like devices.memory or disks[0].size' });
+    if (!m)
+      throw new ImgctlError('USAGE', `invalid path '${printable(text)}'`, {
+        hint: 'paths look like devices.memory or disks[0].size',
+      });
     segments.push(m[1]!);
     for (const index of m[2]!.matchAll(/\[(\d+)\]/g)) segments.push(Number(index[1]));
   }

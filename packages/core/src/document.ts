@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, readFile, rename, rm } from 'node:fs/promises';
-import { dirname, basename, join } from 'node:path';
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { basename, dirname, join } from 'node:path';
+import { type Document, isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from 'yaml';
 
 /** One problem in one file, reported as `file:line:col path: message`. */
 export interface Problem {
@@ -68,7 +68,9 @@ export function locate(
   for (const [i, segment] of segments.entries()) {
     const last = i === segments.length - 1;
     if (isMap(node)) {
-      const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === String(segment));
+      const pair = node.items.find(
+        (p) => isScalar(p.key) && String(p.key.value) === String(segment),
+      );
       if (!pair) break;
       if (last && options.key) {
         offset = rangeStart(pair.key) ?? offset;
@@ -107,7 +109,10 @@ export function problemAt(
  * same directory, fsynced, renamed over the target, then the directory fsynced.
  */
 export async function writeFileAtomic(path: string, content: string | Uint8Array): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const tmp = join(
+    dirname(path),
+    `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`,
+  );
   try {
     const handle = await open(tmp, 'wx', 0o644);
     try {

@@ -1,9 +1,15 @@
 import { readFile } from 'node:fs/promises';
 import { parseAssignment } from './assign.ts';
-import { formatProblem, parseYaml, writeFileAtomic, type Problem, type YamlFile } from './document.ts';
+import {
+  formatProblem,
+  type Problem,
+  parseYaml,
+  writeFileAtomic,
+  type YamlFile,
+} from './document.ts';
 import { ImgctlError } from './errors.ts';
 import { withStoreLock } from './lock.ts';
-import { validateDocument, type DocKind, type ValidateOptions } from './validate.ts';
+import { type DocKind, type ValidateOptions, validateDocument } from './validate.ts';
 import { editYamlText } from './yaml-edit.ts';
 
 /** Keys that identify a document; changing them would move it, which only copy/add/remove do. */
@@ -32,10 +38,15 @@ export interface EditResult {
  */
 export async function editDocument(request: EditRequest): Promise<EditResult> {
   const assignments = request.assignments.map(parseAssignment);
-  if (assignments.length === 0) throw new ImgctlError('USAGE', 'nothing to set', { hint: 'give one or more PATH=VALUE' });
+  if (assignments.length === 0)
+    throw new ImgctlError('USAGE', 'nothing to set', { hint: 'give one or more PATH=VALUE' });
   for (const a of assignments) {
     const head = a.path[0];
-    if (typeof head === 'string' && FIXED_KEYS.has(head) && !(request.kind === 'System' && head === 'image')) {
+    if (
+      typeof head === 'string' &&
+      FIXED_KEYS.has(head) &&
+      !(request.kind === 'System' && head === 'image')
+    ) {
       throw new ImgctlError('USAGE', `'${head}' cannot be set`, {
         hint: "copy the image to give it a new name; 'kind' and 'apiVersion' are fixed",
       });
@@ -60,7 +71,10 @@ export function invalid(display: string, problems: Problem[]): ImgctlError {
   return new ImgctlError(
     'VALIDATION',
     `${display}: ${problems.length} problem${problems.length === 1 ? '' : 's'}; nothing was written`,
-    { details: problems.map(formatProblem), hint: 'fix the values named above and run the command again' },
+    {
+      details: problems.map(formatProblem),
+      hint: 'fix the values named above and run the command again',
+    },
   );
 }
 
@@ -68,7 +82,8 @@ async function readExisting(absPath: string, display: string): Promise<string> {
   try {
     return await readFile(absPath, 'utf8');
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new ImgctlError('NOT_FOUND', `${display} does not exist`);
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new ImgctlError('NOT_FOUND', `${display} does not exist`);
     throw error;
   }
 }

@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { cp, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { parse } from 'yaml';
 import { parseYaml, syncDirectory, writeFileAtomic } from './document.ts';
-import { editDocument, invalid, type EditResult } from './edit.ts';
+import { type EditResult, editDocument, invalid } from './edit.ts';
 import { ImgctlError } from './errors.ts';
 import { withStoreLock } from './lock.ts';
 import { assertName } from './names.ts';
+import { parseYamlValue } from './quick-yaml.ts';
 import * as scaffold from './scaffold.ts';
 import { exists, listNames, STORE_FILE, storePaths } from './store.ts';
 import type { ImageDoc, SystemDoc } from './types.ts';
@@ -22,9 +22,18 @@ export interface InitResult {
 export async function initStore(dir: string, options: { name?: string } = {}): Promise<InitResult> {
   const storeDir = resolve(dir);
   if (await exists(join(storeDir, STORE_FILE))) {
-    throw new ImgctlError('CONFLICT', `${storeDir} already holds an image store`, { hint: 'pick another directory' });
+    throw new ImgctlError('CONFLICT', `${storeDir} already holds an image store`, {
+      hint: 'pick another directory',
+    });
   }
-  const name = assertName('store', options.name ?? (basename(storeDir).toLowerCase().replace(/[^a-z0-9._-]/g, '-') || 'store'));
+  const name = assertName(
+    'store',
+    options.name ??
+      (basename(storeDir)
+        .toLowerCase()
+        .replace(/[^a-z0-9._-]/g, '-') ||
+        'store'),
+  );
   const files: Array<[string, string]> = [
     ['.gitignore', scaffold.STORE_GITIGNORE],
     ['common/functions.sh', scaffold.FUNCTIONS_SH],
@@ -67,11 +76,13 @@ export async function listImages(storeDir: string): Promise<ImageSummary[]> {
     ]);
     let doc: Partial<ImageDoc> = {};
     try {
-      doc = (parse(text) as Partial<ImageDoc> | null) ?? {};
+      doc = (parseYamlValue(text) as Partial<ImageDoc> | null) ?? {};
     } catch {
       // a broken descriptor is listed with what is known: its name
     }
-    const os = doc.os ? [doc.os.distro ?? doc.os.family, doc.os.version].filter(Boolean).join(' ') : null;
+    const os = doc.os
+      ? [doc.os.distro ?? doc.os.family, doc.os.version].filter(Boolean).join(' ')
+      : null;
     return {
       name,
       label: typeof doc.label === 'string' ? doc.label : null,
@@ -84,7 +95,11 @@ export async function listImages(storeDir: string): Promise<ImageSummary[]> {
   });
 }
 
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
   const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
@@ -98,9 +113,14 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
 }
 
 export async function loadImage(storeDir: string, name: string): Promise<ImageDoc> {
-  const { value } = await loadDocument<ImageDoc>('Image', storePaths.imageFile(storeDir, name), storePaths.rel.imageFile(name), {
-    expectedName: name,
-  });
+  const { value } = await loadDocument<ImageDoc>(
+    'Image',
+    storePaths.imageFile(storeDir, name),
+    storePaths.rel.imageFile(name),
+    {
+      expectedName: name,
+    },
+  );
   return value;
 }
 
@@ -131,12 +151,19 @@ async function listFiles(dir: string): Promise<string[]> {
 }
 
 /** Names of systems whose `image:` is `image` (read leniently: a broken system file is skipped). */
-export async function systemsUsing(storeDir: string, image: string, record?: string): Promise<string[]> {
+export async function systemsUsing(
+  storeDir: string,
+  image: string,
+  record?: string,
+): Promise<string[]> {
   const names = await listNames(storePaths.systemsDir(storeDir), 'yamlFiles');
   const users = await mapLimit(names, 64, async (name) => {
     try {
-      const doc = parse(await readFile(join(storePaths.systemsDir(storeDir), `${name}.yaml`), 'utf8')) as Partial<SystemDoc>;
-      const matches = doc?.image === image && (record === undefined || (doc.record ?? 'default') === record);
+      const doc = parseYamlValue(
+        await readFile(join(storePaths.systemsDir(storeDir), `${name}.yaml`), 'utf8'),
+      ) as Partial<SystemDoc>;
+      const matches =
+        doc?.image === image && (record === undefined || (doc.record ?? 'default') === record);
       return matches ? name : undefined;
     } catch {
       return undefined;
@@ -165,7 +192,8 @@ export async function createImage(storeDir: string, name: string): Promise<Creat
     await placeDirectory(storeDir, name, async (tmp) => {
       await mkdir(join(tmp, 'records'), { recursive: true });
       await mkdir(join(tmp, 'custom_scripts'), { recursive: true });
-      for (const [rel, content, mode] of files) await writeFile(join(tmp, rel), content, { mode: mode ?? 0o644 });
+      for (const [rel, content, mode] of files)
+        await writeFile(join(tmp, rel), content, { mode: mode ?? 0o644 });
     });
     return { image: name, files: files.map(([rel]) => rel) };
   });
@@ -183,7 +211,11 @@ async function refuseExisting(storeDir: string, name: string): Promise<void> {
  * Builds an image directory under .state/ and renames it into images/ in one step, so a crash
  * leaves either the whole image or nothing in images/.
  */
-async function placeDirectory(storeDir: string, name: string, fill: (tmp: string) => Promise<void>): Promise<void> {
+async function placeDirectory(
+  storeDir: string,
+  name: string,
+  fill: (tmp: string) => Promise<void>,
+): Promise<void> {
   const tmp = join(storeDir, '.state', `new-image-${name}-${randomBytes(4).toString('hex')}`);
   await mkdir(tmp, { recursive: true });
   try {
@@ -206,14 +238,22 @@ export interface CopyResult {
  * "Create like": the same files under a new name, revision 1, `parent` naming the source and
  * its revision. Disk contents are shared (they live in .blobs by hash), not copied.
  */
-export async function copyImage(storeDir: string, source: string, target: string): Promise<CopyResult> {
+export async function copyImage(
+  storeDir: string,
+  source: string,
+  target: string,
+): Promise<CopyResult> {
   assertName('image', target);
   const sourceImage = await loadImage(storeDir, source);
   return withStoreLock(storeDir, async () => {
     await refuseExisting(storeDir, target);
     let files: string[] = [];
     await placeDirectory(storeDir, target, async (tmp) => {
-      await cp(storePaths.imageDir(storeDir, source), tmp, { recursive: true, verbatimSymlinks: true, errorOnExist: false });
+      await cp(storePaths.imageDir(storeDir, source), tmp, {
+        recursive: true,
+        verbatimSymlinks: true,
+        errorOnExist: false,
+      });
       const imageText = await readFile(join(tmp, 'image.yaml'), 'utf8');
       const parent = `${source}@${sourceImage.revision}`;
       const edited = editYamlText(imageText, [
@@ -221,12 +261,19 @@ export async function copyImage(storeDir: string, source: string, target: string
         { path: ['revision'], value: 1 },
         { path: ['parent'], value: parent },
       ]);
-      const problems = validateDocument('Image', parseYaml(storePaths.rel.imageFile(target), edited), { expectedName: target });
+      const problems = validateDocument(
+        'Image',
+        parseYaml(storePaths.rel.imageFile(target), edited),
+        { expectedName: target },
+      );
       if (problems.length > 0) throw invalid(storePaths.rel.imageFile(target), problems);
       await writeFile(join(tmp, 'image.yaml'), edited);
       for (const record of await listNames(join(tmp, 'records'), 'yamlFiles')) {
         const path = join(tmp, 'records', `${record}.yaml`);
-        await writeFile(path, editYamlText(await readFile(path, 'utf8'), [{ path: ['image'], value: target }]));
+        await writeFile(
+          path,
+          editYamlText(await readFile(path, 'utf8'), [{ path: ['image'], value: target }]),
+        );
       }
       files = await listFiles(tmp);
     });
@@ -234,7 +281,11 @@ export async function copyImage(storeDir: string, source: string, target: string
   });
 }
 
-export async function setImage(storeDir: string, name: string, assignments: string[]): Promise<EditResult> {
+export async function setImage(
+  storeDir: string,
+  name: string,
+  assignments: string[],
+): Promise<EditResult> {
   return editDocument({
     storeDir,
     kind: 'Image',
@@ -252,15 +303,26 @@ export interface RemoveResult {
 }
 
 /** Removes an image directory; refused while a system runs it, unless forced. */
-export async function removeImage(storeDir: string, name: string, options: { force?: boolean } = {}): Promise<RemoveResult> {
+export async function removeImage(
+  storeDir: string,
+  name: string,
+  options: { force?: boolean } = {},
+): Promise<RemoveResult> {
   const dir = storePaths.imageDir(storeDir, name);
   return withStoreLock(storeDir, async () => {
-    if (!(await exists(dir))) throw new ImgctlError('NOT_FOUND', `image '${name}' does not exist`, { hint: "see 'imgctl image list'" });
+    if (!(await exists(dir)))
+      throw new ImgctlError('NOT_FOUND', `image '${name}' does not exist`, {
+        hint: "see 'imgctl image list'",
+      });
     const usedBy = await systemsUsing(storeDir, name);
     if (usedBy.length > 0 && !options.force) {
-      throw new ImgctlError('CONFLICT', `image '${name}' is used by ${usedBy.length} system(s): ${usedBy.join(', ')}`, {
-        hint: 'point those systems at another image first, or pass --force',
-      });
+      throw new ImgctlError(
+        'CONFLICT',
+        `image '${name}' is used by ${usedBy.length} system(s): ${usedBy.join(', ')}`,
+        {
+          hint: 'point those systems at another image first, or pass --force',
+        },
+      );
     }
     // Rename out of images/ first so the image disappears in one step, then delete at leisure.
     const trash = join(storeDir, '.state', `removed-${name}-${randomBytes(4).toString('hex')}`);

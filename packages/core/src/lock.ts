@@ -13,7 +13,11 @@ export interface LockOptions {
  * the owner's pid). A lock whose owner is gone is taken over, so a killed writer never wedges
  * the store.
  */
-export async function withStoreLock<T>(storeDir: string, fn: () => Promise<T>, options: LockOptions = {}): Promise<T> {
+export async function withStoreLock<T>(
+  storeDir: string,
+  fn: () => Promise<T>,
+  options: LockOptions = {},
+): Promise<T> {
   const stateDir = join(storeDir, '.state');
   await mkdir(stateDir, { recursive: true });
   const lockPath = join(stateDir, 'lock');

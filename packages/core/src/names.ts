@@ -19,5 +19,8 @@ export function assertName(kind: string, name: string): string {
 /** Makes user input safe to echo in one line of an error message. */
 export function printable(text: string): string {
   const clipped = text.length > 80 ? `${text.slice(0, 80)}…` : text;
-  return clipped.replace(/[^\x20-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return clipped.replace(
+    /[^\x20-\x7e]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
 }

@@ -1,6 +1,7 @@
 import { readFile, rm } from 'node:fs/promises';
+import { parseAssignment } from './assign.ts';
 import { parseYaml, writeFileAtomic } from './document.ts';
-import { editDocument, invalid, type EditResult } from './edit.ts';
+import { type EditResult, editDocument, invalid } from './edit.ts';
 import { ImgctlError } from './errors.ts';
 import { loadImage, mapLimit, systemsUsing } from './images.ts';
 import { withStoreLock } from './lock.ts';
@@ -8,8 +9,7 @@ import { assertName } from './names.ts';
 import { ensureDir, exists, listNames, storePaths } from './store.ts';
 import type { ImageRecordDoc } from './types.ts';
 import { checkOverlay, loadDocument } from './validate.ts';
-import { stringifyYaml, editYamlText } from './yaml-edit.ts';
-import { parseAssignment } from './assign.ts';
+import { editYamlText, stringifyYaml } from './yaml-edit.ts';
 
 export interface RecordInput {
   description?: string;
@@ -30,15 +30,26 @@ export interface RecordRef {
 }
 
 /** Adds records/<record>.yaml to an image; validated against the image before it is written. */
-export async function addRecord(storeDir: string, image: string, record: string, input: RecordInput = {}): Promise<RecordRef> {
+export async function addRecord(
+  storeDir: string,
+  image: string,
+  record: string,
+  input: RecordInput = {},
+): Promise<RecordRef> {
   assertName('image', image);
   assertName('record', record);
   const display = storePaths.rel.recordFile(image, record);
   await loadImage(storeDir, image);
   let text = input.from
-    ? editYamlText(await readFile(storePaths.recordFile(storeDir, image, input.from), 'utf8').catch(() => {
-        throw new ImgctlError('NOT_FOUND', `record '${input.from}' of image '${image}' does not exist`);
-      }), [{ path: ['name'], value: record }])
+    ? editYamlText(
+        await readFile(storePaths.recordFile(storeDir, image, input.from), 'utf8').catch(() => {
+          throw new ImgctlError(
+            'NOT_FOUND',
+            `record '${input.from}' of image '${image}' does not exist`,
+          );
+        }),
+        [{ path: ['name'], value: record }],
+      )
     : stringifyYaml({
         apiVersion: 'imgctl/v1',
         kind: 'ImageRecord',
@@ -48,7 +59,9 @@ export async function addRecord(storeDir: string, image: string, record: string,
         provision: {},
       });
   const edits = [
-    ...(input.from && input.description !== undefined ? [{ path: ['description'], value: input.description }] : []),
+    ...(input.from && input.description !== undefined
+      ? [{ path: ['description'], value: input.description }]
+      : []),
     ...(input.vcpus !== undefined ? [{ path: ['provision', 'vcpus'], value: input.vcpus }] : []),
     ...(input.memory !== undefined ? [{ path: ['provision', 'memory'], value: input.memory }] : []),
     ...(input.diskSizes ?? []).map((s) => {
@@ -68,7 +81,10 @@ export async function addRecord(storeDir: string, image: string, record: string,
         hint: `change it with 'imgctl record set ${image} ${record} PATH=VALUE'`,
       });
     }
-    const problems = await checkOverlay(storeDir, 'ImageRecord', parseYaml(display, text), { expectedName: record, expectedImage: image });
+    const problems = await checkOverlay(storeDir, 'ImageRecord', parseYaml(display, text), {
+      expectedName: record,
+      expectedImage: image,
+    });
     if (problems.length > 0) throw invalid(display, problems);
     await ensureDir(storePaths.recordsDir(storeDir, image));
     await writeFileAtomic(file, text);
@@ -97,7 +113,11 @@ export async function listRecords(storeDir: string, image: string): Promise<Reco
   });
 }
 
-export async function showRecord(storeDir: string, image: string, record: string): Promise<ImageRecordDoc> {
+export async function showRecord(
+  storeDir: string,
+  image: string,
+  record: string,
+): Promise<ImageRecordDoc> {
   const { value } = await loadDocument<ImageRecordDoc>(
     'ImageRecord',
     storePaths.recordFile(storeDir, image, record),
@@ -107,7 +127,12 @@ export async function showRecord(storeDir: string, image: string, record: string
   return value;
 }
 
-export async function setRecord(storeDir: string, image: string, record: string, assignments: string[]): Promise<EditResult> {
+export async function setRecord(
+  storeDir: string,
+  image: string,
+  record: string,
+  assignments: string[],
+): Promise<EditResult> {
   const display = storePaths.rel.recordFile(image, record);
   return editDocument({
     storeDir,
@@ -116,7 +141,8 @@ export async function setRecord(storeDir: string, image: string, record: string,
     display,
     assignments,
     validate: { expectedName: record, expectedImage: image },
-    check: (y) => checkOverlay(storeDir, 'ImageRecord', y, { expectedName: record, expectedImage: image }),
+    check: (y) =>
+      checkOverlay(storeDir, 'ImageRecord', y, { expectedName: record, expectedImage: image }),
   });
 }
 
@@ -128,12 +154,17 @@ export async function removeRecord(
 ): Promise<RecordRef & { removed: boolean }> {
   const file = storePaths.recordFile(storeDir, image, record);
   return withStoreLock(storeDir, async () => {
-    if (!(await exists(file))) throw new ImgctlError('NOT_FOUND', `record '${record}' of image '${image}' does not exist`);
+    if (!(await exists(file)))
+      throw new ImgctlError('NOT_FOUND', `record '${record}' of image '${image}' does not exist`);
     const usedBy = await systemsUsing(storeDir, image, record);
     if (usedBy.length > 0 && !options.force) {
-      throw new ImgctlError('CONFLICT', `record '${record}' is used by system(s): ${usedBy.join(', ')}`, {
-        hint: 'point those systems at another record first, or pass --force',
-      });
+      throw new ImgctlError(
+        'CONFLICT',
+        `record '${record}' is used by system(s): ${usedBy.join(', ')}`,
+        {
+          hint: 'point those systems at another record first, or pass --force',
+        },
+      );
     }
     await rm(file);
     return { image, record, file: storePaths.rel.recordFile(image, record), removed: true };

@@ -47,12 +47,16 @@ export const storePaths = {
   storeFile: (storeDir: string) => join(storeDir, STORE_FILE),
   imagesDir: (storeDir: string) => join(storeDir, 'images'),
   systemsDir: (storeDir: string) => join(storeDir, 'systems'),
-  imageDir: (storeDir: string, image: string) => join(storeDir, 'images', assertName('image', image)),
-  imageFile: (storeDir: string, image: string) => join(storePaths.imageDir(storeDir, image), 'image.yaml'),
-  recordsDir: (storeDir: string, image: string) => join(storePaths.imageDir(storeDir, image), 'records'),
+  imageDir: (storeDir: string, image: string) =>
+    join(storeDir, 'images', assertName('image', image)),
+  imageFile: (storeDir: string, image: string) =>
+    join(storePaths.imageDir(storeDir, image), 'image.yaml'),
+  recordsDir: (storeDir: string, image: string) =>
+    join(storePaths.imageDir(storeDir, image), 'records'),
   recordFile: (storeDir: string, image: string, record: string) =>
     join(storePaths.recordsDir(storeDir, image), `${assertName('record', record)}.yaml`),
-  systemFile: (storeDir: string, system: string) => join(storeDir, 'systems', `${assertName('system', system)}.yaml`),
+  systemFile: (storeDir: string, system: string) =>
+    join(storeDir, 'systems', `${assertName('system', system)}.yaml`),
   /** store-relative display paths, as used in problems and messages */
   rel: {
     imageFile: (image: string) => `images/${image}/image.yaml`,
@@ -73,7 +77,9 @@ export async function listNames(dir: string, kind: 'dirs' | 'yamlFiles'): Promis
   const names =
     kind === 'dirs'
       ? entries.filter((e) => e.isDirectory()).map((e) => e.name)
-      : entries.filter((e) => e.isFile() && e.name.endsWith('.yaml')).map((e) => e.name.slice(0, -'.yaml'.length));
+      : entries
+          .filter((e) => e.isFile() && e.name.endsWith('.yaml'))
+          .map((e) => e.name.slice(0, -'.yaml'.length));
   return names.filter((n) => !n.startsWith('.')).sort();
 }
 

@@ -1,13 +1,13 @@
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parse } from 'yaml';
+import { parseAssignment } from './assign.ts';
 import { parseYaml, writeFileAtomic } from './document.ts';
-import { editDocument, invalid, type EditResult } from './edit.ts';
+import { type EditResult, editDocument, invalid } from './edit.ts';
 import { ImgctlError } from './errors.ts';
 import { mapLimit } from './images.ts';
 import { withStoreLock } from './lock.ts';
 import { assertName, isValidName, printable } from './names.ts';
-import { parseAssignment } from './assign.ts';
+import { parseYamlValue } from './quick-yaml.ts';
 import { exists, listNames, storePaths } from './store.ts';
 import type { Interface, SystemDoc } from './types.ts';
 import { checkOverlay, loadDocument } from './validate.ts';
@@ -32,7 +32,11 @@ export interface SystemRef {
 }
 
 /** Adds systems/<name>.yaml, checked against its image and record before it is written. */
-export async function addSystem(storeDir: string, name: string, input: SystemInput): Promise<SystemRef> {
+export async function addSystem(
+  storeDir: string,
+  name: string,
+  input: SystemInput,
+): Promise<SystemRef> {
   assertName('system', name);
   const display = storePaths.rel.systemFile(name);
   const doc: Record<string, unknown> = {
@@ -61,9 +65,13 @@ export async function addSystem(storeDir: string, name: string, input: SystemInp
   const file = storePaths.systemFile(storeDir, name);
   await withStoreLock(storeDir, async () => {
     if (await exists(file)) {
-      throw new ImgctlError('CONFLICT', `system '${name}' already exists`, { hint: `change it with 'imgctl system set ${name} PATH=VALUE'` });
+      throw new ImgctlError('CONFLICT', `system '${name}' already exists`, {
+        hint: `change it with 'imgctl system set ${name} PATH=VALUE'`,
+      });
     }
-    const problems = await checkOverlay(storeDir, 'System', parseYaml(display, text), { expectedName: name });
+    const problems = await checkOverlay(storeDir, 'System', parseYaml(display, text), {
+      expectedName: name,
+    });
     if (problems.length > 0) throw invalid(display, problems);
     await writeFileAtomic(file, text);
   });
@@ -101,9 +109,13 @@ export function parseInterface(spec: string): Interface {
         iface.dhcp = true;
         break;
       default:
-        throw new ImgctlError('USAGE', `unknown interface field '${printable(key)}' in '${printable(spec)}'`, {
-          hint: 'use NAME,mac=MAC,ip=IP/PREFIX,gateway=IP,dns=IP;IP,bridge=BR,network=NET,dhcp',
-        });
+        throw new ImgctlError(
+          'USAGE',
+          `unknown interface field '${printable(key)}' in '${printable(spec)}'`,
+          {
+            hint: 'use NAME,mac=MAC,ip=IP/PREFIX,gateway=IP,dns=IP;IP,bridge=BR,network=NET,dhcp',
+          },
+        );
     }
   }
   return iface;
@@ -119,7 +131,11 @@ export interface SystemSummary {
 
 async function readSystemLeniently(storeDir: string, name: string): Promise<Partial<SystemDoc>> {
   try {
-    return (parse(await readFile(join(storePaths.systemsDir(storeDir), `${name}.yaml`), 'utf8')) as Partial<SystemDoc>) ?? {};
+    return (
+      (parseYamlValue(
+        await readFile(join(storePaths.systemsDir(storeDir), `${name}.yaml`), 'utf8'),
+      ) as Partial<SystemDoc>) ?? {}
+    );
   } catch {
     return {};
   }
@@ -134,7 +150,9 @@ export async function listSystems(storeDir: string): Promise<SystemSummary[]> {
       hostname: typeof doc.hostname === 'string' ? doc.hostname : null,
       image: typeof doc.image === 'string' ? doc.image : null,
       record: typeof doc.record === 'string' ? doc.record : null,
-      macs: Array.isArray(doc.interfaces) ? doc.interfaces.flatMap((i) => (i?.mac ? [i.mac.toLowerCase()] : [])) : [],
+      macs: Array.isArray(doc.interfaces)
+        ? doc.interfaces.flatMap((i) => (i?.mac ? [i.mac.toLowerCase()] : []))
+        : [],
     };
   });
 }
@@ -143,31 +161,52 @@ const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 
 /** The system named `key`, or the one with that MAC address, or that hostname. */
 export async function findSystem(storeDir: string, key: string): Promise<SystemDoc> {
-  if (isValidName(key) && (await exists(storePaths.systemFile(storeDir, key)))) return showSystem(storeDir, key);
+  if (isValidName(key) && (await exists(storePaths.systemFile(storeDir, key))))
+    return showSystem(storeDir, key);
   const all = await listSystems(storeDir);
   const lower = key.toLowerCase();
   const matches = MAC.test(key)
     ? all.filter((s) => s.macs.includes(lower))
-    : all.filter((s) => s.hostname?.toLowerCase() === lower || s.hostname?.toLowerCase().split('.')[0] === lower);
+    : all.filter(
+        (s) =>
+          s.hostname?.toLowerCase() === lower || s.hostname?.toLowerCase().split('.')[0] === lower,
+      );
   if (matches.length === 1) return showSystem(storeDir, matches[0]!.name);
   if (matches.length > 1) {
-    throw new ImgctlError('CONFLICT', `'${printable(key)}' matches ${matches.length} systems: ${matches.map((m) => m.name).join(', ')}`, {
-      hint: 'name the system instead',
-    });
+    throw new ImgctlError(
+      'CONFLICT',
+      `'${printable(key)}' matches ${matches.length} systems: ${matches.map((m) => m.name).join(', ')}`,
+      {
+        hint: 'name the system instead',
+      },
+    );
   }
-  throw new ImgctlError('NOT_FOUND', `no system named '${printable(key)}' or with that MAC address or hostname`, {
-    hint: "see 'imgctl system list'",
-  });
+  throw new ImgctlError(
+    'NOT_FOUND',
+    `no system named '${printable(key)}' or with that MAC address or hostname`,
+    {
+      hint: "see 'imgctl system list'",
+    },
+  );
 }
 
 export async function showSystem(storeDir: string, name: string): Promise<SystemDoc> {
-  const { value } = await loadDocument<SystemDoc>('System', storePaths.systemFile(storeDir, name), storePaths.rel.systemFile(name), {
-    expectedName: name,
-  });
+  const { value } = await loadDocument<SystemDoc>(
+    'System',
+    storePaths.systemFile(storeDir, name),
+    storePaths.rel.systemFile(name),
+    {
+      expectedName: name,
+    },
+  );
   return value;
 }
 
-export async function setSystem(storeDir: string, name: string, assignments: string[]): Promise<EditResult> {
+export async function setSystem(
+  storeDir: string,
+  name: string,
+  assignments: string[],
+): Promise<EditResult> {
   return editDocument({
     storeDir,
     kind: 'System',
@@ -179,10 +218,16 @@ export async function setSystem(storeDir: string, name: string, assignments: str
   });
 }
 
-export async function removeSystem(storeDir: string, name: string): Promise<SystemRef & { removed: boolean }> {
+export async function removeSystem(
+  storeDir: string,
+  name: string,
+): Promise<SystemRef & { removed: boolean }> {
   const file = storePaths.systemFile(storeDir, name);
   return withStoreLock(storeDir, async () => {
-    if (!(await exists(file))) throw new ImgctlError('NOT_FOUND', `system '${name}' does not exist`, { hint: "see 'imgctl system list'" });
+    if (!(await exists(file)))
+      throw new ImgctlError('NOT_FOUND', `system '${name}' does not exist`, {
+        hint: "see 'imgctl system list'",
+      });
     await rm(file);
     return { system: name, file: storePaths.rel.systemFile(name), removed: true };
   });

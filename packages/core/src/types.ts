@@ -199,7 +199,13 @@ export interface PlanDoc {
   vm_name: string;
   hostname: string;
   boot: BootEntry[];
-  devices: { vcpus: number; memory: number; nics: Nic[]; graphics: 'none' | 'vnc' | 'spice'; console: 'serial' | 'none' };
+  devices: {
+    vcpus: number;
+    memory: number;
+    nics: Nic[];
+    graphics: 'none' | 'vnc' | 'spice';
+    console: 'serial' | 'none';
+  };
   disks: PlanDisk[];
   interfaces: Interface[];
   ssh_authorized_keys: string[];

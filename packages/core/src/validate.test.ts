@@ -5,11 +5,11 @@ import { isDeepStrictEqual } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { formatProblem, parseYaml } from './document.ts';
 import { ImgctlError } from './errors.ts';
+import { quickParse } from './quick-yaml.ts';
 import {
   checkOverlay,
   type DocKind,
   loadDocument,
-  quickParse,
   type ValidateOptions,
   validateDocument,
   validateStore,

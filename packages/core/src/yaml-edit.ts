@@ -1,4 +1,13 @@
-import { Document, isCollection, isScalar, parseDocument, stringify, type Scalar } from 'yaml';
+import {
+  Document,
+  isCollection,
+  isMap,
+  isScalar,
+  type Node,
+  parseDocument,
+  type Scalar,
+  stringify,
+} from 'yaml';
 import type { PathSegment } from './document.ts';
 
 /** Options that keep machine-written YAML stable: no line folding, two-space indent. */
@@ -36,6 +45,9 @@ function applyEdit(text: string, edit: YamlEdit): string {
       return text.slice(0, start) + replacement + text.slice(end);
     }
   }
+  const inserted =
+    edit.value === undefined ? undefined : insertNewKey(text, doc, edit.path, edit.value);
+  if (inserted !== undefined) return inserted;
   if (edit.value === undefined) {
     doc.deleteIn(edit.path);
   } else {
@@ -52,7 +64,8 @@ function isPlainScalarValue(value: unknown): boolean {
 /** The scalar as it would be written in place of `like`, or undefined when it needs more than one line. */
 function renderScalar(value: unknown, like: Scalar): string | undefined {
   const scalar = new Document().createNode(value) as Scalar;
-  if (typeof value === 'string' && like.type && !like.type.startsWith('BLOCK')) scalar.type = like.type;
+  if (typeof value === 'string' && like.type && !like.type.startsWith('BLOCK'))
+    scalar.type = like.type;
   const rendered = new Document(scalar).toString(STRINGIFY).replace(/\n$/, '');
   return rendered.includes('\n') ? undefined : rendered;
 }
@@ -66,4 +79,40 @@ function openEmptyFlowCollections(doc: Document, path: readonly PathSegment[]): 
     const node = depth === 0 ? doc.contents : doc.getIn(path.slice(0, depth), true);
     if (isCollection(node) && node.flow && node.items.length === 0) node.flow = false;
   }
+}
+
+/**
+ * A key the document does not have yet, added as new lines after the last entry of the nearest
+ * block mapping that exists, so no other line changes. Undefined when that is not possible
+ * (flow or empty parents, list indices), and the document model takes over.
+ */
+function insertNewKey(
+  text: string,
+  doc: Document,
+  path: readonly PathSegment[],
+  value: unknown,
+): string | undefined {
+  let missing = 0;
+  while (missing < path.length && doc.getIn(path.slice(0, missing + 1), true) !== undefined)
+    missing++;
+  if (missing === path.length) return undefined;
+  const parent = missing === 0 ? doc.contents : doc.getIn(path.slice(0, missing), true);
+  const rest = path.slice(missing);
+  if (!isMap(parent) || parent.flow || parent.items.length === 0) return undefined;
+  if (rest.some((segment) => typeof segment !== 'string')) return undefined;
+  const nested = rest.reduceRight<unknown>((inner, key) => ({ [key]: inner }), value);
+  const first = parent.items[0]!.key as Node;
+  const last = parent.items.at(-1)!;
+  const keyStart = first.range?.[0];
+  const lastEnd = (last.value as Node | null)?.range?.[1] ?? (last.key as Node).range?.[1];
+  if (keyStart === undefined || lastEnd === undefined) return undefined;
+  const indent = ' '.repeat(keyStart - (text.lastIndexOf('\n', keyStart - 1) + 1));
+  const block = stringifyYaml(nested)
+    .trimEnd()
+    .split('\n')
+    .map((line) => (line === '' ? line : indent + line))
+    .join('\n');
+  const lineEnd = text.indexOf('\n', Math.max(lastEnd - 1, 0));
+  if (lineEnd < 0) return `${text}\n${block}\n`;
+  return `${text.slice(0, lineEnd + 1)}${block}\n${text.slice(lineEnd + 1)}`;
 }

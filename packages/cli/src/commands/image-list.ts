@@ -9,7 +9,14 @@ export const run: Handler = async (_args, _options, ctx) => {
       ? 'no images yet; create one with: imgctl image create NAME'
       : renderTable(
           ['name', 'rev', 'os', 'disks', 'records', 'label'],
-          images.map((i) => [i.name, String(i.revision ?? '?'), i.os ?? '-', String(i.disks), i.records.join(',') || '-', i.label ?? '']),
+          images.map((i) => [
+            i.name,
+            String(i.revision ?? '?'),
+            i.os ?? '-',
+            String(i.disks),
+            i.records.join(',') || '-',
+            i.label ?? '',
+          ]),
         );
   return { data: images, text };
 };

@@ -3,6 +3,7 @@ import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], options, ctx) => {
   const result = await removeImage(await ctx.storeDir(), name!, { force: Boolean(options.force) });
-  const note = result.usedBy.length > 0 ? ` (still named by systems: ${result.usedBy.join(', ')})` : '';
+  const note =
+    result.usedBy.length > 0 ? ` (still named by systems: ${result.usedBy.join(', ')})` : '';
   return { data: result, text: `removed image '${result.image}'${note}` };
 };

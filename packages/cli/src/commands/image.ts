@@ -3,7 +3,8 @@ import type { CommandSpec } from '../command.ts';
 export const imageCommands: CommandSpec[] = [
   {
     path: ['image', 'create'],
-    summary: 'scaffold an image: image.yaml, description.md, provision.sh, kickstart.ks, records/default.yaml',
+    summary:
+      'scaffold an image: image.yaml, description.md, provision.sh, kickstart.ks, records/default.yaml',
     args: ['<name>'],
     examples: ['imgctl image create web', 'imgctl image create db --store /srv/images --json'],
     load: () => import('./image-create.ts'),
@@ -51,7 +52,11 @@ export const imageCommands: CommandSpec[] = [
     path: ['image', 'validate'],
     summary: 'check one image (with its records and the systems using it) or the whole store',
     args: ['[name]'],
-    examples: ['imgctl image validate', 'imgctl image validate web', 'imgctl image validate --json'],
+    examples: [
+      'imgctl image validate',
+      'imgctl image validate web',
+      'imgctl image validate --json',
+    ],
     load: () => import('./image-validate.ts'),
   },
 ];

@@ -4,4 +4,9 @@ import { recordCommands } from './record.ts';
 import { systemCommands } from './system.ts';
 import { topCommands } from './top.ts';
 
-export const allCommands: CommandSpec[] = [...topCommands, ...imageCommands, ...recordCommands, ...systemCommands];
+export const allCommands: CommandSpec[] = [
+  ...topCommands,
+  ...imageCommands,
+  ...recordCommands,
+  ...systemCommands,
+];

@@ -13,7 +13,10 @@ export const run: Handler = async ([image], options, ctx) => {
     throw new ImgctlError('USAGE', `--render takes one of: ${RENDERABLE.join(', ')}`);
   }
   // --system accepts a MAC address or hostname too; the plan itself names systems.
-  const system = typeof options.system === 'string' ? (await findSystem(storeDir, options.system)).name : undefined;
+  const system =
+    typeof options.system === 'string'
+      ? (await findSystem(storeDir, options.system)).name
+      : undefined;
   const plan = await resolvePlan(storeDir, {
     image: image!,
     record: options.record as string | undefined,

@@ -6,7 +6,12 @@ export const run: Handler = async ([image], _options, ctx) => {
   const records = await listRecords(await ctx.storeDir(), image!);
   const text = renderTable(
     ['record', 'vcpus', 'memory', 'description'],
-    records.map((r) => [r.name, String(r.vcpus ?? '-'), String(r.memory ?? '-'), r.description ?? '']),
+    records.map((r) => [
+      r.name,
+      String(r.vcpus ?? '-'),
+      String(r.memory ?? '-'),
+      r.description ?? '',
+    ]),
   );
   return { data: records, text: text || `image '${image}' has no records` };
 };

@@ -2,6 +2,8 @@ import { removeRecord } from '@imgctl/core/records';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([image, record], options, ctx) => {
-  const result = await removeRecord(await ctx.storeDir(), image!, record!, { force: Boolean(options.force) });
+  const result = await removeRecord(await ctx.storeDir(), image!, record!, {
+    force: Boolean(options.force),
+  });
   return { data: result, text: `removed ${result.file}` };
 };

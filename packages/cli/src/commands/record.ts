@@ -10,8 +10,16 @@ export const recordCommands: CommandSpec[] = [
       { flags: '--description <text>', description: 'what this record is for' },
       { flags: '--vcpus <n>', description: 'virtual CPUs' },
       { flags: '--memory <size>', description: 'memory, e.g. 2GiB' },
-      { flags: '--disk-size <id=size>', description: 'grow a disk, e.g. data=20GiB (repeatable)', repeatable: true },
-      { flags: '--param <name=value>', description: 'a parameter value (repeatable)', repeatable: true },
+      {
+        flags: '--disk-size <id=size>',
+        description: 'grow a disk, e.g. data=20GiB (repeatable)',
+        repeatable: true,
+      },
+      {
+        flags: '--param <name=value>',
+        description: 'a parameter value (repeatable)',
+        repeatable: true,
+      },
     ],
     examples: [
       'imgctl record add web large --vcpus 4 --memory 4GiB --disk-size data=50GiB',
@@ -37,7 +45,10 @@ export const recordCommands: CommandSpec[] = [
     path: ['record', 'set'],
     summary: 'edit fields of a record in place',
     args: ['<image>', '<record>', '<assignments...>'],
-    examples: ['imgctl record set web large provision.memory=8GiB', 'imgctl record set web large provision.parameters.workers=8'],
+    examples: [
+      'imgctl record set web large provision.memory=8GiB',
+      'imgctl record set web large provision.parameters.workers=8',
+    ],
     load: () => import('./record-set.ts'),
   },
   {

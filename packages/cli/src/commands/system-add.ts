@@ -4,7 +4,9 @@ import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], options, ctx) => {
   if (typeof options.image !== 'string') {
-    throw new ImgctlError('USAGE', '--image is required', { hint: `imgctl system add ${name} --image IMAGE` });
+    throw new ImgctlError('USAGE', '--image is required', {
+      hint: `imgctl system add ${name} --image IMAGE`,
+    });
   }
   const result = await addSystem(await ctx.storeDir(), name!, {
     image: options.image,

@@ -6,7 +6,16 @@ export const run: Handler = async (_args, _options, ctx) => {
   const systems = await listSystems(await ctx.storeDir());
   const text = renderTable(
     ['system', 'hostname', 'image', 'record', 'mac'],
-    systems.map((s) => [s.name, s.hostname ?? '?', s.image ?? '?', s.record ?? 'default', s.macs.join(',') || '-']),
+    systems.map((s) => [
+      s.name,
+      s.hostname ?? '?',
+      s.image ?? '?',
+      s.record ?? 'default',
+      s.macs.join(',') || '-',
+    ]),
   );
-  return { data: systems, text: text || 'no systems yet; add one with: imgctl system add NAME --image IMAGE' };
+  return {
+    data: systems,
+    text: text || 'no systems yet; add one with: imgctl system add NAME --image IMAGE',
+  };
 };
