@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { cp, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { parseYaml, syncDirectory, writeFileAtomic } from './document.ts';
@@ -8,7 +9,7 @@ import { withStoreLock } from './lock.ts';
 import { assertName } from './names.ts';
 import { parseYamlValue } from './quick-yaml.ts';
 import * as scaffold from './scaffold.ts';
-import { exists, listNames, STORE_FILE, storePaths } from './store.ts';
+import { exists, listNames, listNamesSync, STORE_FILE, storePaths } from './store.ts';
 import type { ImageDoc, SystemDoc } from './types.ts';
 import { loadDocument, validateDocument } from './validate.ts';
 import { editYamlText } from './yaml-edit.ts';
@@ -68,17 +69,19 @@ export interface ImageSummary {
  * (`image validate` does that), so one broken file does not hide the rest.
  */
 export async function listImages(storeDir: string): Promise<ImageSummary[]> {
-  const names = await listNames(storePaths.imagesDir(storeDir), 'dirs');
-  return mapLimit(names, 64, async (name) => {
-    const [text, records] = await Promise.all([
-      readFile(join(storePaths.imagesDir(storeDir), name, 'image.yaml'), 'utf8').catch(() => ''),
-      listNames(join(storePaths.imagesDir(storeDir), name, 'records'), 'yamlFiles'),
-    ]);
+  const imagesDir = storePaths.imagesDir(storeDir);
+  // Synchronous reads on purpose: for thousands of tiny files, the thread pool's round trips
+  // per file cost several times more than the reads themselves (bench/store-scale.ts).
+  return listNamesSync(imagesDir, 'dirs').map((name) => {
+    const records = listNamesSync(join(imagesDir, name, 'records'), 'yamlFiles');
     let doc: Partial<ImageDoc> = {};
     try {
-      doc = (parseYamlValue(text) as Partial<ImageDoc> | null) ?? {};
+      doc =
+        (parseYamlValue(
+          readFileSync(join(imagesDir, name, 'image.yaml'), 'utf8'),
+        ) as Partial<ImageDoc> | null) ?? {};
     } catch {
-      // a broken descriptor is listed with what is known: its name
+      // a missing or broken descriptor is listed with what is known: its name
     }
     const os = doc.os
       ? [doc.os.distro ?? doc.os.family, doc.os.version].filter(Boolean).join(' ')

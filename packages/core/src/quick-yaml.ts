@@ -248,7 +248,22 @@ function quickFlow(inner: string): string[] {
   return items;
 }
 
+/** A word no YAML 1.2 core-schema rule reads as anything but text, unless it is one of SPECIAL_WORDS. */
+const SIMPLE_WORD = /^[A-Za-z_][A-Za-z0-9_./-]*$/;
+const SPECIAL_WORDS = new Set([
+  'true',
+  'True',
+  'TRUE',
+  'false',
+  'False',
+  'FALSE',
+  'null',
+  'Null',
+  'NULL',
+]);
+
 function quickPlain(text: string): unknown {
+  if (SIMPLE_WORD.test(text) && !SPECIAL_WORDS.has(text)) return text;
   if (text === '-' || text.startsWith('- ')) throw UNSURE;
   if (text === '' || text === '~' || text === 'null' || text === 'Null' || text === 'NULL')
     return null;

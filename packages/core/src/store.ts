@@ -1,3 +1,4 @@
+import { type Dirent, readdirSync } from 'node:fs';
 import { access, mkdir, readdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { ImgctlError } from './errors.ts';
@@ -67,13 +68,24 @@ export const storePaths = {
 
 /** Names of the entries of a directory that are directories (or `.yaml` files, with `yamlFiles`), sorted. */
 export async function listNames(dir: string, kind: 'dirs' | 'yamlFiles'): Promise<string[]> {
-  let entries: import('node:fs').Dirent[];
   try {
-    entries = await readdir(dir, { withFileTypes: true });
+    return namesOf(await readdir(dir, { withFileTypes: true }), kind);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw error;
   }
+}
+
+export function listNamesSync(dir: string, kind: 'dirs' | 'yamlFiles'): string[] {
+  try {
+    return namesOf(readdirSync(dir, { withFileTypes: true }), kind);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw error;
+  }
+}
+
+function namesOf(entries: Dirent[], kind: 'dirs' | 'yamlFiles'): string[] {
   const names =
     kind === 'dirs'
       ? entries.filter((e) => e.isDirectory()).map((e) => e.name)
