@@ -23,6 +23,7 @@ import { ImgctlError } from './errors.ts';
 import { isValidName } from './names.ts';
 import { readYamlQuickly } from './quick-yaml.ts';
 import { parseSize, SIZE_PATTERN } from './sizes.ts';
+import { checkTemplate } from './template.ts';
 
 export type DocKind = 'ImageStore' | 'Image' | 'ImageRecord' | 'System' | 'Plan';
 
@@ -890,6 +891,24 @@ async function checkImageFiles(
       continue;
     if (!(await limit(() => isFile(join(image.dir, file))))) {
       out.push(problemAt(y, ['provision', key], `${file} does not exist in images/${image.name}/`));
+    } else if (key === 'kickstart') {
+      const source = await limit(() => readFile(join(image.dir, file), 'utf8'));
+      for (const p of checkTemplate(source)) {
+        out.push({
+          file: `images/${image.name}/${file}`,
+          line: p.line,
+          col: p.col,
+          path: '',
+          message: p.message,
+        });
+      }
+    }
+  }
+  for (const [name, parameter] of entries(doc.parameters)) {
+    const computed = isObject(parameter) ? parameter.computed : undefined;
+    if (typeof computed !== 'string') continue;
+    for (const p of checkTemplate(computed)) {
+      out.push(problemAt(y, ['parameters', name, 'computed'], `template error: ${p.message}`));
     }
   }
   const sets = list(provision.custom_scripts);
