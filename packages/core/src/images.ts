@@ -10,6 +10,7 @@ import { assertName } from './names.ts';
 import { parseYamlValue } from './quick-yaml.ts';
 import * as scaffold from './scaffold.ts';
 import { exists, listNames, listNamesSync, STORE_FILE, storePaths } from './store.ts';
+import { listSystems } from './systems.ts';
 import type { ImageDoc, SystemDoc } from './types.ts';
 import { loadDocument, validateDocument } from './validate.ts';
 import { editYamlText } from './yaml-edit.ts';
@@ -98,23 +99,6 @@ export async function listImages(storeDir: string): Promise<ImageSummary[]> {
   });
 }
 
-export async function mapLimit<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-    }
-  });
-  await Promise.all(workers);
-  return results;
-}
-
 export async function loadImage(storeDir: string, name: string): Promise<ImageDoc> {
   const { value } = await loadDocument<ImageDoc>(
     'Image',
@@ -153,26 +137,18 @@ async function listFiles(dir: string): Promise<string[]> {
     .sort();
 }
 
-/** Names of systems whose `image:` is `image` (read leniently: a broken system file is skipped). */
+/** Names of systems whose `image:` is `image` (and `record:`, when given); broken files are skipped. */
 export async function systemsUsing(
   storeDir: string,
   image: string,
   record?: string,
 ): Promise<string[]> {
-  const names = await listNames(storePaths.systemsDir(storeDir), 'yamlFiles');
-  const users = await mapLimit(names, 64, async (name) => {
-    try {
-      const doc = parseYamlValue(
-        await readFile(join(storePaths.systemsDir(storeDir), `${name}.yaml`), 'utf8'),
-      ) as Partial<SystemDoc>;
-      const matches =
-        doc?.image === image && (record === undefined || (doc.record ?? 'default') === record);
-      return matches ? name : undefined;
-    } catch {
-      return undefined;
-    }
-  });
-  return users.filter((n): n is string => n !== undefined);
+  const systems = await listSystems(storeDir);
+  return systems
+    .filter(
+      (s) => s.image === image && (record === undefined || (s.record ?? 'default') === record),
+    )
+    .map((s) => s.name);
 }
 
 export interface CreateResult {

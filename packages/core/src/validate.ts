@@ -444,7 +444,7 @@ function checkImage(y: YamlFile, doc: Obj, out: Problem[]): void {
     ],
     out,
   );
-  for (const [name, parameter] of entries(doc.parameters)) {
+  for (const [name, parameter] of entries(doc?.parameters)) {
     if (!isObject(parameter)) continue;
     if (parameter.default !== undefined && parameter.computed !== undefined) {
       out.push(
@@ -904,7 +904,7 @@ async function checkImageFiles(
       }
     }
   }
-  for (const [name, parameter] of entries(doc.parameters)) {
+  for (const [name, parameter] of entries(doc?.parameters)) {
     const computed = isObject(parameter) ? parameter.computed : undefined;
     if (typeof computed !== 'string') continue;
     for (const p of checkTemplate(computed)) {
