@@ -7,7 +7,7 @@ import { BASE_TREE } from './helpers/base-store.ts';
 import { execImgctl, makeStore, makeTempDir, runCli } from './helpers/index.ts';
 
 /** Runs a command with --json against `store` and returns its parsed stdout. */
-// biome-ignore lint/suspicious/noExplicitAny: parsed JSON whose shape the assertions check
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the tests read whatever JSON a command printed
 async function json(store: string, args: string[], exit = 0): Promise<any> {
   const result = await runCli([...args, '--json', '--store', store]);
   expect(result.exitCode, `${args.join(' ')}\n${result.stderr}${result.stdout}`).toBe(exit);

@@ -11,7 +11,7 @@ import { parseYamlValue } from './quick-yaml.ts';
 import * as scaffold from './scaffold.ts';
 import { exists, listNames, listNamesSync, STORE_FILE, storePaths } from './store.ts';
 import { listSystems } from './systems.ts';
-import type { ImageDoc, SystemDoc } from './types.ts';
+import type { ImageDoc } from './types.ts';
 import { loadDocument, validateDocument } from './validate.ts';
 import { editYamlText } from './yaml-edit.ts';
 
