@@ -238,7 +238,7 @@ export async function copyImage(
       const edited = editYamlText(imageText, [
         { path: ['name'], value: target },
         { path: ['revision'], value: 1 },
-        { path: ['parent'], value: parent },
+        { path: ['parent'], value: parent, after: 'revision' },
       ]);
       const problems = validateDocument(
         'Image',

@@ -2,7 +2,9 @@ import { type Dirent, readdirSync } from 'node:fs';
 import { access, mkdir, readdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { ImgctlError } from './errors.ts';
-import { assertName } from './names.ts';
+import { assertName, printable } from './names.ts';
+
+export const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 export const STORE_FILE = 'store.yaml';
 
@@ -58,6 +60,14 @@ export const storePaths = {
     join(storePaths.recordsDir(storeDir, image), `${assertName('record', record)}.yaml`),
   systemFile: (storeDir: string, system: string) =>
     join(storeDir, 'systems', `${assertName('system', system)}.yaml`),
+  blobsDir: (storeDir: string) => join(storeDir, '.blobs', 'sha256'),
+  /** content-addressed disk contents: .blobs/sha256/ab/<64 hex> */
+  blobFile: (storeDir: string, sha256: string) => {
+    if (!SHA256_HEX.test(sha256))
+      throw new ImgctlError('USAGE', `invalid sha256 '${printable(sha256)}'`);
+    return join(storeDir, '.blobs', 'sha256', sha256.slice(0, 2), sha256);
+  },
+  stateDir: (storeDir: string) => join(storeDir, '.state'),
   /** store-relative display paths, as used in problems and messages */
   rel: {
     imageFile: (image: string) => `images/${image}/image.yaml`,

@@ -22,6 +22,8 @@ export interface YamlEdit {
   path: readonly PathSegment[];
   /** undefined removes the key */
   value: unknown;
+  /** where a new key goes: after this sibling key (default: after the last one) */
+  after?: string;
 }
 
 /**
@@ -45,8 +47,7 @@ function applyEdit(text: string, edit: YamlEdit): string {
       return text.slice(0, start) + replacement + text.slice(end);
     }
   }
-  const inserted =
-    edit.value === undefined ? undefined : insertNewKey(text, doc, edit.path, edit.value);
+  const inserted = edit.value === undefined ? undefined : insertNewKey(text, doc, edit);
   if (inserted !== undefined) return inserted;
   if (edit.value === undefined) {
     doc.deleteIn(edit.path);
@@ -86,12 +87,8 @@ function openEmptyFlowCollections(doc: Document, path: readonly PathSegment[]): 
  * block mapping that exists, so no other line changes. Undefined when that is not possible
  * (flow or empty parents, list indices), and the document model takes over.
  */
-function insertNewKey(
-  text: string,
-  doc: Document,
-  path: readonly PathSegment[],
-  value: unknown,
-): string | undefined {
+function insertNewKey(text: string, doc: Document, edit: YamlEdit): string | undefined {
+  const { path, value } = edit;
   let missing = 0;
   while (missing < path.length && doc.getIn(path.slice(0, missing + 1), true) !== undefined)
     missing++;
@@ -102,7 +99,8 @@ function insertNewKey(
   if (rest.some((segment) => typeof segment !== 'string')) return undefined;
   const nested = rest.reduceRight<unknown>((inner, key) => ({ [key]: inner }), value);
   const first = parent.items[0]!.key as Node;
-  const last = parent.items.at(-1)!;
+  const last =
+    parent.items.find((p) => isScalar(p.key) && p.key.value === edit.after) ?? parent.items.at(-1)!;
   const keyStart = first.range?.[0];
   const lastEnd = (last.value as Node | null)?.range?.[1] ?? (last.key as Node).range?.[1];
   if (keyStart === undefined || lastEnd === undefined) return undefined;
