@@ -23,6 +23,14 @@ import { execa } from 'execa';
 import { onTestFinished } from 'vitest';
 import { main } from '../../packages/cli/src/main.ts';
 
+export {
+  rawRequest,
+  type RawResponse,
+  startServer,
+  type StartServerOptions,
+  type TestServer,
+} from './server.ts';
+
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 /** The source entry, run through tsx, as `npx imgctl` does after `npm ci`. */
 export const IMGCTL_BIN = join(REPO_ROOT, 'packages/cli/bin/imgctl.js');

@@ -1,7 +1,11 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { mkdir, open, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImgctlError } from './errors.ts';
+
+/** The stores whose lock the current async call chain holds, so nested calls do not wait on it. */
+const held = new AsyncLocalStorage<ReadonlySet<string>>();
 
 export interface LockOptions {
   /** how long to wait for another writer, ms */
@@ -18,6 +22,9 @@ export async function withStoreLock<T>(
   fn: () => Promise<T>,
   options: LockOptions = {},
 ): Promise<T> {
+  const key = resolve(storeDir);
+  const outer = held.getStore();
+  if (outer?.has(key)) return fn();
   const stateDir = join(storeDir, '.state');
   await mkdir(stateDir, { recursive: true });
   const lockPath = join(stateDir, 'lock');
@@ -44,7 +51,7 @@ export async function withStoreLock<T>(
     }
   }
   try {
-    return await fn();
+    return await held.run(new Set([...(outer ?? []), key]), fn);
   } finally {
     await rm(lockPath, { force: true });
   }

@@ -1,6 +1,8 @@
 import type { CommandSpec } from '../command.ts';
+import { diskCommands } from './disk.ts';
 import { imageCommands } from './image.ts';
 import { recordCommands } from './record.ts';
+import { serverCommands } from './server.ts';
 import { systemCommands } from './system.ts';
 import { topCommands } from './top.ts';
 
@@ -9,4 +11,6 @@ export const allCommands: CommandSpec[] = [
   ...imageCommands,
   ...recordCommands,
   ...systemCommands,
+  ...diskCommands,
+  ...serverCommands,
 ];

@@ -46,4 +46,107 @@ export const topCommands: CommandSpec[] = [
     ],
     load: () => import('./plan.ts'),
   },
+  {
+    path: ['build'],
+    summary: "run an image's build.sh recipe and add the disks it produces (docs/build.md)",
+    args: ['<image>'],
+    options: [
+      {
+        flags: '-r, --record <record>',
+        description: 'the record whose parameters the build sees and whose build: is written',
+      },
+      {
+        flags: '--keep-scratch',
+        description: 'keep the scratch directory (OUT_DIR, rendered kickstart) under .state/build/',
+      },
+    ],
+    examples: [
+      'imgctl build tiny-linux',
+      'imgctl build web --record large --keep-scratch',
+      'imgctl build tiny-linux --json',
+    ],
+    load: () => import('./build.ts'),
+  },
+  {
+    path: ['pack'],
+    summary: 'pack an image, its disks and a manifest of hashes into one archive',
+    args: ['<image>'],
+    options: [
+      {
+        flags: '-o, --output <file>',
+        description: 'the archive: FILE.tar, FILE.tar.gz or FILE.tar.zst (needs zstd)',
+      },
+    ],
+    examples: [
+      'imgctl pack web -o web.tar.gz',
+      'imgctl pack tiny-linux -o /srv/archive/tiny-linux.tar --json',
+    ],
+    load: () => import('./pack.ts'),
+  },
+  {
+    path: ['import'],
+    summary: 'import an archive made by pack (file or URL), or a virt-image XML descriptor',
+    args: ['<source>'],
+    options: [
+      { flags: '--as <name>', description: 'import under this image name' },
+      { flags: '-f, --force', description: 'replace an image of the same name' },
+      {
+        flags: '--from <format>',
+        description: "what SOURCE is: 'archive' (default) or 'virt-image' (an image.xml)",
+      },
+    ],
+    examples: [
+      'imgctl import web.tar.gz',
+      'imgctl import https://images.example.com/web.tar.gz --as web-staging',
+      'imgctl import --from virt-image ./appliance/image.xml --as appliance',
+    ],
+    load: () => import('./import.ts'),
+  },
+  {
+    path: ['export'],
+    summary: 'write an image as a plain directory: image.yaml, its files and disks as ID.FORMAT',
+    args: ['<image>', '<dir>'],
+    examples: ['imgctl export web ./web-export', 'imgctl export tiny-linux /tmp/tiny --json'],
+    load: () => import('./export.ts'),
+  },
+  {
+    path: ['capture'],
+    summary: 'make a new image from existing disk files or from a libvirt domain',
+    args: ['<name>'],
+    options: [
+      {
+        flags: '--from-disk <file...>',
+        description: 'disk files; the first is the system disk, the others data disks',
+      },
+      {
+        flags: '--use <uses>',
+        description: 'comma-separated use of each --from-disk file: system, data or scratch',
+      },
+      {
+        flags: '--from-domain <domain>',
+        description: 'a libvirt domain (read with virsh dumpxml)',
+      },
+      { flags: '-c, --connect <uri>', description: 'libvirt connection URI for --from-domain' },
+      { flags: '-f, --force', description: 'capture a domain even while it is running' },
+    ],
+    examples: [
+      'imgctl capture web --from-disk /var/lib/libvirt/images/web.qcow2',
+      'imgctl capture db --from-disk root.qcow2 data.raw --use system,data',
+      'imgctl capture web2 --from-domain web --connect qemu:///system',
+    ],
+    load: () => import('./capture.ts'),
+  },
+  {
+    path: ['verify'],
+    summary:
+      'check the whole store: every blob rehashed, every file valid, no missing blob (--gc: remove unused blobs)',
+    options: [
+      {
+        flags: '--gc',
+        description: 'remove blobs no image refers to, and temporary files of killed writers',
+      },
+    ],
+    examples: ['imgctl verify', 'imgctl verify --gc', 'imgctl verify --json'],
+    load: () => import('./verify.ts'),
+  },
 ];

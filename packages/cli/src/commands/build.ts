@@ -1,0 +1,29 @@
+import { join, resolve } from 'node:path';
+import { buildImage } from '@imgctl/core/build';
+import type { Handler } from '../command.ts';
+
+export const run: Handler = async ([image], options, ctx) => {
+  // One download cache for many stores (CI, tests): $IMGCTL_BUILD_CACHE/IMAGE.
+  const cacheRoot = ctx.io.env.IMGCTL_BUILD_CACHE;
+  const result = await buildImage(
+    await ctx.storeDir(),
+    {
+      image: image!,
+      record: options.record as string | undefined,
+      keepScratch: Boolean(options.keepScratch),
+      cacheDir: cacheRoot ? join(resolve(ctx.io.cwd, cacheRoot), image!) : undefined,
+    },
+    { onLine: (line) => ctx.log(`build: ${line}`) },
+  );
+  const disks = result.disks.map(
+    (d) =>
+      `  ${d.disk.id} (${d.disk.use}, ${d.disk.format}, ${String(d.disk.size)}) sha256 ${d.disk.sha256}`,
+  );
+  const lines = [
+    `built image ${result.image} (record ${result.record}): revision ${result.revision} in ${result.build.duration_s}s`,
+    ...disks,
+    `log: ${result.log}`,
+    ...(result.scratch ? [`scratch kept: ${result.scratch}`] : []),
+  ];
+  return { data: result, text: lines.join('\n') };
+};

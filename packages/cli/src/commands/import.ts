@@ -1,0 +1,40 @@
+import { ImgctlError } from '@imgctl/core/errors';
+import { importArchive } from '@imgctl/core/import';
+import { formatSize } from '@imgctl/core/sizes';
+import { importVirtImage } from '@imgctl/core/virt-image';
+import type { Handler } from '../command.ts';
+import { progressLines } from './pack.ts';
+
+export const run: Handler = async ([source], options, ctx) => {
+  const from = (options.from as string | undefined) ?? 'archive';
+  const as = options.as as string | undefined;
+  const force = Boolean(options.force);
+  if (from === 'virt-image') {
+    const result = await importVirtImage(await ctx.storeDir(), source!, { as, force });
+    for (const note of result.notReplicated) ctx.log(`warning: ${note}`);
+    return {
+      data: result,
+      text: `imported image '${result.image}' from ${result.source} (${result.disks.length} disks${
+        result.notReplicated.length > 0
+          ? `; ${result.notReplicated.length} thing(s) not representable, listed above`
+          : ''
+      })`,
+    };
+  }
+  if (from !== 'archive') {
+    throw new ImgctlError('USAGE', `--from takes 'archive' or 'virt-image', not '${from}'`);
+  }
+  const progress = progressLines(ctx, `importing ${source}`);
+  const result = await importArchive(await ctx.storeDir(), source!, {
+    as,
+    force,
+    onProgress: (p) => progress(p.done, p.total),
+  });
+  const reused = result.blobsReused > 0 ? `, ${result.blobsReused} already in the store` : '';
+  return {
+    data: result,
+    text: `imported image '${result.image}' revision ${result.revision}${
+      result.replaced ? ' (replaced the previous one)' : ''
+    }: ${result.files} files, ${result.blobs} disk blobs${reused}, ${formatSize(result.bytes)}`,
+  };
+};

@@ -1,0 +1,81 @@
+import type { CommandSpec } from '../command.ts';
+
+export const serverCommands: CommandSpec[] = [
+  {
+    path: ['serve'],
+    summary: 'serve the store to agents over HTTP: images, plans, files, blobs, events',
+    options: [
+      {
+        flags: '--listen <[host:]port>',
+        description:
+          "address to listen on (default: store.yaml's server.listen, else 127.0.0.1:8460)",
+      },
+      { flags: '--tls-cert <file>', description: 'serve HTTPS with this certificate (PEM)' },
+      { flags: '--tls-key <file>', description: 'the private key of --tls-cert (PEM)' },
+      {
+        flags: '--read-token-file <file>',
+        description: 'every read needs this bearer token (and plans then include secrets)',
+      },
+      {
+        flags: '--write-token-file <file>',
+        description: 'accept events (POST /v1/events) with this bearer token',
+      },
+    ],
+    examples: [
+      'imgctl serve',
+      'imgctl serve --listen 0.0.0.0:8460 --write-token-file /etc/imgctl/write.token',
+      'imgctl serve --tls-cert server.crt --tls-key server.key --read-token-file read.token',
+    ],
+    load: () => import('./serve.ts'),
+  },
+  {
+    path: ['status'],
+    summary: "each system's provisioning state and phase timings, from the store's events",
+    options: [
+      { flags: '-s, --system <system>', description: 'only this system, with every phase' },
+      {
+        flags: '--stalled-after <duration>',
+        description: 'a run with no event for this long is stalled (e.g. 90s, 10m, 2h)',
+        defaultValue: '10m',
+      },
+    ],
+    examples: [
+      'imgctl status',
+      'imgctl status --system web01',
+      'imgctl status --json --stalled-after 5m',
+    ],
+    load: () => import('./status.ts'),
+  },
+  {
+    path: ['keygen'],
+    summary: 'make an ed25519 key pair for signing plans (and set signing_key in store.yaml)',
+    options: [
+      {
+        flags: '-o, --output <file>',
+        description:
+          'write the private key here and the public key to FILE.pub (default: .state/keys/signing.key in the store, which becomes its signing_key)',
+      },
+      { flags: '--force', description: 'replace an existing key' },
+    ],
+    examples: ['imgctl keygen', 'imgctl keygen -o /etc/imgctl/signing.key'],
+    load: () => import('./keygen.ts'),
+  },
+  {
+    path: ['sign'],
+    summary: 'sign a saved plan with the store key, or check a signed plan offline (--verify)',
+    args: ['<file>'],
+    options: [
+      {
+        flags: '--verify',
+        description: 'check the signature of a signed plan instead of signing (exit 7 on mismatch)',
+      },
+      { flags: '--key <file>', description: 'the public key (--verify) or private key (signing)' },
+      { flags: '-o, --output <file>', description: 'write the signed plan here (default: stdout)' },
+    ],
+    examples: [
+      'imgctl plan web --system web01 --json > plan.json && imgctl sign plan.json -o plan.signed.json',
+      'imgctl sign --verify plan.signed.json --key signing.key.pub',
+    ],
+    load: () => import('./sign.ts'),
+  },
+];

@@ -1,0 +1,39 @@
+import { formatProblem } from '@imgctl/core/document';
+import { ImgctlError } from '@imgctl/core/errors';
+import { verifyStore } from '@imgctl/core/verify';
+import type { Handler } from '../command.ts';
+
+export const run: Handler = async (_args, options, ctx) => {
+  const gc = Boolean(options.gc);
+  const result = await verifyStore(await ctx.storeDir(), {
+    gc,
+    onProgress: (done, total) => ctx.log(`rehashed blob ${done} of ${total}`),
+  });
+  for (const path of result.removed) ctx.log(`removed ${path}`);
+  const corrupt = [
+    ...result.blobs.bad.map((path) => `${path}: content does not match its name (corrupted)`),
+    ...result.missing.map(
+      (m) => `images/${m.image}/image.yaml: disk ${m.disk}: blob ${m.sha256} is missing`,
+    ),
+  ];
+  const details = [...corrupt, ...result.problems.map(formatProblem)];
+  if (details.length > 0) {
+    throw new ImgctlError(
+      corrupt.length > 0 ? 'INTEGRITY' : 'VALIDATION',
+      `${corrupt.length} integrity problem(s), ${result.problems.length} invalid file problem(s)`,
+      {
+        details,
+        hint:
+          corrupt.length > 0
+            ? "add the disks named above again ('imgctl disk add'), or restore .blobs/ from a backup"
+            : 'fix the files named above; every problem is listed',
+      },
+    );
+  }
+  const { images, records, systems } = result.counts;
+  const removed = gc ? `; removed ${result.removed.length} unused file(s)` : '';
+  return {
+    data: { ok: true, ...result },
+    text: `ok: ${result.blobs.checked} blob(s) match their sha256, ${images} image(s), ${records} record(s), ${systems} system(s) valid${removed}`,
+  };
+};

@@ -1,0 +1,661 @@
+/**
+ * The routes of `imgctl serve` (docs/server.md). Each takes the already decoded path segments and
+ * query, answers from the store as it is on disk now, and returns a reply for server.ts to send
+ * (blobs stream themselves). Every name is checked with names.ts before it touches a path.
+ */
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isAbsolute, join, resolve } from 'node:path';
+import { ImgctlError } from './errors.ts';
+import {
+  appendEvent,
+  DEFAULT_STALLED_AFTER_MS,
+  parseDuration,
+  parseEvent,
+  provisioningStatus,
+} from './events.ts';
+import { listImages, loadImage, showImage } from './images.ts';
+import { isValidName, printable } from './names.ts';
+import { redactPlan, renderImageFile, resolvePlan } from './plan.ts';
+import { parseYamlValue } from './quick-yaml.ts';
+import { listRecords, showRecord } from './records.ts';
+import {
+  fileInStore,
+  HttpError,
+  lstatInStore,
+  sendBlob,
+  type StatMemo,
+  stampOf,
+  symlinkedEntries,
+} from './server-files.ts';
+import {
+  formatSignatureHeader,
+  keyIdOf,
+  parsePrivateKey,
+  type PlanSignature,
+  signPlan,
+  SIGNATURE_HEADER,
+  type SignedPlan,
+} from './signing.ts';
+import { SHA256_HEX } from './store.ts';
+import { findSystem, listSystems, showSystem } from './systems.ts';
+import type { ImageStoreDoc, PlanDoc } from './types.ts';
+
+export interface RouteRequest {
+  method: string;
+  /** decoded path segments after the leading slash */
+  segments: string[];
+  query: URLSearchParams;
+  /** the request carried a configured token (read or write): plans include secret values */
+  authed: boolean;
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** the parsed JSON body of a POST */
+  body?: unknown;
+}
+
+export type Reply =
+  | { status: number; body: string | Buffer; type: string; headers?: Record<string, string> }
+  /** the route wrote the response itself; `bytes` of body were sent */
+  | { streamed: true; bytes: number };
+
+export interface Routes {
+  handle(request: RouteRequest): Promise<Reply>;
+  /** the methods a path accepts, for 405 answers; empty when no route matches */
+  methodsFor(segments: string[]): string[];
+}
+
+const PLAN_CACHE_SIZE = 512;
+const MAX_SCRIPT_BYTES = 16 * 1024 * 1024;
+/** a name, a MAC address or a hostname */
+const SYSTEM_KEY = /^([0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}))$/;
+/** a script's file name: like a name, capitals allowed */
+const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+interface Signer {
+  key: KeyObject;
+  keyId: string;
+  publicKeyPem: string;
+}
+
+interface SystemRef {
+  name: string;
+  image: string;
+}
+
+interface PlanEntry {
+  /** stamp of the files every resolution reads (store.yaml, image, system, their directories) */
+  base: string;
+  /** stamp of each record file, taken before resolution */
+  records: Map<string, string>;
+  /** the record file the plan used, once resolved */
+  record?: string;
+  result: Promise<{ plan: PlanDoc; body: string; signature?: PlanSignature }>;
+}
+
+/**
+ * lstat results shared by the requests handled in one turn of the event loop (cleared in the
+ * check phase). Every request handled in a turn had fully arrived before the turn's first
+ * lstat, so what it is answered from is never older than the request.
+ */
+let sharedMemo: StatMemo | undefined;
+function turnMemo(): StatMemo {
+  if (sharedMemo === undefined) {
+    sharedMemo = new Map();
+    setImmediate(() => {
+      sharedMemo = undefined;
+    });
+  }
+  return sharedMemo;
+}
+
+export function createRoutes(storeDir: string, now: () => Date): Routes {
+  const planCache = new Map<string, PlanEntry>();
+  let signerCache: { stamp: string; signer: Signer | undefined } | undefined;
+
+  /** The store's signing key, re-read when store.yaml or the key file changes. */
+  function signer(memo?: StatMemo): Signer | undefined {
+    const storeStamp = stampOf(storeDir, [['store.yaml']], memo);
+    let keyPath: string | undefined;
+    if (signerCache && signerCache.stamp.startsWith(`${storeStamp}#`)) {
+      keyPath = signerCache.stamp.split('#')[1] || undefined;
+    } else {
+      keyPath = signingKeyPath(storeDir);
+    }
+    const keyStamp = keyPath ? fileStamp(keyPath) : '';
+    const stamp = `${storeStamp}#${keyPath ?? ''}#${keyStamp}`;
+    if (signerCache?.stamp === stamp) return signerCache.signer;
+    let value: Signer | undefined;
+    if (keyPath) {
+      let pem: Buffer;
+      try {
+        pem = readFileSync(keyPath);
+      } catch (error) {
+        throw new ImgctlError('NOT_FOUND', `signing_key ${keyPath} cannot be read`, {
+          cause: error,
+          hint: "create it with 'imgctl keygen', or fix signing_key in store.yaml",
+        });
+      }
+      const key = parsePrivateKey(pem, `signing_key ${keyPath}`);
+      value = {
+        key,
+        keyId: keyIdOf(key),
+        publicKeyPem: keyPublicPem(key),
+      };
+    }
+    signerCache = { stamp, signer: value };
+    return value;
+  }
+
+  async function plan(request: RouteRequest): Promise<Reply> {
+    const q = queryOf(request.query, ['image', 'record', 'system', 'vm_name', 'set', 'format']);
+    const format = q.one('format') ?? 'plan';
+    if (format !== 'plan' && format !== 'signed')
+      throw new HttpError(400, 'USAGE', "format is 'plan' (the default) or 'signed'");
+    const systemKey = q.one('system');
+    let system: string | undefined;
+    let image = q.name('image', 'image');
+    const memo = turnMemo();
+    if (systemKey !== undefined) {
+      const found = await lookupSystem(systemKey, memo);
+      system = found.name;
+      image ??= found.image;
+    }
+    if (image === undefined)
+      throw new HttpError(400, 'USAGE', 'the plan needs image=NAME or system=NAME|MAC|HOSTNAME');
+    const record = q.name('record', 'record');
+    const vmName = q.name('vm_name', 'VM');
+    const sets = q.all('set');
+    const deps = planDeps(image, system);
+    const sign = signer(memo);
+    const key = JSON.stringify([image, record, system, vmName, sets, request.authed, sign?.keyId]);
+    const base = stampOf(storeDir, deps, memo);
+    let entry = planCache.get(key);
+    if (!entry || entry.base !== base || !recordUnchanged(entry, image, memo)) {
+      // Stamped before anything is read: a file changed during resolution is seen as changed
+      // by the next request, which resolves again.
+      const records = recordStamps(image, memo);
+      const fresh: PlanEntry = { base, records, result: Promise.resolve(undefined as never) };
+      fresh.result = (async () => {
+        const resolved = await resolvePlan(storeDir, { image, record, system, sets, vmName });
+        const shown = request.authed ? resolved : redactPlan(resolved);
+        // From now on only the record the plan used is checked.
+        fresh.record = `${resolved.record}.yaml`;
+        return {
+          plan: shown,
+          body: `${JSON.stringify(shown, null, 2)}\n`,
+          signature: sign ? signPlan(shown, sign.key) : undefined,
+        };
+      })();
+      entry = fresh;
+      planCache.delete(key);
+      planCache.set(key, fresh);
+      if (planCache.size > PLAN_CACHE_SIZE) planCache.delete(planCache.keys().next().value!);
+      // A failed resolution is not kept: the next request tries again.
+      fresh.result.catch(() => {
+        if (planCache.get(key) === fresh) planCache.delete(key);
+      });
+    }
+    const { plan: shown, body, signature } = await entry.result;
+    const headers: Record<string, string> = { 'cache-control': 'no-store', vary: 'authorization' };
+    if (signature) headers[SIGNATURE_HEADER] = formatSignatureHeader(signature);
+    if (format === 'signed') {
+      if (!signature) {
+        throw new HttpError(
+          404,
+          'NOT_FOUND',
+          'the store has no signing key, so plans are not signed',
+          {
+            hint: "make one with 'imgctl keygen' on the server",
+          },
+        );
+      }
+      const envelope: SignedPlan = {
+        apiVersion: 'imgctl/v1',
+        kind: 'SignedPlan',
+        plan: shown,
+        signature,
+      };
+      return json(200, envelope, headers);
+    }
+    return { status: 200, body, type: 'application/json', headers };
+  }
+
+  function planDeps(image: string, system: string | undefined): string[][] {
+    const deps = [
+      ['store.yaml'],
+      ['images'],
+      ['images', image],
+      ['images', image, 'image.yaml'],
+      ['images', image, 'records'],
+    ];
+    if (system !== undefined) deps.push(['systems'], ['systems', `${system}.yaml`]);
+    return deps;
+  }
+
+  /** Every record file of an image, stamped: the plan reads whichever one applies. */
+  /** The stamp of every record file of an image: the plan reads whichever one applies. */
+  function recordStamps(image: string, memo: StatMemo): Map<string, string> {
+    const dir = ['images', image, 'records'];
+    const names = listDir(join(storeDir, ...dir)).filter((n) => n.endsWith('.yaml'));
+    return new Map(names.map((n) => [n, stampOf(storeDir, [[...dir, n]], memo)]));
+  }
+
+  function recordUnchanged(entry: PlanEntry, image: string, memo: StatMemo): boolean {
+    if (entry.record === undefined) {
+      const now = recordStamps(image, memo);
+      return (
+        now.size === entry.records.size && [...now].every(([n, st]) => entry.records.get(n) === st)
+      );
+    }
+    const then = entry.records.get(entry.record) ?? '-';
+    return stampOf(storeDir, [['images', image, 'records', entry.record]], memo) === then;
+  }
+
+  const lookupCache = new Map<string, { stamp: string; result: Promise<SystemRef> }>();
+
+  /**
+   * A system by name, MAC or hostname; its file must not be a symlink. Remembered until a file
+   * it depends on changes: the named file, or for a MAC or hostname every system file.
+   */
+  async function lookupSystem(key: string, memo: StatMemo = turnMemo()): Promise<SystemRef> {
+    if (!SYSTEM_KEY.test(key) || key.includes('..'))
+      throw new HttpError(
+        400,
+        'USAGE',
+        `invalid system '${printable(key)}': give a name, a MAC address or a hostname`,
+      );
+    const byName =
+      isValidName(key) && lstatInStore(storeDir, ['systems', `${key}.yaml`], memo) !== undefined;
+    const stamp = byName
+      ? stampOf(storeDir, [['systems'], ['systems', `${key}.yaml`]], memo)
+      : stampOf(
+          storeDir,
+          [['systems'], ...listDir(join(storeDir, 'systems')).map((n) => ['systems', n])],
+          memo,
+        );
+    const cacheKey = `${byName ? 'name' : 'find'}:${key}`;
+    const hit = lookupCache.get(cacheKey);
+    if (hit && hit.stamp === stamp) return hit.result;
+    const result = (async () => {
+      const doc = byName ? await showSystem(storeDir, key) : await findSystem(storeDir, key);
+      lstatInStore(storeDir, ['systems', `${doc.name}.yaml`]);
+      return { name: doc.name, image: doc.image };
+    })();
+    lookupCache.set(cacheKey, { stamp, result });
+    if (lookupCache.size > PLAN_CACHE_SIZE) lookupCache.delete(lookupCache.keys().next().value!);
+    result.catch(() => {
+      if (lookupCache.get(cacheKey)?.result === result) lookupCache.delete(cacheKey);
+    });
+    return result;
+  }
+
+  async function file(request: RouteRequest, image: string, path: string[]): Promise<Reply> {
+    const img = await loadImageChecked(image);
+    if (path.length === 1 && path[0] === 'kickstart') {
+      const q = queryOf(request.query, ['record', 'system', 'vm_name', 'set']);
+      const systemKey = q.one('system');
+      const system = systemKey === undefined ? undefined : (await lookupSystem(systemKey)).name;
+      const resolved = await resolvePlan(storeDir, {
+        image,
+        record: q.name('record', 'record'),
+        system,
+        sets: q.all('set'),
+        vmName: q.name('vm_name', 'VM'),
+      });
+      if (resolved.provision.kickstart !== undefined) {
+        lstatInStore(storeDir, ['images', image, ...resolved.provision.kickstart.split('/')]);
+      }
+      const text = await renderImageFile(
+        storeDir,
+        request.authed ? resolved : redactPlan(resolved),
+        'kickstart',
+      );
+      return { status: 200, body: text, type: 'text/plain; charset=utf-8', headers: noStore };
+    }
+    queryOf(request.query, []);
+    for (const segment of path) {
+      if (!FILE_NAME.test(segment) || segment.includes('..'))
+        throw new HttpError(400, 'USAGE', `invalid file name '${printable(segment)}'`);
+    }
+    const script = img.provision?.script ?? 'provision.sh';
+    if (path.join('/') === script) {
+      return scriptReply(['images', image, ...path], `images/${image}/${script}`);
+    }
+    if (path[0] === 'common' && path.length === 2) {
+      return scriptReply(['common', path[1]!], `common/${path[1]}`);
+    }
+    if (path[0] === 'custom_scripts' && (path.length === 2 || path.length === 3)) {
+      const set = path[1]!;
+      if (!(img.provision?.custom_scripts ?? []).includes(set)) {
+        throw new HttpError(
+          404,
+          'NOT_FOUND',
+          `image '${image}' uses no custom script set '${printable(set)}'`,
+          { hint: `its sets: ${(img.provision?.custom_scripts ?? []).join(', ') || 'none'}` },
+        );
+      }
+      const dir = customScriptsDir(image, set);
+      if (path.length === 2) {
+        const names = listDir(join(storeDir, ...dir)).sort();
+        const skipped = symlinkedEntries(storeDir, dir);
+        const files = names
+          .filter(
+            (n) =>
+              FILE_NAME.test(n) && !skipped.has(n) && lstatInStore(storeDir, [...dir, n])?.isFile(),
+          )
+          .map((n) => {
+            const content = readFileSync(join(storeDir, ...dir, n));
+            return { name: n, size: content.length, sha256: sha256(content) };
+          });
+        return json(
+          200,
+          { image, set, source: dir[0] === 'images' ? 'image' : 'store', files },
+          noStore,
+        );
+      }
+      return scriptReply([...dir, path[2]!], `${dir.join('/')}/${path[2]}`);
+    }
+    throw new HttpError(
+      404,
+      'NOT_FOUND',
+      `image '${image}' has no file '${printable(path.join('/'))}'`,
+      {
+        hint: `files: ${script}, kickstart, custom_scripts/SET[/FILE], common/FILE`,
+      },
+    );
+  }
+
+  /** The image's own custom_scripts/<set>/ when it exists, else the store's. */
+  function customScriptsDir(image: string, set: string): string[] {
+    const own = ['images', image, 'custom_scripts', set];
+    if (lstatInStore(storeDir, own)?.isDirectory()) return own;
+    const shared = ['custom_scripts', set];
+    if (lstatInStore(storeDir, shared)?.isDirectory()) return shared;
+    throw new HttpError(
+      404,
+      'NOT_FOUND',
+      `custom script set '${set}' is in neither images/${image}/custom_scripts/ nor custom_scripts/`,
+    );
+  }
+
+  function scriptReply(segments: string[], display: string): Reply {
+    const path = fileInStore(storeDir, segments, display);
+    const content = readFileSync(path);
+    if (content.length > MAX_SCRIPT_BYTES)
+      throw new HttpError(500, 'FAILED', `${display} is larger than ${MAX_SCRIPT_BYTES} bytes`);
+    return {
+      status: 200,
+      body: content,
+      type: 'text/plain; charset=utf-8',
+      headers: { etag: `"${sha256(content)}"`, 'cache-control': 'no-cache' },
+    };
+  }
+
+  async function loadImageChecked(image: string) {
+    lstatInStore(storeDir, ['images', image, 'image.yaml']);
+    return loadImage(storeDir, image);
+  }
+
+  async function handle(request: RouteRequest): Promise<Reply> {
+    const s = request.segments;
+    const method = request.method === 'HEAD' ? 'GET' : request.method;
+    if (s.length === 0 || (s.length === 1 && s[0] === 'v1')) {
+      queryOf(request.query, []);
+      const sign = signer();
+      const store = storeDoc(storeDir);
+      return json(200, {
+        apiVersion: 'imgctl/v1',
+        kind: 'Server',
+        store: store.name,
+        signing: sign
+          ? { algorithm: 'ed25519', key_id: sign.keyId, public_key: sign.publicKeyPem }
+          : null,
+      });
+    }
+    if (s[0] !== 'v1') throw notFound(s);
+    const [, noun, a, b, c, ...rest] = s;
+    if (noun === 'images' && method === 'GET') {
+      if (a === undefined) {
+        queryOf(request.query, []);
+        const hidden = new Set<string>();
+        const images = await listImages(storeDir);
+        for (const img of images) {
+          try {
+            lstatInStore(storeDir, ['images', img.name, 'image.yaml']);
+            lstatInStore(storeDir, ['images', img.name, 'records']);
+          } catch {
+            hidden.add(img.name);
+          }
+        }
+        return json(
+          200,
+          images.filter((i) => !hidden.has(i.name)),
+        );
+      }
+      const image = segmentName('image', a);
+      if (b === undefined) {
+        queryOf(request.query, []);
+        lstatInStore(storeDir, ['images', image, 'image.yaml']);
+        return json(200, await showImage(storeDir, image));
+      }
+      if (b === 'records') {
+        queryOf(request.query, []);
+        lstatInStore(storeDir, ['images', image, 'image.yaml']);
+        if (c === undefined) {
+          for (const name of listDir(join(storeDir, 'images', image, 'records'))) {
+            if (name.endsWith('.yaml')) lstatInStore(storeDir, ['images', image, 'records', name]);
+          }
+          return json(200, await listRecords(storeDir, image));
+        }
+        if (rest.length === 0) {
+          const record = segmentName('record', c);
+          lstatInStore(storeDir, ['images', image, 'records', `${record}.yaml`]);
+          return json(200, await showRecord(storeDir, image, record));
+        }
+      }
+      if (b === 'files' && c !== undefined) return file(request, image, [c, ...rest]);
+      throw notFound(s);
+    }
+    if (noun === 'systems' && method === 'GET' && b === undefined) {
+      if (a === undefined) {
+        const q = queryOf(request.query, ['mac', 'hostname']);
+        const mac = q.one('mac');
+        const hostname = q.one('hostname');
+        if (mac !== undefined && hostname !== undefined)
+          throw new HttpError(400, 'USAGE', 'give mac= or hostname=, not both');
+        const key = mac ?? hostname;
+        if (key !== undefined) {
+          if (mac !== undefined && !/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(mac))
+            throw new HttpError(400, 'USAGE', `invalid MAC address '${printable(mac)}'`);
+          if (
+            hostname !== undefined &&
+            (!SYSTEM_KEY.test(hostname) || hostname.includes('..') || hostname.includes(':'))
+          )
+            throw new HttpError(400, 'USAGE', `invalid hostname '${printable(hostname)}'`);
+          const { name } = await lookupSystem(key);
+          return json(200, await showSystem(storeDir, name));
+        }
+        const hidden = symlinkedEntries(storeDir, ['systems']);
+        if (lstatInStore(storeDir, ['systems']) === undefined) return json(200, []);
+        return json(
+          200,
+          (await listSystems(storeDir)).filter((sys) => !hidden.has(`${sys.name}.yaml`)),
+        );
+      }
+      queryOf(request.query, []);
+      const name = segmentName('system', a);
+      if (!lstatInStore(storeDir, ['systems', `${name}.yaml`]))
+        throw new HttpError(404, 'NOT_FOUND', `system '${name}' does not exist`);
+      return json(200, await showSystem(storeDir, name));
+    }
+    if (noun === 'plan' && a === undefined && method === 'GET') return plan(request);
+    if (
+      noun === 'blobs' &&
+      a === 'sha256' &&
+      b !== undefined &&
+      c === undefined &&
+      method === 'GET'
+    ) {
+      queryOf(request.query, []);
+      if (!SHA256_HEX.test(b))
+        throw new HttpError(
+          400,
+          'USAGE',
+          `invalid sha256 '${printable(b)}': 64 lowercase hex digits`,
+        );
+      const bytes = await sendBlob(request.req, request.res, storeDir, b);
+      return { streamed: true, bytes };
+    }
+    if (noun === 'events' && a === undefined && method === 'POST') {
+      queryOf(request.query, []);
+      const event = parseEvent(request.body, now());
+      await appendEvent(storeDir, event);
+      return json(201, { event });
+    }
+    if (noun === 'status' && a === undefined && method === 'GET') {
+      const q = queryOf(request.query, ['system', 'stalled_after']);
+      const stalled = q.one('stalled_after');
+      return json(
+        200,
+        await provisioningStatus(storeDir, {
+          system: q.name('system', 'system'),
+          now: now(),
+          stalledAfterMs:
+            stalled === undefined
+              ? DEFAULT_STALLED_AFTER_MS
+              : parseDuration(stalled, 'stalled_after'),
+        }),
+        noStore,
+      );
+    }
+    throw notFound(s);
+  }
+
+  function methodsFor(segments: string[]): string[] {
+    const [v1, noun, a, b] = segments;
+    if (segments.length === 0 || (segments.length === 1 && v1 === 'v1')) return ['GET', 'HEAD'];
+    if (v1 !== 'v1') return [];
+    if (noun === 'events' && a === undefined) return ['POST'];
+    if (noun === 'images' || noun === 'systems' || noun === 'status' || noun === 'plan')
+      return ['GET', 'HEAD'];
+    if (noun === 'blobs' && a === 'sha256' && b !== undefined) return ['GET', 'HEAD'];
+    return [];
+  }
+
+  return { handle, methodsFor };
+}
+
+const noStore = { 'cache-control': 'no-store' };
+
+function json(status: number, value: unknown, headers: Record<string, string> = {}): Reply {
+  return {
+    status,
+    body: `${JSON.stringify(value, null, 2)}\n`,
+    type: 'application/json',
+    headers: { 'cache-control': 'no-cache', ...headers },
+  };
+}
+
+function notFound(segments: string[]): HttpError {
+  return new HttpError(404, 'NOT_FOUND', `no such route /${printable(segments.join('/'))}`, {
+    hint: 'docs/server.md lists every route',
+  });
+}
+
+function segmentName(kind: string, value: string): string {
+  if (!isValidName(value)) {
+    throw new HttpError(400, 'USAGE', `invalid ${kind} name '${printable(value)}'`, {
+      hint: 'names are 1-63 characters of a-z, 0-9, ".", "_" and "-", starting with a letter or digit, without ".."',
+    });
+  }
+  return value;
+}
+
+interface Query {
+  one(name: string): string | undefined;
+  all(name: string): string[];
+  name(param: string, kind: string): string | undefined;
+}
+
+/**
+ * The query of a route that accepts `allowed` parameters: anything else, a repeated parameter
+ * (except `set`), a NUL or an overlong value is refused.
+ */
+function queryOf(query: URLSearchParams, allowed: string[]): Query {
+  for (const [key, value] of query) {
+    if (!allowed.includes(key))
+      throw new HttpError(400, 'USAGE', `unknown query parameter '${printable(key)}'`, {
+        hint: allowed.length
+          ? `this route takes ${allowed.join(', ')}`
+          : 'this route takes no query parameters',
+      });
+    if (value.length > 1024 || value.includes('\0'))
+      throw new HttpError(400, 'USAGE', `query parameter '${key}' is too long or holds a NUL`);
+    if (key !== 'set' && query.getAll(key).length > 1)
+      throw new HttpError(400, 'USAGE', `query parameter '${key}' is given more than once`);
+  }
+  return {
+    one: (name) => query.get(name) ?? undefined,
+    all: (name) => query.getAll(name),
+    name(param, kind) {
+      const v = query.get(param);
+      return v === null ? undefined : segmentName(kind, v);
+    },
+  };
+}
+
+function listDir(path: string): string[] {
+  try {
+    // synchronous: a handful of names, cheaper than a round trip through the thread pool
+    return readdirSync(path);
+  } catch {
+    return [];
+  }
+}
+
+function sha256(content: Buffer): string {
+  return createHash('sha256').update(content).digest('hex');
+}
+
+function fileStamp(path: string): string {
+  try {
+    const st = statSync(path);
+    return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+  } catch {
+    return 'missing';
+  }
+}
+
+function keyPublicPem(key: KeyObject): string {
+  return createPublicKey(key).export({ type: 'spki', format: 'pem' }).toString();
+}
+
+function storeDoc(storeDir: string): ImageStoreDoc {
+  lstatInStore(storeDir, ['store.yaml']);
+  try {
+    return parseStoreYaml(storeDir);
+  } catch {
+    return { apiVersion: 'imgctl/v1', kind: 'ImageStore', name: '' };
+  }
+}
+
+function parseStoreYaml(storeDir: string): ImageStoreDoc {
+  return (parseYamlValue(readFileSync(join(storeDir, 'store.yaml'), 'utf8')) ??
+    {}) as ImageStoreDoc;
+}
+
+/** The absolute path of store.yaml's signing_key (relative paths are from the store). */
+export function signingKeyPath(storeDir: string): string | undefined {
+  lstatInStore(storeDir, ['store.yaml']);
+  let doc: ImageStoreDoc;
+  try {
+    doc = parseStoreYaml(storeDir);
+  } catch {
+    return undefined;
+  }
+  const key = doc.signing_key;
+  if (typeof key !== 'string' || key === '') return undefined;
+  return isAbsolute(key) ? key : resolve(storeDir, key);
+}
