@@ -44,6 +44,17 @@ export interface StagedDisk {
   info: QemuImgInfo;
 }
 
+/** A disk's descriptor entry; content (when there is any) is a blob of this store. */
+export function descriptorDisk(d: Pick<Disk, 'id' | 'use' | 'format' | 'size' | 'sha256'>): Disk {
+  return {
+    id: d.id,
+    use: d.use,
+    format: d.format,
+    size: d.size,
+    ...(d.sha256 ? { sha256: d.sha256, blob: true } : {}),
+  };
+}
+
 /**
  * Checks `file` is a self-contained disk image (no backing or data file; a format images may
  * carry), then stages its content, and checks the staged bytes again: what is checked is what
@@ -300,13 +311,7 @@ async function captureDisks(
       os: shape.os ?? { family: 'linux', arch: shape.boot.arch },
       boot: [{ ...shape.boot, drives: sources.map((s) => ({ disk: s.id, target: s.target })) }],
       devices: shape.devices,
-      disks: disks.map((d) => ({
-        id: d.id,
-        use: d.use,
-        format: d.format,
-        size: d.size,
-        ...(d.sha256 ? { sha256: d.sha256, blob: true } : {}),
-      })),
+      disks: disks.map(descriptorDisk),
       parameters: {},
       provision: {},
     };

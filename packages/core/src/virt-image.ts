@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs';
 import { readFile, realpath, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import type { StagedBlob } from './blobs.ts';
-import { type NewImage, placeNewImage, stageDiskFile } from './capture.ts';
+import { descriptorDisk, type NewImage, placeNewImage, stageDiskFile } from './capture.ts';
 import { ImgctlError } from './errors.ts';
 import { assertName, isValidName, printable } from './names.ts';
 import { formatSize } from './sizes.ts';
@@ -587,13 +587,7 @@ export async function importVirtImage(
     for (const b of conversion.bootFiles) copies.push({ rel: b.rel, from: await inside(b.file) });
     const doc: NewImage['doc'] = {
       ...conversion.doc,
-      disks: disks.map((d) => ({
-        id: d.id,
-        use: d.use,
-        format: d.format,
-        size: d.size,
-        ...(d.sha256 ? { sha256: d.sha256, blob: true } : {}),
-      })),
+      disks: disks.map(descriptorDisk),
     };
     const notesMd = notes.map((n) => `- ${n}`).join('\n');
     const files = await placeNewImage(storeDir, {
