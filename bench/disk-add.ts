@@ -17,14 +17,14 @@
  *   node --import tsx bench/disk-add.ts [--dir /var/tmp] [--runs 3] [--out FILE] [--keep]
  */
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rename, rm, statfs, writeFile } from 'node:fs/promises';
-import { cpus } from 'node:os';
+import { mkdtemp, open, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { addDisk } from '../packages/core/src/disks.ts';
 import { createImage, initStore } from '../packages/core/src/images.ts';
+import { median, reportHead, writeReport } from './lib/report.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_RESULTS = join(ROOT, 'bench/results/disk-add.json');
@@ -52,11 +52,6 @@ function parseArgs(argv: string[]): Args {
   return args;
 }
 
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 const round = (n: number) => Math.round(n * 10) / 10;
 
 /** Incompressible bytes, fast (AES-CTR keystream), written at `offset` of an open file. */
@@ -225,11 +220,7 @@ async function main(): Promise<number> {
       },
     ];
     const report = {
-      benchmark: 'disk-add',
-      timestamp: new Date().toISOString(),
-      node: process.version,
-      platform: `${process.platform}-${process.arch}`,
-      cpus: cpus().length,
+      ...reportHead('disk-add'),
       page_cache: cold
         ? 'dropped before every run (cold)'
         : 'warm: drop_caches not permitted here; every source read once first',
@@ -250,9 +241,7 @@ async function main(): Promise<number> {
         Object.entries(runs).map(([k, v]) => [k, v.map((t) => round(t.ms))]),
       ),
     };
-    const tmp = `${args.out}.tmp`;
-    await writeFile(tmp, `${JSON.stringify(report, null, 2)}\n`);
-    await rename(tmp, args.out);
+    await writeReport(args.out, report);
 
     console.log(`disk-add: best of ${args.runs} runs, page cache ${cold ? 'cold' : 'warm'}`);
     console.log(

@@ -23,10 +23,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { cp, mkdir, mkdtemp, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import { createServer, connect } from 'node:net';
-import { cpus, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { reportHead, writeReport } from './lib/report.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
@@ -437,11 +438,7 @@ async function main(): Promise<number> {
       plans.errors === 0 &&
       plans.p99_ms < LIMITS.plan_p99_ms;
     const report = {
-      benchmark: 'serve',
-      timestamp: new Date().toISOString(),
-      node: process.version,
-      platform: `${process.platform}-${process.arch}`,
-      cpus: cpus().length,
+      ...reportHead('serve'),
       limits: LIMITS,
       blob: { bytes: blob.length, clients: args.clients, random_resumes_per_client: args.resumes },
       nginx: nginxResult,
@@ -456,9 +453,7 @@ async function main(): Promise<number> {
       plans,
       pass,
     };
-    await mkdir(dirname(args.out), { recursive: true });
-    await writeFile(`${args.out}.tmp`, `${JSON.stringify(report, null, 2)}\n`);
-    await rename(`${args.out}.tmp`, args.out);
+    await writeReport(args.out, report);
     const row = (name: string, r: LoadResult) =>
       `${name.padEnd(14)}${`${r.mb_per_s} MB/s`.padStart(12)}${`${(r.bytes / 2 ** 30).toFixed(1)} GiB`.padStart(11)}${`${r.seconds.toFixed(1)} s`.padStart(9)}${String(r.requests).padStart(10)}${String(r.errors).padStart(8)}`;
     process.stdout.write(

@@ -9,8 +9,20 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/imgctl-demo.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
 STORE=$WORK/image-store
+DEMO_VM=demo-tiny01
+DEMO_BRIDGE=imgctl-demo0
+SERVER_PID=
+cleanup() {
+  if [ -n "${VM_MADE:-}" ]; then
+    virsh --connect qemu:///system destroy "$DEMO_VM" >/dev/null 2>&1 || true
+    virsh --connect qemu:///system undefine "$DEMO_VM" >/dev/null 2>&1 || true
+  fi
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  [ -n "${BRIDGE_MADE:-}" ] && ip link del "$DEMO_BRIDGE" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 say() { printf '\n%s\n' "$*" >&2; }
 die() {
@@ -22,6 +34,12 @@ die() {
 imgctl() {
   printf '==> imgctl %s\n' "$*" >&2
   "$ROOT/node_modules/.bin/imgctl" "$@"
+}
+
+# imgagent ARGS…: the agent, as on a target host, with the header.
+imgagent() {
+  printf '==> imgagent %s\n' "$*" >&2
+  "$ROOT/node_modules/.bin/imgagent" "$@"
 }
 
 # expect_exit CODE ARGS…: runs imgctl ARGS and checks it fails with exit CODE.
@@ -99,13 +117,79 @@ copy_and_edit() {
   fi
 }
 
+build_appliance() {
+  say 'Building the tiny appliance (a Debian kernel and a busybox initramfs) from its recipe; the
+downloads are cached in node_modules/.cache/imgctl-build, so a second run takes seconds.'
+  IMGCTL_BUILD_CACHE="$ROOT/node_modules/.cache/imgctl-build" imgctl build tiny-linux
+  imgctl image show tiny-linux
+}
+
+serve_store() {
+  say 'Serving the store on 127.0.0.1 (a free port), accepting the agent events with a write token.'
+  openssl rand -hex 32 >"$WORK/token"
+  chmod 600 "$WORK/token"
+  printf '==> imgctl serve --listen 127.0.0.1:0 --write-token-file %s &\n' "$WORK/token" >&2
+  "$ROOT/node_modules/.bin/imgctl" serve --listen 127.0.0.1:0 --write-token-file "$WORK/token" \
+    2>"$WORK/serve.log" &
+  SERVER_PID=$!
+  for _ in $(seq 1 300); do
+    SERVER_URL=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$WORK/serve.log")
+    [ -n "$SERVER_URL" ] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || die "imgctl serve exited: $(cat "$WORK/serve.log")"
+    sleep 0.1
+  done
+  [ -n "$SERVER_URL" ] || die 'imgctl serve did not start'
+  printf '    listening on %s\n' "$SERVER_URL" >&2
+}
+
+provision_vm() {
+  if [ "$(id -u)" -ne 0 ]; then
+    say 'Skipping imgagent --virt: it needs root here (libvirt qemu:///system, a host bridge).'
+    return 0
+  fi
+  say 'Starting libvirtd and virtlogd if they are not running (scripts/start-libvirt.sh, as the tests do).'
+  bash "$ROOT/scripts/start-libvirt.sh"
+  # The VM's nic goes on a host bridge of its own (no libvirt network, no DHCP needed).
+  ip link add "$DEMO_BRIDGE" type bridge && BRIDGE_MADE=1
+  ip link set "$DEMO_BRIDGE" up
+  # qemu runs as libvirt-qemu: the disks must be reachable through world-traversable dirs.
+  chmod 755 "$WORK"
+  mkdir -p "$WORK/vms" "$WORK/cache" "$WORK/logs"
+
+  say "The agent, as on a hypervisor host: the plan for system tiny01, the host check, the disks pulled
+into the cache and verified, a qcow2 overlay per VM, a NoCloud seed, provision.sh, the domain
+defined and started."
+  imgagent --server "$SERVER_URL" --token-file "$WORK/token" --list images
+  VM_MADE=1
+  imgagent --server "$SERVER_URL" --token-file "$WORK/token" \
+    --virt --system tiny01 --virt-name "$DEMO_VM" --virt-type qemu --nogfx \
+    --virt-bridge "$DEMO_BRIDGE" --virt-path "$WORK/vms" --cache-dir "$WORK/cache" --log-dir "$WORK/logs"
+
+  say "Waiting for the VM's serial console (software emulation: about 20 s)..."
+  local serial=$WORK/vms/$DEMO_VM.serial.log line=
+  for _ in $(seq 1 1800); do
+    line=$(grep -a -m1 '^IMGCTL-APPLIANCE ' "$serial" 2>/dev/null || true)
+    [ -n "$line" ] && break
+    sleep 0.1
+  done
+  [ -n "$line" ] || die "no report on the VM's serial console within 180 s: $(tail -5 "$serial" 2>/dev/null)"
+  printf '==> grep IMGCTL-APPLIANCE %s\n' "$serial" >&2
+  printf '%s\n' "$line"
+  say 'Provisioning status, from the events the agent sent to the server:'
+  imgctl status
+  imgctl status --system tiny01
+}
+
 main() {
   check_node
   copy_store
   look_around
   plan_and_render
   copy_and_edit
-  say 'Done. The temporary store is removed; image-store/ is unchanged.'
+  build_appliance
+  serve_store
+  provision_vm
+  say 'Done. The VM, its disks, the server and the temporary store are removed; image-store/ is unchanged.'
 }
 
 main "$@"

@@ -28,6 +28,11 @@ declare -A PACKAGES=(
   [zstd]=zstd
   [time]=/usr/bin/time
   [nginx]=/usr/sbin/nginx
+  # imgagent --virt e2e and the demo: a real libvirtd (scripts/start-libvirt.sh), a host bridge
+  [libvirt-daemon]=libvirtd
+  [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
+  [iproute2]=/sbin/ip
+  [curl]=curl
 )
 
 missing=()

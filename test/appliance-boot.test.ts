@@ -23,6 +23,22 @@ describe('slow: the tiny appliance, built by imgctl build, boots and reports its
   const blob = (id: string) =>
     join(store.dir, '.blobs/sha256', disks[id]!.sha256.slice(0, 2), disks[id]!.sha256);
 
+  /**
+   * The built disks as a VM gets them in `dir`: the system disk through a qcow2 overlay, so the
+   * store's blob is never written; the data disk a copy, as the agent makes one.
+   */
+  async function bootDisks(dir: string) {
+    const overlay = join(dir, 'root.qcow2');
+    const base = blob('root');
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, overlay]);
+    const data = join(dir, 'data.raw');
+    await copyFile(blob('data'), data);
+    return [
+      { file: overlay, format: 'qcow2' as const },
+      { file: data, format: 'raw' as const },
+    ];
+  }
+
   beforeAll(async () => {
     store = await copyExampleStore();
     const build = await buildAppliance(store.dir);
@@ -57,29 +73,11 @@ describe('slow: the tiny appliance, built by imgctl build, boots and reports its
       hostname: 'web01',
       userData: '#cloud-config\nhostname: web01\nruncmd:\n  - echo runcmd says hi\n',
     });
-    // The system disk through an overlay, so the store's blob is never written; the data disk
-    // is a copy, as the agent makes one.
-    const overlay = join(dir, 'root.qcow2');
-    await execa('qemu-img', [
-      'create',
-      '-q',
-      '-f',
-      'qcow2',
-      '-F',
-      'raw',
-      '-b',
-      blob('root'),
-      overlay,
-    ]);
-    const data = join(dir, 'data.raw');
-    await copyFile(blob('data'), data);
+    const disks = await bootDisks(dir);
     const blobsBefore = await hashTree(join(store.dir, '.blobs'));
     const boot = () =>
       bootAppliance({
-        disks: [
-          { file: overlay, format: 'qcow2' },
-          { file: data, format: 'raw' },
-        ],
+        disks,
         cdrom: seed,
         serialLog: join(dir, 'serial.log'),
       });
@@ -102,26 +100,8 @@ describe('slow: the tiny appliance, built by imgctl build, boots and reports its
   it('finds a seed on a vfat whole disk labelled CIDATA, with no cdrom', async () => {
     const { dir } = await makeTempDir();
     const seed = await makeSeedVfat({ dir, instanceId: 'iid-vfat-7', hostname: 'db02' });
-    const overlay = join(dir, 'root.qcow2');
-    await execa('qemu-img', [
-      'create',
-      '-q',
-      '-f',
-      'qcow2',
-      '-F',
-      'raw',
-      '-b',
-      blob('root'),
-      overlay,
-    ]);
-    const data = join(dir, 'data.raw');
-    await copyFile(blob('data'), data);
     const serial = await bootAppliance({
-      disks: [
-        { file: overlay, format: 'qcow2' },
-        { file: data, format: 'raw' },
-        { file: seed, format: 'raw' },
-      ],
+      disks: [...(await bootDisks(dir)), { file: seed, format: 'raw' }],
       serialLog: join(dir, 'serial.log'),
     });
     expect(applianceReport(serial), serial).toEqual({

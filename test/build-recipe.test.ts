@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { minimalImageYaml } from './helpers/base-store.ts';
 import { hashTree, IMGCTL_BIN, makeStore, runCli } from './helpers/index.ts';
 
 /**
@@ -28,34 +29,14 @@ printf '{"tools":{"mytool":"1.2.3"},"inputs":{"base.tar":"%s"}}' "$(printf base 
 echo "step: done"
 `;
 
-const IMAGE_YAML = `apiVersion: imgctl/v1
-kind: Image
-name: app
-revision: 1
-boot:
-  - type: hvm
-    arch: x86_64
-    loader: hd
-    drives:
-      - disk: root
-        target: vda
-devices:
-  vcpus: 1
-  memory: 256MiB
-disks:
-  - id: root
-    use: system
-    format: raw
-    size: 1MiB
-  - id: data
-    use: data
-    format: raw
-    size: 1MiB
-  - id: tmp
-    use: scratch
-    format: raw
-    size: 1MiB
-parameters:
+const IMAGE_YAML = minimalImageYaml({
+  name: 'app',
+  disks: [
+    { id: 'root', use: 'system' },
+    { id: 'data', use: 'data' },
+    { id: 'tmp', use: 'scratch' },
+  ],
+  extra: `parameters:
   greeting:
     default: hello
   workers:
@@ -63,7 +44,8 @@ parameters:
     default: 2
   mode:
     default: ok
-`;
+`,
+});
 
 const record = (name: string, mode: string) => `apiVersion: imgctl/v1
 kind: ImageRecord

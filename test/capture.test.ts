@@ -23,6 +23,12 @@ const sha256 = async (path: string) =>
     .update(await readFile(path))
     .digest('hex');
 
+/** `imgctl capture ARGS --store STORE`, in-process (`capture`) or as the binary (`execCapture`). */
+const capture = (store: string, ...args: string[]) =>
+  runCli(['capture', ...args, '--store', store]);
+const execCapture = (store: string, ...args: string[]) =>
+  execImgctl(['capture', ...args, '--store', store]);
+
 function nodeXml(dir: string, runstate: number): string {
   return `<node>
   <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
@@ -50,16 +56,14 @@ describe('capture', () => {
     const { dir } = await makeTempDir();
     await disks(dir);
     const { dir: store } = await makeStore();
-    const result = await execImgctl([
-      'capture',
+    const result = await execCapture(
+      store,
       'web',
       '--from-disk',
       join(dir, 'root.qcow2'),
       join(dir, 'data.raw'),
-      '--store',
-      store,
       '--json',
-    ]);
+    );
     expect(result.exitCode, result.stderr).toBe(0);
     const doc = parse(await readFile(join(store, 'images/web/image.yaml'), 'utf8'));
     expect(doc.disks).toEqual([
@@ -87,43 +91,25 @@ describe('capture', () => {
     expect((await runCli(['image', 'validate', '--store', store])).exitCode).toBe(0);
     expect((await runCli(['record', 'show', 'web', 'default', '--store', store])).exitCode).toBe(0);
 
-    const uses = await runCli([
-      'capture',
+    const uses = await capture(
+      store,
       'db',
       '--from-disk',
       join(dir, 'data.raw'),
       join(dir, 'root.qcow2'),
       '--use',
       'data,scratch',
-      '--store',
-      store,
       '--json',
-    ]);
+    );
     expect(uses.exitCode, uses.stderr).toBe(0);
     const db = parse(await readFile(join(store, 'images/db/image.yaml'), 'utf8'));
     expect(db.disks.map((d: { use: string }) => d.use)).toEqual(['data', 'scratch']);
     expect(db.disks[1].sha256).toBeUndefined();
 
     const before = await hashTree(join(store, 'images'));
-    const again = await runCli([
-      'capture',
-      'web',
-      '--from-disk',
-      join(dir, 'data.raw'),
-      '--store',
-      store,
-    ]);
+    const again = await capture(store, 'web', '--from-disk', join(dir, 'data.raw'));
     expect(again.exitCode).toBe(5);
-    const badUse = await runCli([
-      'capture',
-      'x',
-      '--from-disk',
-      join(dir, 'data.raw'),
-      '--use',
-      'boot',
-      '--store',
-      store,
-    ]);
+    const badUse = await capture(store, 'x', '--from-disk', join(dir, 'data.raw'), '--use', 'boot');
     expect(badUse.exitCode).toBe(2);
     await execa('qemu-img', [
       'create',
@@ -136,14 +122,7 @@ describe('capture', () => {
       'qcow2',
       join(dir, 'overlay.qcow2'),
     ]);
-    const backing = await runCli([
-      'capture',
-      'x',
-      '--from-disk',
-      join(dir, 'overlay.qcow2'),
-      '--store',
-      store,
-    ]);
+    const backing = await capture(store, 'x', '--from-disk', join(dir, 'overlay.qcow2'));
     expect(backing.exitCode).toBe(3);
     expect(backing.stderr).toContain('backing file');
     expect(await hashTree(join(store, 'images'))).toBe(before);
@@ -155,17 +134,15 @@ describe('capture', () => {
     await writeFile(join(dir, 'node.xml'), nodeXml(dir, 5));
     const { dir: store } = await makeStore();
     const uri = `test://${join(dir, 'node.xml')}`;
-    const result = await execImgctl([
-      'capture',
+    const result = await execCapture(
+      store,
       'web',
       '--from-domain',
       'web',
       '--connect',
       uri,
-      '--store',
-      store,
       '--json',
-    ]);
+    );
     expect(result.exitCode, result.stderr).toBe(0);
     const out = JSON.parse(result.stdout);
     const doc = parse(await readFile(join(store, 'images/web/image.yaml'), 'utf8'));
@@ -206,40 +183,20 @@ describe('capture', () => {
     expect((await runCli(['image', 'validate', '--store', store])).exitCode).toBe(0);
 
     await writeFile(join(dir, 'node.xml'), nodeXml(dir, 1));
-    const running = await runCli([
-      'capture',
-      'web2',
-      '--from-domain',
-      'web',
-      '--connect',
-      uri,
-      '--store',
-      store,
-    ]);
+    const running = await capture(store, 'web2', '--from-domain', 'web', '--connect', uri);
     expect(running.exitCode).toBe(5);
     expect(running.stderr).toContain('is running');
-    const forced = await runCli([
-      'capture',
+    const forced = await capture(
+      store,
       'web2',
       '--from-domain',
       'web',
       '--connect',
       uri,
       '--force',
-      '--store',
-      store,
-    ]);
+    );
     expect(forced.exitCode, forced.stderr).toBe(0);
-    const missing = await runCli([
-      'capture',
-      'web3',
-      '--from-domain',
-      'nope',
-      '--connect',
-      uri,
-      '--store',
-      store,
-    ]);
+    const missing = await capture(store, 'web3', '--from-domain', 'nope', '--connect', uri);
     expect(missing.exitCode).toBe(4);
   });
 });

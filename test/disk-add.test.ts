@@ -48,19 +48,20 @@ describe('imgctl disk add', () => {
       { cwd: store },
     );
     expect(r.exitCode, r.stderr).toBe(0);
+    const disk = {
+      id: 'root',
+      use: 'system',
+      format: 'raw',
+      size: '3MiB',
+      sha256: sha256(data),
+      blob: true,
+    };
     const result = JSON.parse(r.stdout);
     expect(result).toMatchObject({
       image: 'web',
       revision: before.revision + 1,
       changed: true,
-      disk: {
-        id: 'root',
-        use: 'system',
-        format: 'raw',
-        size: '3MiB',
-        sha256: sha256(data),
-        blob: true,
-      },
+      disk,
       blob: { sha256: sha256(data), size: data.length, reused: false },
     });
     expect((await readFile(blobFile(store, sha256(data)))).equals(data)).toBe(true);
@@ -69,14 +70,7 @@ describe('imgctl disk add', () => {
     expect(text).toContain('# add the content with'); // the scaffold's comment survived
     const after = await imageDoc(store);
     expect(after.revision).toBe(before.revision + 1);
-    expect(after.disks.find((d) => d.id === 'root')).toEqual({
-      id: 'root',
-      use: 'system',
-      format: 'raw',
-      size: '3MiB',
-      sha256: sha256(data),
-      blob: true,
-    });
+    expect(after.disks.find((d) => d.id === 'root')).toEqual(disk);
     const validate = await runCli(['image', 'validate', '--store', store]);
     expect(validate.exitCode, validate.stderr).toBe(0);
   });

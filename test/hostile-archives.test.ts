@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { Header, Pax } from 'tar';
 import { describe, expect, it } from 'vitest';
+import { minimalImageYaml } from './helpers/base-store.ts';
 import { hashTree, makeStore, makeTempDir, runCli } from './helpers/index.ts';
 
 type EntryType = 'File' | 'Directory' | 'SymbolicLink' | 'Link' | 'CharacterDevice' | 'FIFO';
@@ -62,31 +63,14 @@ function tar(entries: RawEntry[], options: { truncateAt?: number; eof?: boolean 
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
-const IMAGE_YAML = Buffer.from(`apiVersion: imgctl/v1
-kind: Image
-name: evil
-revision: 1
-boot:
-  - type: hvm
-    arch: x86_64
-    loader: hd
-    drives:
-      - disk: root
-        target: vda
-devices:
-  vcpus: 1
-  memory: 256MiB
-disks:
-  - id: root
-    use: system
-    format: raw
-    size: 1MiB
-    sha256: SHA
-    blob: true
-`);
 const DISK = Buffer.alloc(1024 * 1024, 7);
 const DISK_SHA = sha256(DISK);
-const YAML = Buffer.from(IMAGE_YAML.toString().replace('SHA', DISK_SHA));
+const YAML = Buffer.from(
+  minimalImageYaml({
+    name: 'evil',
+    disks: [{ id: 'root', use: 'system', sha256: DISK_SHA, blob: true }],
+  }),
+);
 const RECORD = Buffer.from(
   'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: evil\nprovision: {}\n',
 );

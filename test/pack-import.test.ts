@@ -4,7 +4,7 @@
  * and an import killed at any point leaves the store as before or complete. The memory test packs
  * and imports a 2 GiB image and reads the peak RSS from /usr/bin/time.
  */
-import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
@@ -20,19 +20,11 @@ import {
   makeStore,
   makeTempDir,
   runCli,
+  storeState,
+  writeRandomFile,
 } from './helpers/index.ts';
 
 const MiB = 1024 * 1024;
-
-/** Incompressible, non-zero bytes (AES-CTR keystream), fast enough for gigabytes. */
-async function writeRandom(path: string, size: number): Promise<void> {
-  const cipher = createCipheriv('aes-128-ctr', randomBytes(16), randomBytes(16));
-  const zeros = Buffer.alloc(Math.min(16 * MiB, size));
-  const handle = await open(path, 'w');
-  for (let done = 0; done < size; done += zeros.length)
-    await handle.write(cipher.update(zeros.subarray(0, Math.min(zeros.length, size - done))));
-  await handle.close();
-}
 
 async function cli(args: string[], store: string) {
   const result = await runCli([...args, '--store', store]);
@@ -47,7 +39,7 @@ async function storeWithImage(size = 4 * MiB) {
   await cli(['record', 'add', 'web', 'large', '--vcpus', '4'], store);
   const { dir } = await makeTempDir();
   const disk = join(dir, 'root.raw');
-  await writeRandom(disk, size);
+  await writeRandomFile(disk, size);
   const handle = await open(disk, 'r+');
   await handle.truncate(size + 2 * MiB); // a 2 MiB hole at the end
   await handle.close();
@@ -218,28 +210,6 @@ describe('pack and import', () => {
   });
 });
 
-/** What the store holds for its users: everything but .state/ and .blobs/tmp/, orphan blobs aside. */
-async function storeState(store: string): Promise<string> {
-  const named = new Set<string>();
-  for (const image of await readdir(join(store, 'images'))) {
-    if (image.startsWith('.')) continue;
-    for (const sha of await blobsOf(store, image)) named.add(sha);
-  }
-  const hash = createHash('sha256');
-  const entries = await readdir(store, { recursive: true, withFileTypes: true });
-  const files = entries
-    .filter((e) => e.isFile())
-    .map((e) => join(e.parentPath, e.name).slice(store.length + 1))
-    .filter((rel) => !rel.startsWith('.state/') && !rel.startsWith('.blobs/tmp/'))
-    .filter((rel) => !rel.startsWith('.blobs/sha256/') || named.has(rel.split('/').at(-1)!))
-    .sort();
-  for (const rel of files) {
-    hash.update(`${rel}\n`);
-    for await (const chunk of createReadStream(join(store, rel))) hash.update(chunk as Buffer);
-  }
-  return hash.digest('hex');
-}
-
 async function until(condition: () => Promise<boolean>, what: string, timeoutMs = 60_000) {
   const deadline = Date.now() + timeoutMs;
   while (!(await condition())) {
@@ -340,7 +310,7 @@ describe('memory', () => {
     await cli(['image', 'create', 'big'], store);
     const { dir } = await makeTempDir();
     const disk = join(dir, 'big.raw');
-    await writeRandom(disk, size);
+    await writeRandomFile(disk, size);
     await cli(['disk', 'add', 'big', disk, '--id', 'root', '--use', 'system'], store);
     await execa('rm', ['-f', disk]);
 

@@ -4,12 +4,12 @@
  * tokens, TLS. Nothing outside the store may ever come back, and the server keeps serving.
  */
 import { createHash } from 'node:crypto';
-import { cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  EXAMPLE_STORE,
+  copyExampleStoreTo,
   makeTempDir,
   rawRequest,
   type RawResponse,
@@ -30,10 +30,7 @@ let linkedHex: string;
 beforeAll(async () => {
   root = await makeTempDir('imgctl-hostile-');
   storeDir = join(root.dir, 'store');
-  await cp(EXAMPLE_STORE, storeDir, {
-    recursive: true,
-    filter: (src) => !/[/\\]\.(blobs|state)([/\\]|$)/.test(src.slice(EXAMPLE_STORE.length)),
-  });
+  await copyExampleStoreTo(storeDir);
   const outside = join(root.dir, 'outside');
   await mkdir(join(outside, 'evil'), { recursive: true });
   // Files outside the store whose content, if served, would show the secret.

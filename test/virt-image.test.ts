@@ -44,6 +44,15 @@ async function imageYaml(store: string, name: string) {
   return parse(await readFile(join(store, 'images', name, 'image.yaml'), 'utf8'));
 }
 
+/** The arguments of `imgctl import --from virt-image DIR/image.xml ARGS --store STORE`. */
+function importArgs(dir: string, store: string, args: string[]): string[] {
+  return ['import', '--from', 'virt-image', join(dir, 'image.xml'), ...args, '--store', store];
+}
+const runImport = (dir: string, store: string, ...args: string[]) =>
+  runCli(importArgs(dir, store, args));
+const execImport = (dir: string, store: string, ...args: string[]) =>
+  execImgctl(importArgs(dir, store, args));
+
 describe('import --from virt-image', () => {
   it('maps names, boot entries (xen and hvm), devices and disks; reports what does not fit', async () => {
     const dir = await appliance('hvm-xen.xml', {
@@ -52,15 +61,7 @@ describe('import --from virt-image', () => {
       'scratch.img': 0,
     });
     const { dir: store } = await makeStore();
-    const result = await execImgctl([
-      'import',
-      '--from',
-      'virt-image',
-      join(dir, 'image.xml'),
-      '--store',
-      store,
-      '--json',
-    ]);
+    const result = await execImport(dir, store, '--json');
     expect(result.exitCode, result.stderr).toBe(0);
     const out = JSON.parse(result.stdout);
     expect(out.image).toBe('web-appliance');
@@ -126,14 +127,7 @@ describe('import --from virt-image', () => {
     expect((await runCli(['image', 'validate', '--store', store])).exitCode).toBe(0);
     // warnings go to stderr without --json
     const { dir: other } = await makeStore();
-    const plain = await execImgctl([
-      'import',
-      '--from',
-      'virt-image',
-      join(dir, 'image.xml'),
-      '--store',
-      other,
-    ]);
+    const plain = await execImport(dir, other);
     expect(plain.stderr).toContain("warning: boot 1 (xen): loader 'pygrub'");
   });
 
@@ -144,14 +138,7 @@ describe('import --from virt-image', () => {
       'boot/initrd.img': 'not really an initrd\n',
     });
     const { dir: store } = await makeStore();
-    const result = await runCli([
-      'import',
-      '--from',
-      'virt-image',
-      join(dir, 'image.xml'),
-      '--store',
-      store,
-    ]);
+    const result = await runImport(dir, store);
     expect(result.exitCode, result.stderr).toBe(0);
     const doc = await imageYaml(store, 'tiny-kernel');
     expect(doc.boot).toEqual([
@@ -177,27 +164,10 @@ describe('import --from virt-image', () => {
   it('everything not representable is reported, never dropped silently', async () => {
     const dir = await appliance('unsupported.xml', { 'root.raw': MiB, 'cd.iso': MiB });
     const { dir: store } = await makeStore();
-    const unnamed = await runCli([
-      'import',
-      '--from',
-      'virt-image',
-      join(dir, 'image.xml'),
-      '--store',
-      store,
-    ]);
+    const unnamed = await runImport(dir, store);
     expect(unnamed.exitCode).toBe(2);
     expect(unnamed.stderr).toContain('--as');
-    const result = await runCli([
-      'import',
-      '--from',
-      'virt-image',
-      join(dir, 'image.xml'),
-      '--as',
-      'odd',
-      '--store',
-      store,
-      '--json',
-    ]);
+    const result = await runImport(dir, store, '--as', 'odd', '--json');
     expect(result.exitCode, result.stderr).toBe(0);
     const { notReplicated } = JSON.parse(result.stdout) as { notReplicated: string[] };
     const expected = [
@@ -232,14 +202,7 @@ describe('import --from virt-image', () => {
       'disks/data.raw': Buffer.alloc(MiB, 1).toString(),
       'scratch.img': 0,
     });
-    const mismatch = await runCli([
-      'import',
-      '--from',
-      'virt-image',
-      join(damaged, 'image.xml'),
-      '--store',
-      store,
-    ]);
+    const mismatch = await runImport(damaged, store);
     expect(mismatch.exitCode, mismatch.stderr).toBe(7);
     expect(mismatch.stderr).toContain('sha1 checksum');
     const badSha256 = await appliance('kernel.xml', {
@@ -247,25 +210,11 @@ describe('import --from virt-image', () => {
       'boot/vmlinuz': 'k',
       'boot/initrd.img': 'i',
     });
-    const mismatch256 = await runCli([
-      'import',
-      '--from',
-      'virt-image',
-      join(badSha256, 'image.xml'),
-      '--store',
-      store,
-    ]);
+    const mismatch256 = await runImport(badSha256, store);
     expect(mismatch256.exitCode, mismatch256.stderr).toBe(7);
     const escape = await appliance('escape.xml', {});
     await writeFile(join(escape, '..', 'outside.raw'), Buffer.alloc(MiB));
-    const refused = await runCli([
-      'import',
-      '--from',
-      'virt-image',
-      join(escape, 'image.xml'),
-      '--store',
-      store,
-    ]);
+    const refused = await runImport(escape, store);
     expect(refused.exitCode).toBe(3);
     expect(refused.stderr).toContain("leaves the descriptor's directory");
     const { dir } = await makeTempDir();
@@ -273,14 +222,7 @@ describe('import --from virt-image', () => {
       join(dir, 'image.xml'),
       '<?xml version="1.0"?><!DOCTYPE image [<!ENTITY x SYSTEM "file:///etc/passwd">]><image><name>&x;</name></image>',
     );
-    const xxe = await runCli([
-      'import',
-      '--from',
-      'virt-image',
-      join(dir, 'image.xml'),
-      '--store',
-      store,
-    ]);
+    const xxe = await runImport(dir, store);
     expect(xxe.exitCode).toBe(3);
     expect(xxe.stderr).toContain('DOCTYPE');
     expect(await storeContent(store)).toBe(before);

@@ -127,3 +127,52 @@ export const BASE_TREE: Record<string, string> = {
   'systems/web01.yaml': WEB01_SYSTEM,
   'systems/web02.yaml': WEB02_SYSTEM,
 };
+
+export interface MinimalDisk {
+  id: string;
+  use: 'system' | 'data' | 'scratch';
+  /** default raw */
+  format?: string;
+  /** default 1MiB */
+  size?: string;
+  sha256?: string;
+  blob?: boolean;
+}
+
+/**
+ * The least a valid image.yaml holds: revision 1, one hvm entry booting disk `root` as vda,
+ * 1 vCPU and 256 MiB, and `disks`; `extra` (top-level YAML such as `parameters:`) is appended.
+ */
+export function minimalImageYaml(options: {
+  name: string;
+  disks: MinimalDisk[];
+  extra?: string;
+}): string {
+  const disks = options.disks.map((d) =>
+    [
+      `  - id: ${d.id}`,
+      `    use: ${d.use}`,
+      `    format: ${d.format ?? 'raw'}`,
+      `    size: ${d.size ?? '1MiB'}`,
+      ...(d.sha256 === undefined ? [] : [`    sha256: ${d.sha256}`]),
+      ...(d.blob === undefined ? [] : [`    blob: ${d.blob}`]),
+    ].join('\n'),
+  );
+  return `apiVersion: imgctl/v1
+kind: Image
+name: ${options.name}
+revision: 1
+boot:
+  - type: hvm
+    arch: x86_64
+    loader: hd
+    drives:
+      - disk: root
+        target: vda
+devices:
+  vcpus: 1
+  memory: 256MiB
+disks:
+${disks.join('\n')}
+${options.extra ?? ''}`;
+}

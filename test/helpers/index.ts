@@ -2,13 +2,15 @@
  * Helpers for the cross-package tests: temporary stores, the CLI in-process and as the real
  * binary a user runs, and a hash of a whole directory tree to prove it did not change.
  */
-import { createHash } from 'node:crypto';
+import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import {
   chmod,
   cp,
   lstat,
   mkdir,
   mkdtemp,
+  open,
   readdir,
   readFile,
   readlink,
@@ -21,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { initStore } from '@imgctl/core/images';
 import { execa } from 'execa';
 import { onTestFinished } from 'vitest';
+import { parse } from 'yaml';
 import { main } from '../../packages/cli/src/main.ts';
 
 export {
@@ -86,11 +89,32 @@ export async function makeStore(tree: Record<string, string> = {}): Promise<Temp
 /** A copy of the example store shipped in image-store/ (without .blobs or .state). */
 export async function copyExampleStore(): Promise<TempDir> {
   const temp = await makeTempDir('imgctl-example-');
-  await cp(EXAMPLE_STORE, temp.dir, {
+  await copyExampleStoreTo(temp.dir);
+  return temp;
+}
+
+/** Copies the example store (without .blobs or .state) to `dir`, which the caller owns. */
+export async function copyExampleStoreTo(dir: string): Promise<void> {
+  await cp(EXAMPLE_STORE, dir, {
     recursive: true,
     filter: (src) => !/[/\\]\.(blobs|state)([/\\]|$)/.test(src.slice(EXAMPLE_STORE.length)),
   });
-  return temp;
+}
+
+/**
+ * `size` bytes of incompressible, non-zero content at `path` (an AES-CTR keystream: far faster
+ * than randomBytes, so gigabytes take seconds).
+ */
+export async function writeRandomFile(path: string, size: number): Promise<void> {
+  const cipher = createCipheriv('aes-128-ctr', randomBytes(16), randomBytes(16));
+  const zeros = Buffer.alloc(Math.min(16 * 1024 * 1024, size));
+  const handle = await open(path, 'w');
+  try {
+    for (let done = 0; done < size; done += zeros.length)
+      await handle.write(cipher.update(zeros.subarray(0, Math.min(zeros.length, size - done))));
+  } finally {
+    await handle.close();
+  }
 }
 
 /** A copy of any directory into a fresh temp dir. */
@@ -170,6 +194,35 @@ export async function hashTree(dir: string): Promise<string> {
       hash.update(`F ${rel} ${mode} ${content.length}\n`);
       hash.update(content);
     }
+  }
+  return hash.digest('hex');
+}
+
+/**
+ * A hash of what a store holds for its users: every file but runtime state (.state/), the blob
+ * writer's temporary files (.blobs/tmp/) and blobs no image.yaml names as `blob: true` (orphans
+ * are harmless; gc removes them). Named blobs are hashed by content, so a half-written one shows.
+ */
+export async function storeState(store: string): Promise<string> {
+  const named = new Set<string>();
+  const images = await readdir(join(store, 'images'), { withFileTypes: true });
+  for (const image of images.filter((e) => e.isDirectory() && !e.name.startsWith('.'))) {
+    const doc = parse(await readFile(join(store, 'images', image.name, 'image.yaml'), 'utf8')) as {
+      disks: Array<{ sha256?: string; blob?: boolean }>;
+    };
+    for (const d of doc.disks) if (d.blob && d.sha256) named.add(d.sha256);
+  }
+  const hash = createHash('sha256');
+  const entries = await readdir(store, { recursive: true, withFileTypes: true });
+  const files = entries
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name).slice(store.length + 1))
+    .filter((rel) => !rel.startsWith('.state/') && !rel.startsWith('.blobs/tmp/'))
+    .filter((rel) => !rel.startsWith('.blobs/sha256/') || named.has(rel.split('/').at(-1)!))
+    .sort();
+  for (const rel of files) {
+    hash.update(`${rel}\n`);
+    for await (const chunk of createReadStream(join(store, rel))) hash.update(chunk as Buffer);
   }
   return hash.digest('hex');
 }

@@ -79,25 +79,21 @@ export async function addDisk(
     let content: Pick<Disk, 'format' | 'size' | 'sha256' | 'blob' | 'url'>;
     let blob: BlobInfo | undefined;
     try {
-      if (request.file !== undefined) {
-        checkInfo(await qemuImgInfo(request.file, options), request);
-        staged = await stageBlobFromFile(storeDir, request.file, options);
+      if (request.size === undefined) {
+        // A local file is checked before the copy and always kept as a blob; a download is
+        // kept only with `keep`, else the descriptor names its URL.
+        if (request.file !== undefined) {
+          checkInfo(await qemuImgInfo(request.file, options), request);
+          staged = await stageBlobFromFile(storeDir, request.file, options);
+        } else {
+          staged = await download(storeDir, request.url!, options);
+        }
         const info = checkInfo(await qemuImgInfo(staged.path, options), request);
         content = {
           format: info.format as Disk['format'],
           size: formatSize(info.virtualSize),
           sha256: staged.sha256,
-          blob: true,
-          url: undefined,
-        };
-      } else if (request.url !== undefined) {
-        staged = await download(storeDir, request.url, options);
-        const info = checkInfo(await qemuImgInfo(staged.path, options), request);
-        content = {
-          format: info.format as Disk['format'],
-          size: formatSize(info.virtualSize),
-          sha256: staged.sha256,
-          blob: request.keep ? true : undefined,
+          blob: request.file !== undefined || request.keep ? true : undefined,
           url: request.url,
         };
       } else {

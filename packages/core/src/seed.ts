@@ -16,6 +16,8 @@ export interface SeedOptions {
   passwordHashes?: Record<string, string>;
   /** shell commands run once at first boot, in order */
   commands?: string[];
+  /** more top-level user-data keys (e.g. `imgctl:` for the tiny appliance); never overrides the others */
+  extraUserData?: Record<string, unknown>;
 }
 
 /** The NoCloud seed that configures a machine of `plan`: identity, users and keys, network. */
@@ -43,6 +45,8 @@ export function renderSeed(plan: PlanDoc, options: SeedOptions): SeedFiles {
     ...(keys.length > 0 ? { ssh_authorized_keys: keys } : {}),
     ...(options.commands?.length ? { runcmd: options.commands } : {}),
   };
+  for (const [key, value] of Object.entries(options.extraUserData ?? {}))
+    if (!Object.hasOwn(userData, key)) userData[key] = value;
   return {
     'meta-data': stringifyYaml(metaData),
     'user-data': `#cloud-config\n${stringifyYaml(userData)}`,

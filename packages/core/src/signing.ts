@@ -93,18 +93,7 @@ export function keyIdOf(key: KeyObject): string {
 
 /** Reads an ed25519 private key (PEM); `source` names it in errors. */
 export function parsePrivateKey(pem: string | Buffer, source: string): KeyObject {
-  let key: KeyObject;
-  try {
-    key = createPrivateKey(pem);
-  } catch (error) {
-    throw new ImgctlError('VALIDATION', `${source} is not a private key in PEM form`, {
-      cause: error,
-      hint: "make one with 'imgctl keygen'",
-    });
-  }
-  if (key.asymmetricKeyType !== 'ed25519')
-    throw new ImgctlError('VALIDATION', `${source} is a ${key.asymmetricKeyType} key, not ed25519`);
-  return key;
+  return parseEd25519Key(pem, source, 'private', "make one with 'imgctl keygen'");
 }
 
 /** Reads an ed25519 public key (PEM); a private key is accepted and its public half used. */
@@ -112,13 +101,23 @@ export function parsePublicKey(pem: string | Buffer | KeyObject, source: string)
   if (typeof pem === 'object' && !Buffer.isBuffer(pem)) {
     return pem.type === 'private' ? createPublicKey(pem) : pem;
   }
+  const hint = "the .pub file 'imgctl keygen' wrote next to the private key";
+  return parseEd25519Key(pem, source, 'public', hint);
+}
+
+function parseEd25519Key(
+  pem: string | Buffer,
+  source: string,
+  kind: 'private' | 'public',
+  hint: string,
+): KeyObject {
   let key: KeyObject;
   try {
-    key = createPublicKey(pem);
+    key = kind === 'private' ? createPrivateKey(pem) : createPublicKey(pem);
   } catch (error) {
-    throw new ImgctlError('VALIDATION', `${source} is not a public key in PEM form`, {
+    throw new ImgctlError('VALIDATION', `${source} is not a ${kind} key in PEM form`, {
       cause: error,
-      hint: "the .pub file 'imgctl keygen' wrote next to the private key",
+      hint,
     });
   }
   if (key.asymmetricKeyType !== 'ed25519')

@@ -1,0 +1,329 @@
+/**
+ * bench/agent-virt: what the agent's --virt costs, against what a sysadmin would script, in the
+ * same run (the machine is shared and noisy: ratios, not absolutes).
+ *
+ * - pull: a 1 GiB random blob from `imgctl serve` on 127.0.0.1 into an empty blob cache
+ *   (core's cache + client: streamed, hashed while it arrives, renamed once verified), in a child
+ *   process, against `curl -o FILE && sha256sum FILE` and plain `curl -o FILE`. Each takes
+ *   turns --repeat times (default 3); medians compared. Limits: ≥ 1.5× as fast as curl +
+ *   sha256sum; reported (goal 0.9×, no limit): the ratio to plain curl.
+ * - further VM: `imgagent --virt --no-start` of an image whose system disk is 64 MiB, and of one
+ *   whose system disk is 4 GiB, once their blobs are cached (qcow2 overlays: the size must not
+ *   matter). Limit: medians within ±20%. Needs root and libvirt (scripts/start-libvirt.sh).
+ * - RSS: peak RSS of the agent while it pulls the 4 GiB system disk (its first VM). Limit: 150 MB.
+ *
+ * Writes bench/results/agent-virt.json, prints a summary, exits 1 when a limit is missed.
+ *
+ *   node --import tsx bench/agent-virt.ts [--repeat N] [--vms N] [--out FILE]
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { median, reportHead, writeReport } from './lib/report.ts';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
+const AGENT = join(ROOT, 'packages/agent/bin/imgagent.js');
+const LIMITS = { min_ratio_to_curl_sha256sum: 1.5, vm_time_spread: 0.2, max_rss_mb: 150 };
+const GiB = 1024 ** 3;
+
+interface Args {
+  repeat: number;
+  vms: number;
+  out: string;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = { repeat: 3, vms: 3, out: join(ROOT, 'bench/results/agent-virt.json') };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--repeat') args.repeat = Number(argv[++i]);
+    else if (argv[i] === '--vms') args.vms = Number(argv[++i]);
+    else if (argv[i] === '--out') args.out = resolve(argv[++i] ?? '');
+    else throw new Error(`unknown argument ${argv[i]}`);
+  }
+  return args;
+}
+
+/** The child: pulls one blob into a cache dir with core's cache and client. */
+async function pullChild(url: string, hex: string, cacheDir: string): Promise<void> {
+  const { openBlobCache } = await import('@imgctl/core/blob-cache');
+  const { createClient } = await import('@imgctl/core/client');
+  await openBlobCache(cacheDir).ensure(hex, createClient({ baseUrl: url }));
+}
+
+async function startServe(
+  storeDir: string,
+  tokenFile: string,
+): Promise<{ url: string; proc: ChildProcess }> {
+  const proc = spawn(
+    process.execPath,
+    [
+      IMGCTL,
+      'serve',
+      '--store',
+      storeDir,
+      '--listen',
+      '127.0.0.1:0',
+      '--write-token-file',
+      tokenFile,
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let log = '';
+  const url = await new Promise<string>((resolveUrl, reject) => {
+    proc.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+      log += chunk;
+      const m = /listening on (http:\/\/\S+)/.exec(log);
+      if (m) resolveUrl(m[1]!);
+    });
+    proc.once('exit', () => reject(new Error(`imgctl serve exited: ${log}`)));
+  });
+  return { url, proc };
+}
+
+/** Adds a blob to the store by hand: .blobs/sha256/ab/<hex>. */
+async function addBlob(storeDir: string, file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of (await import('node:fs')).createReadStream(file, {
+    highWaterMark: 4 << 20,
+  }))
+    hash.update(chunk as Buffer);
+  const hex = hash.digest('hex');
+  const dest = join(storeDir, '.blobs/sha256', hex.slice(0, 2), hex);
+  await mkdir(dirname(dest), { recursive: true });
+  await rename(file, dest);
+  return hex;
+}
+
+/** A copy of the example store whose tiny-linux has a sparse raw system disk of `size`. */
+async function storeWithSystemDisk(work: string, name: string, size: number): Promise<string> {
+  const store = join(work, name);
+  await execa('cp', ['-r', join(ROOT, 'image-store'), store]);
+  await rm(join(store, '.blobs'), { recursive: true, force: true });
+  const root = join(work, `${name}-root.raw`);
+  const data = join(work, `${name}-data.raw`);
+  await execa('truncate', ['-s', String(size), root]);
+  await execa('dd', [
+    'if=/dev/urandom',
+    `of=${root}`,
+    'bs=1M',
+    'count=1',
+    'conv=notrunc',
+    'status=none',
+  ]);
+  await execa('truncate', ['-s', '1M', data]);
+  for (const [id, use, file] of [
+    ['root', 'system', root],
+    ['data', 'data', data],
+  ] as const)
+    await execa(process.execPath, [
+      IMGCTL,
+      '--store',
+      store,
+      'disk',
+      'add',
+      'tiny-linux',
+      '--id',
+      id,
+      '--use',
+      use,
+      file,
+    ]);
+  return store;
+}
+
+async function timeIt(fn: () => Promise<unknown>): Promise<number> {
+  const start = performance.now();
+  await fn();
+  return (performance.now() - start) / 1000;
+}
+
+async function main(): Promise<number> {
+  if (process.argv[2] === '--pull-child') {
+    await pullChild(process.argv[3]!, process.argv[4]!, process.argv[5]!);
+    return 0;
+  }
+  const args = parseArgs(process.argv.slice(2));
+  const work = await mkdtemp(join(tmpdir(), 'bench-agent-virt-'));
+  await chmod(work, 0o755);
+  const servers: ChildProcess[] = [];
+  const domains: string[] = [];
+  const bridge = `imgbb${process.pid % 100000}`;
+  let bridgeMade = false;
+  const failures: string[] = [];
+  try {
+    const tokenFile = join(work, 'token');
+    await writeFile(tokenFile, `${'b3nch'.repeat(8)}\n`, { mode: 0o600 });
+
+    // ---- pull: 1 GiB random blob
+    const store64 = await storeWithSystemDisk(work, 'store64', 64 << 20);
+    const random = join(work, 'random.bin');
+    await execa('dd', ['if=/dev/urandom', `of=${random}`, 'bs=4M', 'count=256', 'status=none']);
+    const hex = await addBlob(store64, random);
+    const serve64 = await startServe(store64, tokenFile);
+    servers.push(serve64.proc);
+    const blobUrl = `${serve64.url}/v1/blobs/sha256/${hex}`;
+    const runs: Record<'agent' | 'curl_sha256sum' | 'curl', number[]> = {
+      agent: [],
+      curl_sha256sum: [],
+      curl: [],
+    };
+    for (let i = 0; i < args.repeat; i++) {
+      const dir = join(work, `pull-${i}`);
+      await mkdir(dir);
+      runs.agent.push(
+        await timeIt(() =>
+          execa(
+            process.execPath,
+            [
+              '--import',
+              'tsx',
+              fileURLToPath(import.meta.url),
+              '--pull-child',
+              serve64.url,
+              hex,
+              join(dir, 'cache'),
+            ],
+            { cwd: ROOT },
+          ),
+        ),
+      );
+      runs.curl_sha256sum.push(
+        await timeIt(async () => {
+          await execa('curl', ['-sf', '-o', join(dir, 'a.bin'), blobUrl]);
+          const sum = await execa('sha256sum', [join(dir, 'a.bin')]);
+          if (!sum.stdout.startsWith(hex)) throw new Error('curl: wrong content');
+        }),
+      );
+      runs.curl.push(await timeIt(() => execa('curl', ['-sf', '-o', join(dir, 'b.bin'), blobUrl])));
+      await rm(dir, { recursive: true, force: true });
+    }
+    const pull = {
+      size_bytes: GiB,
+      seconds: runs,
+      median_s: {
+        agent: median(runs.agent),
+        curl_sha256sum: median(runs.curl_sha256sum),
+        curl: median(runs.curl),
+      },
+      ratio_to_curl_sha256sum: median(runs.curl_sha256sum) / median(runs.agent),
+      ratio_to_curl: median(runs.curl) / median(runs.agent),
+    };
+    if (pull.ratio_to_curl_sha256sum < LIMITS.min_ratio_to_curl_sha256sum)
+      failures.push(
+        `pull: ${pull.ratio_to_curl_sha256sum.toFixed(2)}× curl+sha256sum, limit ${LIMITS.min_ratio_to_curl_sha256sum}×`,
+      );
+
+    // ---- further VMs: 64 MiB vs 4 GiB system disk; RSS of the 4 GiB pull
+    let vm: Record<string, unknown> = { skipped: 'needs root' };
+    let rss: Record<string, unknown> = { skipped: 'needs root' };
+    if (process.getuid?.() === 0) {
+      await execa('bash', [join(ROOT, 'scripts/start-libvirt.sh')]);
+      await execa('ip', ['link', 'add', bridge, 'type', 'bridge']);
+      bridgeMade = true;
+      const store4g = await storeWithSystemDisk(work, 'store4g', 4 * GiB);
+      const serve4g = await startServe(store4g, tokenFile);
+      servers.push(serve4g.proc);
+      const agent = (url: string, name: string, cache: string) => {
+        domains.push(name);
+        return execa('/usr/bin/time', [
+          '-f',
+          'RSS_KB=%M',
+          process.execPath,
+          AGENT,
+          '--server',
+          url,
+          '--token-file',
+          tokenFile,
+          '--virt',
+          '--image',
+          'tiny-linux',
+          '--virt-name',
+          name,
+          '--virt-type',
+          'qemu',
+          '--no-start',
+          '--nogfx',
+          '--virt-bridge',
+          bridge,
+          '--virt-path',
+          join(work, 'vms'),
+          '--cache-dir',
+          cache,
+          '--log-dir',
+          join(work, 'logs'),
+        ]);
+      };
+      const cache = join(work, 'cache');
+      const first = await agent(serve4g.url, 'bench-4g-first', cache);
+      const rssMb = Number(/RSS_KB=(\d+)/.exec(first.stderr)![1]) / 1024;
+      // What the agent takes from source (tsx compiling TypeScript) before pulling anything.
+      const idle = await execa('/usr/bin/time', [
+        '-f',
+        'RSS_KB=%M',
+        process.execPath,
+        AGENT,
+        '--server',
+        serve4g.url,
+        '--list',
+        'images',
+      ]);
+      const idleMb = Number(/RSS_KB=(\d+)/.exec(idle.stderr)![1]) / 1024;
+      rss = {
+        pulled_bytes: 4 * GiB,
+        peak_rss_mb: Math.round(rssMb),
+        baseline_list_images_rss_mb: Math.round(idleMb),
+      };
+      if (rssMb > LIMITS.max_rss_mb)
+        failures.push(`rss: ${rssMb.toFixed(0)} MB pulling 4 GiB, limit ${LIMITS.max_rss_mb}`);
+      await agent(serve64.url, 'bench-64-first', cache);
+      const t: Record<'mib64' | 'gib4', number[]> = { mib64: [], gib4: [] };
+      for (let i = 0; i < args.vms; i++) {
+        t.mib64.push(await timeIt(() => agent(serve64.url, `bench-64-${i}`, cache)));
+        t.gib4.push(await timeIt(() => agent(serve4g.url, `bench-4g-${i}`, cache)));
+      }
+      const spread = Math.abs(median(t.gib4) / median(t.mib64) - 1);
+      vm = {
+        seconds: t,
+        median_s: { mib64: median(t.mib64), gib4: median(t.gib4) },
+        relative_difference: spread,
+      };
+      if (spread > LIMITS.vm_time_spread)
+        failures.push(
+          `further VM: 4 GiB vs 64 MiB differ by ${(spread * 100).toFixed(0)}%, limit 20%`,
+        );
+    }
+
+    const report = {
+      ...reportHead('agent-virt'),
+      limits: LIMITS,
+      pull,
+      further_vm: vm,
+      rss,
+      failures,
+      ok: failures.length === 0,
+    };
+    await writeReport(args.out, report);
+    process.stdout.write(
+      `${JSON.stringify({ pull: { median_s: pull.median_s, ratio_to_curl_sha256sum: pull.ratio_to_curl_sha256sum, ratio_to_curl: pull.ratio_to_curl }, further_vm: vm, rss, failures }, null, 2)}\n`,
+    );
+    return failures.length === 0 ? 0 : 1;
+  } finally {
+    for (const d of domains) {
+      await execa('virsh', ['--connect', 'qemu:///system', 'destroy', d], { reject: false });
+      await execa('virsh', ['--connect', 'qemu:///system', 'undefine', d], { reject: false });
+    }
+    for (const s of servers) s.kill('SIGTERM');
+    if (bridgeMade) await execa('ip', ['link', 'del', bridge], { reject: false });
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+process.exitCode = await main();

@@ -1,0 +1,85 @@
+import { describe, expect, it } from 'vitest';
+import { main } from './main.ts';
+
+async function agent(argv: string[]) {
+  let stdout = '';
+  let stderr = '';
+  const exitCode = await main(argv, {
+    stdout: { write: (s: string) => (stdout += s) },
+    stderr: { write: (s: string) => (stderr += s) },
+    env: {},
+    cwd: '/',
+  });
+  return { exitCode, stdout, stderr };
+}
+
+describe('imgagent', () => {
+  it('--help names the koan-style flags and exits 0', async () => {
+    const run = await agent(['--help']);
+    expect(run.exitCode).toBe(0);
+    for (const flag of [
+      '--server',
+      '--list',
+      '--display',
+      '--virt',
+      '--virt-name',
+      '--virt-path',
+      '--virt-type',
+      '--connect',
+      '--virt-bridge',
+      '--nogfx',
+      '--no-start',
+      '--autostart',
+      '--dry-run',
+      '--print-xml',
+      '--trust',
+      '--cache-dir',
+      '--force',
+    ])
+      expect(run.stdout).toContain(flag);
+  });
+
+  it('needs exactly one action (exit 2)', async () => {
+    expect((await agent(['--server', 'http://127.0.0.1:1'])).stderr).toMatch(
+      /error\[USAGE\]: nothing to do: give one of --list, --display, --virt/,
+    );
+    const both = await agent(['--server', 'http://127.0.0.1:1', '--virt', '--display']);
+    expect(both.exitCode).toBe(2);
+    expect(both.stderr).toMatch(
+      /give only one of --list, --display, --virt \(got --display, --virt\)/,
+    );
+  });
+
+  it('refuses bad input before contacting anything (exit 2), as JSON with --json', async () => {
+    expect((await agent(['--virt', '--image', 'x'])).stderr).toMatch(
+      /no server: give --server URL/,
+    );
+    expect((await agent(['--server', 'ftp://h', '--virt', '--image', 'x'])).exitCode).toBe(2);
+    expect((await agent(['--server', 'http://h', '--virt', '--image', '../etc'])).stderr).toMatch(
+      /--image: invalid name/,
+    );
+    const json = await agent(['--server', 'http://h', '--list', 'disks', '--json']);
+    expect(json.exitCode).toBe(2);
+    expect(JSON.parse(json.stdout)).toMatchObject({ error: { code: 'USAGE' } });
+    expect(
+      (await agent(['--server', 'http://h', '--virt', '--virt-type', 'xen', '--image', 'x']))
+        .exitCode,
+    ).toBe(2);
+  });
+
+  it('never echoes a token', async () => {
+    const run = await agent([
+      '--server',
+      'http://h',
+      '--token',
+      'SECRET-TOKEN-1234',
+      '--token-file',
+      '/nope',
+      '--virt',
+      '--image',
+      'x',
+    ]);
+    expect(run.exitCode).toBe(2);
+    expect(run.stderr + run.stdout).not.toContain('SECRET-TOKEN-1234');
+  });
+});

@@ -1,0 +1,349 @@
+/**
+ * imgagent --virt end to end, all real: the tiny appliance built with imgctl build, served by
+ * imgctl serve on 127.0.0.1, provisioned by the agent binary through a real libvirtd (domain
+ * type qemu), booted, and its serial console read back.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chmod, cp, mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { parse } from 'yaml';
+import {
+  copyExampleStore,
+  hashTree,
+  makeTempDir,
+  REPO_ROOT,
+  startServer,
+  type TempDir,
+  type TestServer,
+} from './helpers/index.ts';
+import { domainExists, makeBridge, removeDomain, startLibvirt, virsh } from './helpers/libvirt.ts';
+import { applianceReport, buildAppliance } from './helpers/seed.ts';
+
+const AGENT_BIN = join(REPO_ROOT, 'packages/agent/bin/imgagent.js');
+const BRIDGE = `imgbr${process.pid % 100000}`;
+
+interface AgentRun {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+describe('slow: imgagent --virt from the server to a running, configured VM', () => {
+  let store: TempDir;
+  let work: TempDir;
+  let server: TestServer;
+  let removeBridge: () => Promise<void>;
+  let tokenFile: string;
+  let rootSha: string;
+  const paths = { virt: '', cache: '', logs: '' };
+
+  /** The real agent binary against the test server, with this test's dirs and bridge. */
+  function agent(args: string[], options: { server?: string; cache?: string } = {}) {
+    return execa(
+      process.execPath,
+      [
+        AGENT_BIN,
+        '--server',
+        options.server ?? server.url,
+        '--token-file',
+        tokenFile,
+        '--virt-type',
+        'qemu',
+        '--connect',
+        'qemu:///system',
+        '--virt-path',
+        paths.virt,
+        '--cache-dir',
+        options.cache ?? paths.cache,
+        '--log-dir',
+        paths.logs,
+        '--virt-bridge',
+        BRIDGE,
+        '--nogfx',
+        ...args,
+      ],
+      { reject: false, env: { PATH: process.env.PATH, HOME: process.env.HOME, LANG: 'C' } },
+    ).then((r): AgentRun => ({ exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr }));
+  }
+
+  /** Waits for the appliance's report line in a VM's serial log. */
+  async function serialReport(vm: string, timeoutMs = 240_000) {
+    const file = join(paths.virt, `${vm}.serial.log`);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const text = await readFile(file, 'utf8').catch(() => '');
+      const report = applianceReport(text);
+      if (report) return report;
+      if (Date.now() > deadline)
+        throw new Error(`no report from ${vm} in ${timeoutMs} ms:\n${text}`);
+      await sleep(250);
+    }
+  }
+
+  beforeAll(async () => {
+    await startLibvirt();
+    store = await copyExampleStore();
+    const build = await buildAppliance(store.dir);
+    expect(build.exitCode, build.stderr).toBe(0);
+    const image = parse(
+      await readFile(join(store.dir, 'images/tiny-linux/image.yaml'), 'utf8'),
+    ) as { disks: Array<{ id: string; sha256: string }> };
+    rootSha = image.disks.find((d) => d.id === 'root')!.sha256;
+    // A record asking for more memory than any test machine has.
+    await writeFile(
+      join(store.dir, 'images/tiny-linux/records/huge.yaml'),
+      'apiVersion: imgctl/v1\nkind: ImageRecord\nname: huge\nimage: tiny-linux\nprovision:\n  memory: 64TiB\n',
+    );
+    work = await makeTempDir('imgagent-virt-');
+    // qemu runs as libvirt-qemu: it must reach the disks through world-traversable dirs.
+    await chmod(work.dir, 0o755);
+    paths.virt = join(work.dir, 'vms');
+    paths.cache = join(work.dir, 'cache');
+    paths.logs = join(work.dir, 'logs');
+    tokenFile = join(work.dir, 'token');
+    await writeFile(tokenFile, `${'t0k3n'.repeat(8)}\n`, { mode: 0o600 });
+    server = await startServer({
+      storeDir: store.dir,
+      args: ['--write-token-file', tokenFile],
+    });
+    removeBridge = await makeBridge(BRIDGE);
+  }, 600_000);
+
+  afterAll(async () => {
+    for (const vm of ['tiny01', 'tiny02', 'tinymem', 'tinyfull', 'tinybad', 'tinykill'])
+      await removeDomain(vm);
+    await server?.stop();
+    await removeBridge?.();
+    await work?.cleanup();
+    await store?.cleanup();
+  });
+
+  it('provisions tiny01: the VM boots with the hostname and instance-id of the plan and its data disk', async () => {
+    onTestFinished(() => removeDomain('tiny01'));
+    const run = await agent(['--virt', '--system', 'tiny01', '--json']);
+    expect(run.exitCode, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout) as {
+      vm: string;
+      instanceId: string;
+      xml: string;
+      started: boolean;
+      virtType: string;
+    };
+    expect(result).toMatchObject({ vm: 'tiny01', started: true, virtType: 'qemu' });
+    expect(result.instanceId).toMatch(/^tiny01-[0-9a-f]{8}$/);
+
+    const report = await serialReport('tiny01');
+    expect(report).toMatchObject({
+      hostname: 'tiny01',
+      'instance-id': result.instanceId,
+      'data-disk': 'ok',
+      boots: '1',
+    });
+
+    // The XML the agent generated, and the one libvirt keeps, pass libvirt's schema.
+    const generated = join(work.dir, 'tiny01.generated.xml');
+    await writeFile(generated, result.xml);
+    const dumped = join(work.dir, 'tiny01.dumped.xml');
+    await writeFile(dumped, (await virsh(['dumpxml', 'tiny01'])).stdout);
+    for (const file of [generated, dumped]) {
+      const check = await execa('virt-xml-validate', [file, 'domain'], { reject: false });
+      expect(check.exitCode, check.stderr + check.stdout).toBe(0);
+    }
+    // The system disk is an overlay on the cached base, backing format explicit.
+    const info = JSON.parse(
+      (await execa('qemu-img', ['info', '--output=json', join(paths.virt, 'tiny01-root.qcow2')]))
+        .stdout,
+    ) as Record<string, string>;
+    expect(info['backing-filename']).toBe(
+      join(paths.cache, 'sha256', rootSha.slice(0, 2), rootSha),
+    );
+    expect(info['backing-filename-format']).toBe('raw');
+    // provision.sh ran on the host with the plan's configuration, logged where §6 says.
+    const log = await readFile(join(paths.logs, 'tiny-linux/tiny-linux_tiny01.log'), 'utf8');
+    expect(log).toMatch(/provisioned tiny01 \(hostname tiny01\) from tiny-linux; stay_up=false/);
+    // Every phase was reported to the server.
+    const status = (await (await fetch(`${server.url}/v1/status?system=tiny01`)).json()) as Array<{
+      state: string;
+      phases: Array<{ phase: string }>;
+    }>;
+    expect(status[0]!.state).toBe('done');
+    expect(status[0]!.phases.map((p) => p.phase)).toEqual([
+      'started',
+      'disks-ready',
+      'configured',
+      'defined',
+      'booted',
+      'done',
+    ]);
+
+    // The same command again, without --force: exit 5, and nothing changes.
+    const before = [
+      await hashTree(paths.virt),
+      await hashTree(paths.cache),
+      await virsh(['dumpxml', 'tiny01']),
+    ];
+    const again = await agent(['--virt', '--system', 'tiny01']);
+    expect(again.exitCode, again.stderr).toBe(5);
+    expect(again.stderr).toMatch(/error\[CONFLICT\]: VM 'tiny01' already exists/);
+    const after = [
+      await hashTree(paths.virt),
+      await hashTree(paths.cache),
+      await virsh(['dumpxml', 'tiny01']),
+    ];
+    expect(after).toEqual(before);
+  });
+
+  it('provisions a second VM of the same image with its own hostname, on the same cached base', async () => {
+    onTestFinished(() => removeDomain('tiny02'));
+    const run = await agent(['--virt', '--image', 'tiny-linux', '--virt-name', 'tiny02']);
+    expect(run.exitCode, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/disk root: sha256:\w+ is in the cache/);
+    const report = await serialReport('tiny02');
+    expect(report).toMatchObject({ hostname: 'tiny02', 'data-disk': 'ok' });
+    expect(report['instance-id']).toMatch(/^tiny02-/);
+    const info = JSON.parse(
+      (await execa('qemu-img', ['info', '--output=json', join(paths.virt, 'tiny02-root.qcow2')]))
+        .stdout,
+    ) as Record<string, string>;
+    expect(info['backing-filename']).toBe(
+      join(paths.cache, 'sha256', rootSha.slice(0, 2), rootSha),
+    );
+    // One copy of the base in the cache.
+    expect(await readdir(join(paths.cache, 'sha256', rootSha.slice(0, 2)))).toEqual([rootSha]);
+  });
+
+  it('fails clearly when the server is unreachable', async () => {
+    const run = await agent(['--virt', '--system', 'tiny01'], { server: 'http://127.0.0.1:1' });
+    expect(run.exitCode).toBe(1);
+    expect(run.stderr).toMatch(/cannot reach the server at http:\/\/127\.0\.0\.1:1/);
+  });
+
+  it('refuses a VM that needs more memory than the host has: exit 6, every reason, nothing made', async () => {
+    const run = await agent([
+      '--virt',
+      '--image',
+      'tiny-linux',
+      '--record',
+      'huge',
+      '--virt-name',
+      'tinymem',
+    ]);
+    expect(run.exitCode, run.stderr).toBe(6);
+    expect(run.stderr).toMatch(/error\[HOST\]/);
+    expect(run.stderr).toMatch(/needs 64TiB of memory and .* is available/);
+    expect(await domainExists('tinymem')).toBe(false);
+    expect((await readdir(paths.virt)).filter((f) => f.startsWith('tinymem'))).toEqual([]);
+  });
+
+  it('refuses a --virt-path on a small full filesystem, leaving nothing behind', async () => {
+    const small = join(work.dir, 'small');
+    await mkdir(small);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', small]);
+    onTestFinished(() => execa('umount', [small]).then(() => undefined));
+    await writeFile(join(small, 'filler'), Buffer.alloc(900 * 1024));
+    const run = await agent([
+      '--virt',
+      '--image',
+      'tiny-linux',
+      '--virt-name',
+      'tinyfull',
+      '--virt-path',
+      small,
+    ]);
+    expect(run.exitCode, run.stderr).toBe(6);
+    expect(run.stderr).toContain(`--virt-path ${small}:`);
+    expect(run.stderr).toMatch(/KiB free, 128MiB needed/);
+    expect(await readdir(small)).toEqual(['filler']);
+    expect(await domainExists('tinyfull')).toBe(false);
+  });
+
+  it('refuses a corrupted blob: exit 7, no domain, nothing in the cache', async () => {
+    const bad = await makeTempDir('imgagent-bad-');
+    await cp(store.dir, bad.dir, { recursive: true });
+    const blob = join(bad.dir, '.blobs/sha256', rootSha.slice(0, 2), rootSha);
+    await chmod(blob, 0o644);
+    const handle = await open(blob, 'r+');
+    await handle.write(Buffer.from('corrupted'), 0, 9, 1 << 20);
+    await handle.close();
+    const badServer = await startServer({
+      storeDir: bad.dir,
+      args: ['--write-token-file', tokenFile],
+    });
+    const cache = join(work.dir, 'cache-bad');
+    const run = await agent(['--virt', '--image', 'tiny-linux', '--virt-name', 'tinybad'], {
+      server: badServer.url,
+      cache,
+    });
+    expect(run.exitCode, run.stderr).toBe(7);
+    expect(run.stderr).toMatch(/error\[INTEGRITY\]: blob sha256:\w+ .* does not match its hash/);
+    expect(await domainExists('tinybad')).toBe(false);
+    expect((await readdir(paths.virt)).filter((f) => f.startsWith('tinybad'))).toEqual([]);
+    expect(await readdir(join(cache, 'sha256', rootSha.slice(0, 2))).catch(() => [])).toEqual([]);
+    const status = (await (
+      await fetch(`${badServer.url}/v1/status?system=tinybad`)
+    ).json()) as Array<{
+      state: string;
+      error: { code: string };
+    }>;
+    expect(status[0]).toMatchObject({ state: 'failed', error: { code: 'INTEGRITY' } });
+  });
+
+  it('completes after being SIGKILLed mid-download', async () => {
+    onTestFinished(() => removeDomain('tinykill'));
+    const cache = join(work.dir, 'cache-kill');
+    const partial = join(cache, 'sha256', rootSha.slice(0, 2), `${rootSha}.partial`);
+    const args = [
+      AGENT_BIN,
+      '--server',
+      server.url,
+      '--token-file',
+      tokenFile,
+      '--virt',
+      '--image',
+      'tiny-linux',
+      '--virt-name',
+      'tinykill',
+      '--virt-type',
+      'qemu',
+      '--virt-path',
+      paths.virt,
+      '--cache-dir',
+      cache,
+      '--log-dir',
+      paths.logs,
+      '--virt-bridge',
+      BRIDGE,
+      '--no-start',
+    ];
+    const child: ChildProcess = spawn(process.execPath, args, { stdio: 'ignore' });
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    let killedAt = -1;
+    for (;;) {
+      const size = (await stat(partial).catch(() => undefined))?.size ?? 0;
+      if (size > 0) {
+        child.kill('SIGKILL');
+        killedAt = size;
+        break;
+      }
+      if (child.exitCode !== null) break;
+      await sleep(2);
+    }
+    await exited;
+    expect(killedAt, 'the agent was killed while the blob was arriving').toBeGreaterThan(0);
+    expect(await domainExists('tinykill')).toBe(false);
+
+    const again = await agent(
+      ['--virt', '--image', 'tiny-linux', '--virt-name', 'tinykill', '--no-start'],
+      { cache },
+    );
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(/resuming disk root at|pulled disk root/);
+    expect(await domainExists('tinykill')).toBe(true);
+    const blob = join(cache, 'sha256', rootSha.slice(0, 2), rootSha);
+    const sum = await execa('sha256sum', [blob]);
+    expect(sum.stdout.split(' ')[0]).toBe(rootSha);
+  });
+});
