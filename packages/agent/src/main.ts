@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
 import { DEFAULT_CACHE_DIR } from '@imgctl/core/blob-cache';
 import { type Client, createClient } from '@imgctl/core/client';
-import { EXIT, ImgctlError, isImgctlError } from '@imgctl/core/errors';
+import { EXIT, ImgctlError } from '@imgctl/core/errors';
 import { systemProbe } from '@imgctl/core/host-check';
 import { isValidName } from '@imgctl/core/names';
 import { redactPlan } from '@imgctl/core/plan';
@@ -19,7 +19,7 @@ import {
 } from '@imgctl/core/virt';
 import { Command, CommanderError, Option } from 'commander';
 import { execa } from 'execa';
-import { renderTable } from './render.ts';
+import { describeError, renderTable } from '@imgctl/core/output';
 
 export interface AgentIo {
   stdout: { write(chunk: string): unknown };
@@ -421,33 +421,8 @@ function kebab(name: string): string {
 
 /** The one place that turns an error into output and an exit code. */
 function reportError(io: AgentIo, json: boolean, error: unknown): number {
-  if (isImgctlError(error)) {
-    if (json) {
-      const body = {
-        error: {
-          code: error.code,
-          message: error.message,
-          hint: error.hint ?? null,
-          details: error.details,
-        },
-      };
-      io.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
-    } else {
-      const lines = [
-        `imgagent: error[${error.code}]: ${error.message}`,
-        ...error.details.map((d) => `  - ${d}`),
-      ];
-      if (error.hint) lines.push(`hint: ${error.hint}`);
-      io.stderr.write(`${lines.join('\n')}\n`);
-    }
-    return error.exitCode;
-  }
-  const stack = error instanceof Error ? (error.stack ?? error.message) : String(error);
-  if (json) {
-    io.stdout.write(
-      `${JSON.stringify({ error: { code: 'BUG', message: String(error), hint: 'this is a bug in imgagent; please report it with the stack trace printed on stderr' } })}\n`,
-    );
-  }
-  io.stderr.write(`imgagent: internal error (a bug; please report it with this trace)\n${stack}\n`);
-  return EXIT.FAILED;
+  const report = describeError('imgagent', json, error);
+  if (report.stdout) io.stdout.write(report.stdout);
+  if (report.stderr) io.stderr.write(report.stderr);
+  return report.exitCode;
 }

@@ -1,6 +1,6 @@
 import { listRecords } from '@imgctl/core/records';
 import type { Handler } from '../command.ts';
-import { renderTable } from '../render.ts';
+import { renderTable } from '@imgctl/core/output';
 
 export const run: Handler = async ([image], _options, ctx) => {
   const records = await listRecords(await ctx.storeDir(), image!);

@@ -1,7 +1,7 @@
 import { parseDuration, provisioningStatus, type SystemStatus } from '@imgctl/core/events';
 import { assertName } from '@imgctl/core/names';
 import type { Handler } from '../command.ts';
-import { renderTable } from '../render.ts';
+import { renderTable } from '@imgctl/core/output';
 
 /** Reads .state/events of the store directly: no server needed. */
 export const run: Handler = async (_args, options, ctx) => {

@@ -1,6 +1,6 @@
 import { listSystems } from '@imgctl/core/systems';
 import type { Handler } from '../command.ts';
-import { renderTable } from '../render.ts';
+import { renderTable } from '@imgctl/core/output';
 
 export const run: Handler = async (_args, _options, ctx) => {
   const systems = await listSystems(await ctx.storeDir());
