@@ -39,7 +39,6 @@ const hex = createHash('sha256').update(blob).digest('hex');
 /** Sends the blob honouring Range; `cut` ends the body early (destroying the socket) after N bytes. */
 function sendBlob(req: IncomingMessage, res: ServerResponse, cut?: number, content = blob): void {
   const range = parseRange(req.headers.range, content.length);
-  console.log('fake', req.headers.range, range, content.length);
   const start = range && range !== 'unsatisfiable' ? range.start : 0;
   const body = content.subarray(start);
   res.writeHead(range ? 206 : 200, {
@@ -125,6 +124,89 @@ describe('downloadBlob', () => {
       },
     });
     expect(seen.at(-1)).toBe(blob.length);
+  });
+});
+
+/** A sink into memory that checks the contract: each offset is where the last write ended or 0. */
+function memorySink(delayMs = 0) {
+  const content = Buffer.alloc(blob.length);
+  const offsets: number[] = [];
+  let end = 0;
+  return {
+    content,
+    offsets,
+    async write(data: Buffer, offset: number) {
+      expect(offset === end || offset === 0 || offset < end).toBe(true);
+      offsets.push(offset);
+      if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
+      data.copy(content, offset);
+      end = offset + data.length;
+    },
+  };
+}
+
+describe('streamBlob', () => {
+  it('writes the blob in order through a slow sink and verifies it', async () => {
+    const { url } = await serve((req, res) => sendBlob(req, res));
+    const sink = memorySink(20);
+    const result = await createClient({ baseUrl: url }).streamBlob(hex, sink);
+    expect(result).toEqual({ size: blob.length, sha256: hex, requests: 1 });
+    expect(sink.content.equals(blob)).toBe(true);
+    expect(sink.offsets).toEqual([...sink.offsets].sort((a, b) => a - b));
+  });
+
+  it('resumes after a cut where the last write ended', async () => {
+    const { url, requests } = await serve((req, res, n) =>
+      sendBlob(req, res, n === 1 ? 2 * 1024 * 1024 + 5 : undefined),
+    );
+    const sink = memorySink();
+    await createClient({ baseUrl: url, ...fast }).streamBlob(hex, sink);
+    expect(requests[1]!.headers.range).toBe(`bytes=${sink.offsets[1]}-`);
+    expect(sink.content.equals(blob)).toBe(true);
+  });
+
+  it('starts over from 0 when the server answers a resume with the whole blob', async () => {
+    const { url, requests } = await serve((req, res, n) => {
+      if (n === 1) sendBlob(req, res, 1024 * 1024);
+      else res.writeHead(200, { 'content-length': blob.length }).end(blob);
+    });
+    const sink = memorySink();
+    await createClient({ baseUrl: url, ...fast }).streamBlob(hex, sink);
+    expect(requests.length).toBe(3);
+    expect(sink.offsets.at(-2)).toBe(0);
+    expect(sink.content.equals(blob)).toBe(true);
+  });
+
+  it('fails with INTEGRITY when what was written does not match', async () => {
+    const other = Buffer.from(blob);
+    other[blob.length - 1] = other[blob.length - 1]! ^ 1;
+    const { url } = await serve((req, res) => sendBlob(req, res, undefined, other));
+    await expect(
+      createClient({ baseUrl: url }).streamBlob(hex, memorySink()),
+    ).rejects.toMatchObject({ code: 'INTEGRITY' });
+  });
+
+  it("passes on the server's JSON error without retrying it", async () => {
+    const { url, requests } = await serve((_req, res) =>
+      res
+        .writeHead(404, { 'content-type': 'application/json' })
+        .end('{"error":{"code":"NOT_FOUND","message":"no blob sha256:ab"}}'),
+    );
+    await expect(
+      createClient({ baseUrl: url, ...fast }).streamBlob(hex, memorySink()),
+    ).rejects.toMatchObject({ code: 'NOT_FOUND', message: /no blob sha256:ab/ });
+    expect(requests).toHaveLength(1);
+  });
+
+  it('passes on a failed write without retrying it', async () => {
+    const { url, requests } = await serve((req, res) => sendBlob(req, res));
+    const full = {
+      write: () => Promise.reject(Object.assign(new Error('no space'), { code: 'ENOSPC' })),
+    };
+    await expect(
+      createClient({ baseUrl: url, ...fast }).streamBlob(hex, full),
+    ).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(requests).toHaveLength(1);
   });
 });
 

@@ -12,6 +12,7 @@ import ky, { HTTPError, type KyInstance, TimeoutError } from 'ky';
 import { syncDirectory } from './document.ts';
 import { type ErrorCode, EXIT, ImgctlError, isImgctlError } from './errors.ts';
 import type { ProvisionEvent, SystemStatus } from './events.ts';
+import { httpGet, type RawResponse } from './http-get.ts';
 import type { ImageDetails, ImageSummary } from './images.ts';
 import { isValidName } from './names.ts';
 import {
@@ -82,6 +83,23 @@ export interface DownloadResult {
   requests: number;
 }
 
+/** Where streamBlob puts a blob's bytes: in order, from offset 0. */
+export interface BlobSink {
+  /**
+   * `data` belongs at `offset` of the blob. Offsets grow; after a failed request the next one
+   * resumes at the end of the last write that resolved, and when the server cannot resume, at 0.
+   * `data` is reused once the promise resolves: copy what must outlive the call.
+   */
+  write(data: Buffer, offset: number): Promise<void>;
+}
+
+export interface StreamResult {
+  size: number;
+  sha256: string;
+  /** HTTP requests made */
+  requests: number;
+}
+
 export interface Client {
   baseUrl: string;
   serverInfo(): Promise<{ store: string; signing: { key_id: string; public_key: string } | null }>;
@@ -98,6 +116,11 @@ export interface Client {
   getStatus(options?: { system?: string; stalledAfter?: string }): Promise<SystemStatus[]>;
   /** downloads a blob to `destFile`, resuming `destFile.partial`; renamed only once verified */
   downloadBlob(hex: string, destFile: string, options?: DownloadOptions): Promise<DownloadResult>;
+  /**
+   * streams a blob into `sink`, hashed on arrival; resolves once all of it was written and its
+   * sha256 matches, else INTEGRITY (after the writes: the sink then holds bad data)
+   */
+  streamBlob(hex: string, sink: BlobSink, options?: DownloadOptions): Promise<StreamResult>;
 }
 
 const RETRY_STATUS = [408, 429, 500, 502, 503, 504];
@@ -144,6 +167,7 @@ export function createClient(options: ClientOptions): Client {
   const getJson = <T>(path: string, searchParams?: URLSearchParams) =>
     call(() => api.get(path, { searchParams }).json<T>(), `GET /v1/${path}`);
 
+  const transport: Transport = { baseUrl, auth, retries, backoff };
   const client: Client = {
     baseUrl,
     serverInfo: () =>
@@ -210,8 +234,8 @@ export function createClient(options: ClientOptions): Client {
       if (opts.stalledAfter) params.set('stalled_after', opts.stalledAfter);
       return getJson('status', params);
     },
-    downloadBlob: (hex, destFile, opts = {}) =>
-      downloadBlob({ baseUrl, auth, doFetch, retries, backoff }, hex, destFile, opts),
+    downloadBlob: (hex, destFile, opts = {}) => downloadBlob(transport, hex, destFile, opts),
+    streamBlob: (hex, sink, opts = {}) => streamBlob(transport, hex, sink, opts),
   };
   return client;
 }
@@ -269,7 +293,6 @@ async function errorFromResponse(response: Response, what: string): Promise<Imgc
 interface Transport {
   baseUrl: string;
   auth: Record<string, string>;
-  doFetch: typeof fetch;
   retries: number;
   backoff: (attempt: number) => number;
 }
@@ -277,67 +300,84 @@ interface Transport {
 /** A failure worth another request: the connection, a stall, a cut body, a 5xx. */
 class Retryable extends Error {}
 
+/** The bytes a transfer has handed to its sink, and their hash. */
+interface TransferState {
+  hash: Hash;
+  size: number;
+}
+
 async function downloadBlob(
   t: Transport,
   hex: string,
   destFile: string,
   opts: DownloadOptions,
 ): Promise<DownloadResult> {
-  if (!SHA256_HEX.test(hex)) throw new ImgctlError('USAGE', `invalid sha256 '${hex.slice(0, 80)}'`);
   const partial = `${destFile}.partial`;
-  const stallMs = opts.stallTimeoutMs ?? 30_000;
-  const url = `${t.baseUrl}/v1/blobs/sha256/${hex}`;
-  let failures = 0;
-  let requests = 0;
-  let resumedBytes = 0;
-  let state: { hash: Hash; size: number } | undefined;
-
-  for (;;) {
-    opts.signal?.throwIfAborted();
-    // The hash covers exactly the bytes in the partial file: rehashed from disk when not known.
-    state ??= await hashFile(partial);
-    if (state.size > 0) resumedBytes += state.size;
-    const before = state.size;
-    requests++;
-    try {
-      const outcome = await fetchInto(t, url, hex, partial, state, stallMs, opts);
-      if (outcome === 'restart') {
-        state = undefined;
-        continue;
-      }
-      const digest = state.hash.copy().digest('hex');
-      if (digest !== hex) {
-        await rm(partial, { force: true });
-        throw new ImgctlError(
-          'INTEGRITY',
-          `blob sha256:${hex} from ${t.baseUrl} does not match its hash (got ${digest})`,
-          {
-            hint: "the partial download was deleted; the server's copy may be corrupt (imgctl verify on the server)",
-          },
-        );
-      }
-      await rename(partial, destFile);
-      await syncDirectory(dirname(destFile));
-      return { path: destFile, size: state.size, sha256: hex, resumedBytes, requests };
-    } catch (error) {
-      if (!(error instanceof Retryable)) throw error;
-      if (opts.signal?.aborted) throw opts.signal.reason;
-      // Progress resets the count: a flaky link that keeps moving is not given up on.
-      failures = state !== undefined && state.size > before ? 1 : failures + 1;
-      if (state !== undefined && state.size < 0) state = undefined;
-      if (failures > t.retries) {
-        throw new ImgctlError(
-          'FAILED',
-          `downloading blob sha256:${hex} from ${t.baseUrl} failed ${failures} times: ${error.message}`,
-          { hint: `run again: the download resumes from ${partial}` },
-        );
-      }
-      await sleep(t.backoff(failures), undefined, { signal: opts.signal });
-    }
+  // The hash covers exactly the bytes in the partial file: rehashed from disk on (re)start.
+  const state = await hashFile(partial);
+  let resumedBytes = state.size;
+  const handle = await open(partial, state.size > 0 ? 'r+' : 'w');
+  let requests: number;
+  try {
+    requests = await transfer(t, hex, fileSink(handle), state, opts, {
+      onRestart: () => handle.truncate(0),
+      onResume: (bytes) => (resumedBytes += bytes),
+      hint: `run again: the download resumes from ${partial}`,
+    });
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
+  await checkDigest(t, hex, state, () => rm(partial, { force: true }));
+  await rename(partial, destFile);
+  await syncDirectory(dirname(destFile));
+  return { path: destFile, size: state.size, sha256: hex, resumedBytes, requests };
 }
 
-async function hashFile(path: string): Promise<{ hash: Hash; size: number }> {
+async function streamBlob(
+  t: Transport,
+  hex: string,
+  sink: BlobSink,
+  opts: DownloadOptions,
+): Promise<StreamResult> {
+  const state: TransferState = { hash: createHash('sha256'), size: 0 };
+  const requests = await transfer(t, hex, sink, state, opts, {
+    hint: 'run again: the blob is streamed again from the start',
+  });
+  await checkDigest(t, hex, state);
+  return { size: state.size, sha256: hex, requests };
+}
+
+async function checkDigest(
+  t: Transport,
+  hex: string,
+  state: TransferState,
+  discard?: () => Promise<void>,
+): Promise<void> {
+  const digest = state.hash.digest('hex');
+  if (digest === hex) return;
+  await discard?.();
+  throw new ImgctlError(
+    'INTEGRITY',
+    `blob sha256:${hex} from ${t.baseUrl} does not match its hash (got ${digest})`,
+    {
+      hint: `${discard ? 'the partial download was deleted; ' : ''}the server's copy may be corrupt (imgctl verify on the server)`,
+    },
+  );
+}
+
+function fileSink(handle: FileHandle): BlobSink {
+  return {
+    async write(data, offset) {
+      for (let done = 0; done < data.length;) {
+        const { bytesWritten } = await handle.write(data, done, data.length - done, offset + done);
+        done += bytesWritten;
+      }
+    },
+  };
+}
+
+async function hashFile(path: string): Promise<TransferState> {
   const hash = createHash('sha256');
   let size = 0;
   try {
@@ -352,142 +392,201 @@ async function hashFile(path: string): Promise<{ hash: Hash; size: number }> {
   return { hash, size };
 }
 
+interface TransferHooks {
+  /** the server will not continue from `state.size`: what the sink holds is to be dropped */
+  onRestart?: () => Promise<void>;
+  /** a request continues after `bytes` already in the sink */
+  onResume?: (bytes: number) => void;
+  /** the hint when the retries are spent */
+  hint: string;
+}
+
 /**
- * One request: appends what arrives to `partial` and to the hash. Resolves 'complete' when the
- * file holds the whole blob, 'restart' when the partial file had to be discarded; throws
- * Retryable for what another request may fix and ImgctlError for what it will not.
+ * Requests the blob until the sink holds all of it from `state.size` on, resuming with Range
+ * after each retryable failure; gives up after `t.retries` failures in a row without progress.
+ * Returns the number of requests; the caller checks the digest.
  */
-async function fetchInto(
+async function transfer(
   t: Transport,
-  url: string,
   hex: string,
-  partial: string,
-  state: { hash: Hash; size: number },
+  sink: BlobSink,
+  state: TransferState,
+  opts: DownloadOptions,
+  hooks: TransferHooks,
+): Promise<number> {
+  if (!SHA256_HEX.test(hex)) throw new ImgctlError('USAGE', `invalid sha256 '${hex.slice(0, 80)}'`);
+  const url = new URL(`${t.baseUrl}/v1/blobs/sha256/${hex}`);
+  const stallMs = opts.stallTimeoutMs ?? 30_000;
+  let failures = 0;
+  let requests = 0;
+  for (;;) {
+    opts.signal?.throwIfAborted();
+    const before = state.size;
+    if (before > 0 && requests > 0) hooks.onResume?.(before);
+    requests++;
+    try {
+      const outcome = await requestOnce(t, url, hex, sink, state, stallMs, opts);
+      if (outcome === 'complete') return requests;
+      await hooks.onRestart?.();
+      state.hash = createHash('sha256');
+      state.size = 0;
+    } catch (error) {
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      if (!(error instanceof Retryable)) throw error;
+      // Progress resets the count: a flaky link that keeps moving is not given up on.
+      failures = state.size > before ? 1 : failures + 1;
+      if (failures > t.retries) {
+        throw new ImgctlError(
+          'FAILED',
+          `downloading blob sha256:${hex} from ${t.baseUrl} failed ${failures} times: ${error.message}`,
+          { hint: hooks.hint },
+        );
+      }
+      await sleep(t.backoff(failures), undefined, { signal: opts.signal });
+    }
+  }
+}
+
+/**
+ * One request: hands what arrives to the sink (and the hash) from `state.size` on. Resolves
+ * 'complete' when the sink holds the whole blob, 'restart' when it must start over from 0;
+ * throws Retryable for what another request may fix and ImgctlError for what it will not.
+ */
+async function requestOnce(
+  t: Transport,
+  url: URL,
+  hex: string,
+  sink: BlobSink,
+  state: TransferState,
   stallMs: number,
   opts: DownloadOptions,
 ): Promise<'complete' | 'restart'> {
-  const controller = new AbortController();
-  const onAbort = () => controller.abort(opts.signal?.reason);
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
-  let stallTimer: NodeJS.Timeout | undefined;
-  const armStall = () => {
-    clearTimeout(stallTimer);
-    stallTimer = setTimeout(
-      () => controller.abort(new Retryable(`no data for ${stallMs} ms`)),
-      stallMs,
-    );
-  };
-  const headers: Record<string, string> = { ...t.auth };
+  const headers: Record<string, string> = { 'user-agent': 'imgctl', ...t.auth };
   if (state.size > 0) {
     headers.range = `bytes=${state.size}-`;
     headers['if-range'] = `"${hex}"`;
   }
-  let handle: FileHandle | undefined;
-  let pending: Promise<unknown> = Promise.resolve();
-  let written = true;
+  let response: RawResponse;
   try {
-    armStall();
-    let response: Response;
-    try {
-      response = await t.doFetch(url, { headers, signal: controller.signal });
-    } catch (error) {
-      throw asRetryable(error, controller);
-    }
-    if (response.status === 416) {
-      await response.body?.cancel();
-      const total = Number(/\/(\d+)$/.exec(response.headers.get('content-range') ?? '')?.[1]);
-      if (total === state.size) return 'complete';
-      await rm(partial, { force: true });
+    response = await httpGet(url, headers, { signal: opts.signal, stallMs });
+  } catch (error) {
+    throw retryable(error, opts);
+  }
+  const { status } = response;
+  if (status === 416) {
+    response.close();
+    const total = Number(/\/(\d+)$/.exec(response.headers['content-range'] ?? '')?.[1]);
+    return total === state.size ? 'complete' : 'restart';
+  }
+  if (status >= 500 || status === 408 || status === 429) {
+    response.close();
+    throw new Retryable(`HTTP ${status}`);
+  }
+  if (status !== 200 && status !== 206) {
+    const body = await response.text();
+    throw await errorFromResponse(
+      new Response(body, { status, headers: response.headers }),
+      `GET blob sha256:${hex}`,
+    );
+  }
+  let total: number;
+  if (status === 206) {
+    const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(response.headers['content-range'] ?? '');
+    if (!m || Number(m[1]) !== state.size) {
+      response.close();
       return 'restart';
     }
-    if (response.status >= 500 || response.status === 408 || response.status === 429) {
-      await response.body?.cancel();
-      throw new Retryable(`HTTP ${response.status}`);
+    total = Number(m[3]);
+  } else {
+    if (state.size > 0) {
+      // The whole blob, not the rest: what the sink held is replaced.
+      response.close();
+      return 'restart';
     }
-    if (response.status !== 200 && response.status !== 206) {
-      throw await errorFromResponse(response, `GET blob sha256:${hex}`);
-    }
-    let total: number;
-    if (response.status === 206) {
-      const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(response.headers.get('content-range') ?? '');
-      if (!m || Number(m[1]) !== state.size) {
-        await response.body?.cancel();
-        await rm(partial, { force: true });
-        return 'restart';
-      }
-      total = Number(m[3]);
-      handle = await open(partial, 'a');
-    } else {
-      // The whole blob: whatever the partial file held is replaced.
-      total = Number(response.headers.get('content-length') ?? NaN);
-      handle = await open(partial, 'w');
-      state.hash = createHash('sha256');
-      state.size = 0;
-    }
-    opts.onProgress?.({ bytes: state.size, total });
-    const file = handle;
-    const buffered: Buffer[] = [];
-    let bufferedBytes = 0;
-    // At most one write in flight while the next chunks arrive; the hash is updated with what
-    // is handed to write(), so it always describes the file once the write lands.
-    const flush = async () => {
-      if (bufferedBytes === 0) return;
-      const data = buffered.length === 1 ? buffered[0]! : Buffer.concat(buffered, bufferedBytes);
-      buffered.length = 0;
-      bufferedBytes = 0;
-      await pending;
-      state.hash.update(data);
-      state.size += data.length;
-      written = false;
-      pending = writeAll(file, data).then(() => {
-        written = true;
-      });
-    };
-    const reader = response.body!.getReader();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        armStall();
-        buffered.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
-        bufferedBytes += value.byteLength;
-        if (bufferedBytes >= WRITE_CHUNK) await flush();
-        opts.onProgress?.({ bytes: state.size + bufferedBytes, total });
-      }
-    } catch (error) {
-      await flush();
-      throw asRetryable(error, controller);
-    }
-    await flush();
-    await pending;
-    await file.sync();
-    if (state.size !== total)
-      throw new Retryable(`the body ended at ${state.size} of ${total} bytes`);
-    return 'complete';
+    total = Number(response.headers['content-length'] ?? NaN);
+  }
+  if (!Number.isSafeInteger(total)) {
+    response.close();
+    throw new ImgctlError('FAILED', `GET blob sha256:${hex}: the server sent no length`);
+  }
+  opts.onProgress?.({ bytes: state.size, total });
+  const writer = batchWriter(sink, state, (bytes) => opts.onProgress?.({ bytes, total }));
+  try {
+    await response.read(writer.push);
   } catch (error) {
-    // A failed write leaves the file shorter than the hash: forget the state, rehash from disk.
-    await pending.catch(() => undefined);
-    if (!written) state.size = -1;
-    throw error;
-  } finally {
-    clearTimeout(stallTimer);
-    opts.signal?.removeEventListener('abort', onAbort);
-    await handle?.close();
+    await writer.flush();
+    throw retryable(error, opts);
   }
+  await writer.flush();
+  if (state.size !== total)
+    throw new Retryable(`the body ended at ${state.size} of ${total} bytes`);
+  return 'complete';
 }
 
-async function writeAll(file: FileHandle, data: Buffer): Promise<void> {
-  for (let off = 0; off < data.length;) {
-    const { bytesWritten } = await file.write(data, off, data.length - off);
-    off += bytesWritten;
-  }
+/**
+ * Gathers arriving chunks into WRITE_CHUNK batches; each batch is hashed and counted in `state`
+ * as it is handed to the sink, and written while the next one fills. Writes run one at a time,
+ * in order; reading pauses while two are queued. A failed write leaves the sink's content
+ * unknown: `state.size` becomes -1 and the error is thrown.
+ */
+function batchWriter(
+  sink: BlobSink,
+  state: TransferState,
+  onProgress: (bytes: number) => void,
+): { push: (chunk: Buffer) => Promise<void> | undefined; flush: () => Promise<void> } {
+  const spares: Buffer[] = [];
+  let filling: Buffer = Buffer.allocUnsafe(WRITE_CHUNK);
+  let used = 0;
+  let queued = 0;
+  let last: Promise<void> = Promise.resolve();
+  let beforeLast: Promise<void> = last;
+
+  const startWrite = () => {
+    if (used === 0) return;
+    const data = filling.subarray(0, used);
+    const buffer = filling;
+    const offset = state.size;
+    state.hash.update(data);
+    state.size += used;
+    filling = spares.pop() ?? Buffer.allocUnsafe(WRITE_CHUNK);
+    used = 0;
+    queued++;
+    beforeLast = last;
+    last = last
+      .then(() => sink.write(data, offset))
+      .then(
+        () => {
+          queued--;
+          spares.push(buffer);
+        },
+        (error: unknown) => {
+          state.size = -1;
+          throw error;
+        },
+      );
+    // Awaited by the next push or flush; marked handled so a failure between two is not fatal.
+    last.catch(() => undefined);
+    onProgress(state.size);
+  };
+  const push = (chunk: Buffer): Promise<void> | undefined => {
+    for (let off = 0; off < chunk.length;) {
+      const n = chunk.copy(filling, used, off);
+      used += n;
+      off += n;
+      if (used === WRITE_CHUNK) startWrite();
+    }
+    return queued >= 2 ? beforeLast : undefined;
+  };
+  const flush = () => {
+    startWrite();
+    return last;
+  };
+  return { push, flush };
 }
 
-function asRetryable(error: unknown, controller: AbortController): unknown {
-  const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined;
-  if (reason instanceof Retryable) return reason;
-  if (controller.signal.aborted) return reason ?? error;
-  if (isImgctlError(error)) return error;
-  const cause = (error as { cause?: { code?: string; message?: string } })?.cause;
-  return new Retryable(cause?.code ?? cause?.message ?? (error as Error)?.message ?? String(error));
+function retryable(error: unknown, opts: DownloadOptions): unknown {
+  if (opts.signal?.aborted) return opts.signal.reason;
+  if (error instanceof Retryable || isImgctlError(error)) return error;
+  const code = (error as { code?: string })?.code;
+  return new Retryable(code ?? (error as Error)?.message ?? String(error));
 }
