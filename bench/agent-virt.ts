@@ -4,13 +4,14 @@
  *
  * - pull: a 1 GiB random blob from `imgctl serve` on 127.0.0.1 into an empty blob cache
  *   (core's cache + client: streamed, hashed while it arrives, renamed once verified), in a child
- *   process, against `curl -o FILE && sha256sum FILE` and plain `curl -o FILE`. Each takes
+ *   process running bench/lib/pull-blob.ts bundled (as the agent is deployed), against `curl -o FILE && sha256sum FILE` and plain `curl -o FILE`. Each takes
  *   turns --repeat times (default 3); medians compared. Limits: ≥ 1.5× as fast as curl +
  *   sha256sum; reported (goal 0.9×, no limit): the ratio to plain curl.
  * - further VM: `imgagent --virt --no-start` of an image whose system disk is 64 MiB, and of one
  *   whose system disk is 4 GiB, once their blobs are cached (qcow2 overlays: the size must not
  *   matter). Limit: medians within ±20%. Needs root and libvirt (scripts/start-libvirt.sh).
- * - RSS: peak RSS of the agent while it pulls the 4 GiB system disk (its first VM). Limit: 150 MB.
+ * - RSS: peak RSS of the agent (dist/imgagent.mjs, the single file `imgctl provision` copies to
+ *   targets) while it pulls the 4 GiB system disk (its first VM). Limit: 150 MB.
  *
  * Writes bench/results/agent-virt.json, prints a summary, exits 1 when a limit is missed.
  *
@@ -28,7 +29,6 @@ import { median, reportHead, writeReport } from './lib/report.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
-const AGENT = join(ROOT, 'packages/agent/bin/imgagent.js');
 const LIMITS = { min_ratio_to_curl_sha256sum: 1.5, vm_time_spread: 0.2, max_rss_mb: 150 };
 const GiB = 1024 ** 3;
 
@@ -49,11 +49,31 @@ function parseArgs(argv: string[]): Args {
   return args;
 }
 
-/** The child: pulls one blob into a cache dir with core's cache and client. */
-async function pullChild(url: string, hex: string, cacheDir: string): Promise<void> {
-  const { openBlobCache } = await import('@imgctl/core/blob-cache');
-  const { createClient } = await import('@imgctl/core/client');
-  await openBlobCache(cacheDir).ensure(hex, createClient({ baseUrl: url }));
+/** dist/imgagent.mjs (scripts/build.mjs) and bench/lib/pull-blob.ts, bundled into `outdir`. */
+async function bundle(outdir: string): Promise<{ agent: string; pull: string }> {
+  await execa(process.execPath, [
+    join(ROOT, 'scripts/build.mjs'),
+    '--outdir',
+    outdir,
+    '--only',
+    'imgagent',
+  ]);
+  const { build } = await import('esbuild');
+  const pull = join(outdir, 'pull-blob.mjs');
+  await build({
+    entryPoints: [join(ROOT, 'bench/lib/pull-blob.ts')],
+    outfile: pull,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    logLevel: 'warning',
+    // CommonJS dependencies (yaml) call require: give them one, as scripts/build.mjs does
+    banner: {
+      js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);",
+    },
+  });
+  return { agent: join(outdir, 'imgagent.mjs'), pull };
 }
 
 async function startServe(
@@ -146,10 +166,6 @@ async function timeIt(fn: () => Promise<unknown>): Promise<number> {
 }
 
 async function main(): Promise<number> {
-  if (process.argv[2] === '--pull-child') {
-    await pullChild(process.argv[3]!, process.argv[4]!, process.argv[5]!);
-    return 0;
-  }
   const args = parseArgs(process.argv.slice(2));
   const work = await mkdtemp(join(tmpdir(), 'bench-agent-virt-'));
   await chmod(work, 0o755);
@@ -159,6 +175,8 @@ async function main(): Promise<number> {
   let bridgeMade = false;
   const failures: string[] = [];
   try {
+    // What runs on a target is the single-file bundle, not the TypeScript source through tsx.
+    const bundles = await bundle(join(work, 'dist'));
     const tokenFile = join(work, 'token');
     await writeFile(tokenFile, `${'b3nch'.repeat(8)}\n`, { mode: 0o600 });
 
@@ -180,19 +198,7 @@ async function main(): Promise<number> {
       await mkdir(dir);
       runs.agent.push(
         await timeIt(() =>
-          execa(
-            process.execPath,
-            [
-              '--import',
-              'tsx',
-              fileURLToPath(import.meta.url),
-              '--pull-child',
-              serve64.url,
-              hex,
-              join(dir, 'cache'),
-            ],
-            { cwd: ROOT },
-          ),
+          execa(process.execPath, [bundles.pull, serve64.url, hex, join(dir, 'cache')]),
         ),
       );
       runs.curl_sha256sum.push(
@@ -237,7 +243,7 @@ async function main(): Promise<number> {
           '-f',
           'RSS_KB=%M',
           process.execPath,
-          AGENT,
+          bundles.agent,
           '--server',
           url,
           '--token-file',
@@ -264,12 +270,12 @@ async function main(): Promise<number> {
       const cache = join(work, 'cache');
       const first = await agent(serve4g.url, 'bench-4g-first', cache);
       const rssMb = Number(/RSS_KB=(\d+)/.exec(first.stderr)![1]) / 1024;
-      // What the agent takes from source (tsx compiling TypeScript) before pulling anything.
+      // What the agent takes before pulling anything.
       const idle = await execa('/usr/bin/time', [
         '-f',
         'RSS_KB=%M',
         process.execPath,
-        AGENT,
+        bundles.agent,
         '--server',
         serve4g.url,
         '--list',
