@@ -4,10 +4,14 @@
  *
  * 1. A 1 GiB random raw file: addDisk vs `cp SRC DST && sync DST` (limit: 1.25×; our blob is
  *    fsynced, so the durable copy is the fair baseline) and vs plain `cp` (reported).
- * 2. An 8 GiB sparse raw file holding 256 MiB of data vs a dense 256 MiB file of the same data.
- *    The holes are never read (bytes read by this process are reported), but sha256 must still
- *    run over 8 GiB of zeros, which costs CPU; so the limit is: sparse ≤ 1.25 × (dense 256 MiB +
- *    hashing the zeros in memory, measured here).
+ * 2. An 8 GiB sparse raw file holding 256 MiB of data: addDisk stores it as qcow2 (SPARSE_RULE
+ *    of core/disks.ts), so neither the copy nor the hash sees the holes. Its time per MiB of data
+ *    is compared with the 1 GiB case's. Limit 2.5×: `qemu-img convert` alone costs about what
+ *    the whole dense add does per MiB (it reads and writes the data), and the hash of the qcow2
+ *    follows it instead of overlapping the copy as for a dense file; qemu-img also starts twice
+ *    more. What matters is that the time follows the data, not the 8 GiB of virtual size.
+ *    Reported too: the same file with --keep-raw (raw blob: the 8 GiB of zeros are hashed) and
+ *    a dense 256 MiB file of the same data.
  *
  * Page caches: dropping them needs CAP_SYS_ADMIN, which containers usually lack; the bench
  * tries, and otherwise runs warm (every source read once first) and says so in the results.
@@ -31,6 +35,7 @@ const DEFAULT_RESULTS = join(ROOT, 'bench/results/disk-add.json');
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const LIMIT = 1.25;
+const SPARSE_LIMIT = 2.5;
 
 interface Args {
   dir: string;
@@ -107,13 +112,18 @@ interface Timing {
   read_bytes?: number;
 }
 
-async function timeAdd(work: string, file: string, cold: boolean): Promise<Timing> {
+async function timeAdd(
+  work: string,
+  file: string,
+  cold: boolean,
+  keepRaw = false,
+): Promise<Timing> {
   const store = await freshStore(work);
   await execa('sync');
   if (cold) await dropCaches();
   const io = await ioCounters();
   const start = performance.now();
-  await addDisk(store, { image: 'b', id: 'root', use: 'system', file });
+  await addDisk(store, { image: 'b', id: 'root', use: 'system', file, keepRaw });
   const ms = performance.now() - start;
   const after = await ioCounters();
   await rm(store, { recursive: true, force: true });
@@ -147,8 +157,12 @@ function zeroHashMs(bytes: number): number {
   return performance.now() - start;
 }
 
+const loadAverage = async () =>
+  (await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ');
+
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
+  const loadBefore = await loadAverage();
   const fs = await statfs(args.dir);
   const free = fs.bavail * fs.bsize;
   const need = 4 * GiB;
@@ -179,6 +193,7 @@ async function main(): Promise<number> {
       cp_sync_1g: [] as Timing[],
       cp_1g: [] as Timing[],
       add_sparse: [] as Timing[],
+      add_sparse_keep_raw: [] as Timing[],
       add_dense256: [] as Timing[],
       cp_sync_sparse: [] as Timing[],
     };
@@ -192,6 +207,7 @@ async function main(): Promise<number> {
       runs.cp_1g.push(await timeCp(work, dense1g, cold, false));
       runs.add_dense256.push(await timeAdd(work, dense256, cold));
       runs.add_sparse.push(await timeAdd(work, sparse8g, cold));
+      if (i === 0) runs.add_sparse_keep_raw.push(await timeAdd(work, sparse8g, cold, true));
       runs.cp_sync_sparse.push(await timeCp(work, sparse8g, cold, true));
     }
     const zeroRuns = Array.from({ length: args.runs }, () => zeroHashMs(8 * GiB - 256 * MiB));
@@ -204,7 +220,8 @@ async function main(): Promise<number> {
     ) as Record<keyof typeof runs, number>;
 
     const ratio1g = best.add_1g / best.cp_sync_1g;
-    const sparseBudget = best.add_dense256 + zeroMs;
+    // time per MiB of data: 256 MiB in the sparse file, 1024 MiB in the dense one
+    const perMiBRatio = best.add_sparse / 256 / (best.add_1g / 1024);
     const checks = [
       {
         name: '1 GiB raw: addDisk vs cp + sync',
@@ -213,14 +230,18 @@ async function main(): Promise<number> {
         pass: ratio1g <= LIMIT,
       },
       {
-        name: '8 GiB sparse (256 MiB data): addDisk vs (dense 256 MiB addDisk + sha256 of the zeros)',
-        ratio: Math.round((best.add_sparse / sparseBudget) * 100) / 100,
-        limit: LIMIT,
-        pass: best.add_sparse <= LIMIT * sparseBudget,
+        name: '8 GiB sparse (256 MiB data, stored as qcow2): addDisk time per MiB of data vs the 1 GiB raw',
+        ratio: Math.round(perMiBRatio * 100) / 100,
+        limit: SPARSE_LIMIT,
+        pass: perMiBRatio <= SPARSE_LIMIT,
       },
     ];
+    const loadAfter = await loadAverage();
     const report = {
       ...reportHead('disk-add'),
+      load_average: { before: loadBefore, after: loadAfter },
+      baseline:
+        'cp SRC DST && sync DST (coreutils cp: copy_file_range; sync fsyncs the copy), the same durability as a blob (fsynced file, then rename and directory fsync)',
       page_cache: cold
         ? 'dropped before every run (cold)'
         : 'warm: drop_caches not permitted here; every source read once first',
@@ -231,6 +252,7 @@ async function main(): Promise<number> {
         add_1g_vs_cp_sync: Math.round(ratio1g * 100) / 100,
         add_1g_vs_cp: Math.round((best.add_1g / best.cp_1g) * 100) / 100,
         sparse_8g_vs_dense_256m: Math.round((best.add_sparse / best.add_dense256) * 100) / 100,
+        sparse_8g_per_mib_vs_1g_per_mib: Math.round(perMiBRatio * 100) / 100,
       },
       bytes_read_by_add: {
         sparse_8g: median(runs.add_sparse.map((t) => t.read_bytes ?? NaN)),
@@ -243,12 +265,14 @@ async function main(): Promise<number> {
     };
     await writeReport(args.out, report);
 
-    console.log(`disk-add: best of ${args.runs} runs, page cache ${cold ? 'cold' : 'warm'}`);
+    console.log(
+      `disk-add: best of ${args.runs} runs, page cache ${cold ? 'cold' : 'warm'}, load ${loadBefore} → ${loadAfter}`,
+    );
     console.log(
       `  1 GiB raw     addDisk ${best.add_1g} ms | cp+sync ${best.cp_sync_1g} ms | cp ${best.cp_1g} ms`,
     );
     console.log(
-      `  8 GiB sparse  addDisk ${best.add_sparse} ms (read ${round(report.bytes_read_by_add.sparse_8g / MiB)} MiB) | dense 256 MiB ${best.add_dense256} ms | sha256 of the zeros ${round(zeroMs)} ms | cp+sync ${best.cp_sync_sparse} ms`,
+      `  8 GiB sparse  addDisk ${best.add_sparse} ms (read ${round(report.bytes_read_by_add.sparse_8g / MiB)} MiB) | --keep-raw ${best.add_sparse_keep_raw} ms | dense 256 MiB ${best.add_dense256} ms | sha256 of the zeros ${round(zeroMs)} ms | cp+sync ${best.cp_sync_sparse} ms`,
     );
     for (const c of checks)
       console.log(`  ${c.pass ? 'ok  ' : 'SLOW'} ${c.name}: ${c.ratio}x (limit ${c.limit}x)`);

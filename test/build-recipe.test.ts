@@ -99,10 +99,11 @@ describe('imgctl build: the recipe contract', () => {
       /^build: env cwd=(\S+)\/\.state\/build\/app-\d{8}T\d{6}Z-[0-9a-f]{6}\.\d+ OUT_DIR=\1\/\.state\/build\/app-\S+\/out$/m,
     );
     expect(result.stderr).toMatch(/^build: kickstart: network --hostname=app-hello$/m);
-    expect(result.stdout).toMatch(/^built image app \(record default\): revision 3 in /);
+    // both disks are one change: one revision
+    expect(result.stdout).toMatch(/^built image app \(record default\): revision 2 in /);
 
     const image = parse(await readFile(join(dir, 'images/app/image.yaml'), 'utf8'));
-    expect(image.revision).toBe(3);
+    expect(image.revision).toBe(2);
     expect(image.disks[0]).toMatchObject({ id: 'root', format: 'raw', size: '2MiB', blob: true });
     expect(image.disks[1]).toMatchObject({ id: 'data', size: '1MiB', blob: true });
     expect(image.disks[2]).toEqual({ id: 'tmp', use: 'scratch', format: 'raw', size: '1MiB' });
@@ -112,7 +113,7 @@ describe('imgctl build: the recipe contract', () => {
     const { build: meta } = parse(text);
     expect(meta).toMatchObject({
       builder: 'imgctl build',
-      revision: 3,
+      revision: 2,
       tools: { mytool: '1.2.3' },
       disks: { root: image.disks[0].sha256, data: image.disks[1].sha256 },
     });
@@ -127,7 +128,7 @@ describe('imgctl build: the recipe contract', () => {
     expect(await readFile(join(dir, '.state/build', state[0]!), 'utf8')).toContain('step: done');
     const again = await build(dir, '--json');
     expect(again.exitCode, again.stderr).toBe(0);
-    expect(JSON.parse(again.stdout)).toMatchObject({ revision: 3 }); // same content: unchanged
+    expect(JSON.parse(again.stdout)).toMatchObject({ revision: 2 }); // same content: unchanged
     expect(await readFile(join(dir, '.state/cache/build/app/runs'), 'utf8')).toBe('2\n');
   });
 
@@ -224,27 +225,47 @@ describe('imgctl build: killed midway', () => {
     );
   });
 
-  it('SIGKILL while the disks are added: the store is as before or complete', async () => {
-    const dir = await makeBuildStore();
-    const files = ['images/app/image.yaml', 'images/app/records/big.yaml'].map((f) => join(dir, f));
-    const read = () => Promise.all(files.map((f) => readFile(f, 'utf8')));
-    const before = await read();
-    const { child, stderrUntil } = startBuild(dir, 'big');
-    await stderrUntil(/^build: adding disk root/m);
-    await killBuild(child);
-    const after = await read();
-    if (after[0] !== before[0]) {
-      // complete: both disks as the build made them, and build: written
-      const image = parse(after[0]!);
-      expect(image.disks[0]).toMatchObject({ size: '256MiB', blob: true });
-      expect(image.disks[1]).toMatchObject({ blob: true });
-      expect(parse(after[1]!).build.disks.root).toBe(image.disks[0].sha256);
-    } else {
-      expect(after[1]).toBe(before[1]); // as before (at most an orphan blob, for verify --gc)
+  it('slow: SIGKILL while the disks are added (before, between and after them): the store is as before or complete', async () => {
+    const files = ['images/app/image.yaml', 'images/app/records/big.yaml'];
+    // Kill points: as the first disk starts, between the two disks, and at fractions of the
+    // time from the second disk's line to the end (blobs placed, the transaction written).
+    const points: Array<{ line: RegExp; after?: number }> = [
+      { line: /^build: adding disk root/m },
+      { line: /^build: adding disk data/m },
+      { line: /^build: adding disk data/m, after: 5 },
+      { line: /^build: adding disk data/m, after: 40 },
+    ];
+    const outcomes: string[] = [];
+    for (const point of points) {
+      const dir = await makeBuildStore();
+      const read = () => Promise.all(files.map((f) => readFile(join(dir, f), 'utf8')));
+      const before = await read();
+      const { child, stderrUntil } = startBuild(dir, 'big');
+      await stderrUntil(point.line);
+      if (point.after) await new Promise((resolve) => setTimeout(resolve, point.after));
+      await killBuild(child);
+      const after = await read();
+      if (after[0] !== before[0] || after[1] !== before[1]) {
+        // complete: both disks as the build made them, one revision, and build: naming them
+        const image = parse(after[0]!);
+        expect(image.revision).toBe(2);
+        expect(image.disks[0]).toMatchObject({ size: '256MiB', blob: true });
+        expect(image.disks[1]).toMatchObject({ size: '1MiB', blob: true });
+        const meta = parse(after[1]!).build;
+        expect(meta).toMatchObject({
+          revision: 2,
+          disks: { root: image.disks[0].sha256, data: image.disks[1].sha256 },
+        });
+        outcomes.push('complete');
+      } else outcomes.push('before'); // at most orphan blobs, for verify --gc
+      const rerun = await build(dir, '--record', 'big');
+      expect(rerun.exitCode, rerun.stderr).toBe(0);
+      expect(parse(await readFile(join(dir, files[0]!), 'utf8')).revision).toBe(2);
+      const verify = await runCli(['--store', dir, 'verify', '--gc']);
+      expect(verify.exitCode, verify.stderr + verify.stdout).toBe(0);
+      expect(await readdir(join(dir, '.blobs/tmp'))).toEqual([]);
     }
-    const rerun = await build(dir, '--record', 'big');
-    expect(rerun.exitCode, rerun.stderr).toBe(0);
-    const verify = await runCli(['--store', dir, 'verify']);
-    expect(verify.exitCode, verify.stderr + verify.stdout).toBe(0);
-  });
+    // the first point is before anything is named: it must have found the store as before
+    expect(outcomes[0]).toBe('before');
+  }, 600_000);
 });

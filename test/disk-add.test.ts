@@ -4,7 +4,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -134,6 +134,53 @@ describe('imgctl disk add', () => {
     const content = Buffer.alloc(256 * MiB);
     data.copy(content, 100 * MiB);
     expect(hex).toBe(sha256(content));
+  });
+
+  it('stores a mostly-empty sparse raw file as qcow2 and says why; --keep-raw keeps it raw', async () => {
+    const store = await storeWithImage();
+    const { dir } = await makeTempDir();
+    const file = join(dir, 'big.raw');
+    const handle = await open(file, 'w');
+    await handle.truncate(2048 * MiB);
+    const data = randomBytes(8 * MiB);
+    await handle.write(data, 0, data.length, 1500 * MiB);
+    await handle.close();
+
+    const r = await runCli(['disk', 'add', 'web', file, '--id', 'root', '--use', 'system'], {
+      cwd: store,
+    });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stderr).toContain(
+      'disk root: storing as qcow2: a sparse raw file of 2GiB holding 8MiB',
+    );
+    expect(r.stdout).toMatch(/disk root \(system, qcow2, 2GiB\)/);
+    expect(r.stdout).toContain('stored as qcow2, not raw:');
+    const disk = (await imageDoc(store)).disks.find((d) => d.id === 'root')!;
+    expect(disk).toMatchObject({ format: 'qcow2', size: '2GiB', blob: true });
+    const blob = blobFile(store, disk.sha256 as string);
+    expect((await stat(blob)).size).toBeLessThan(16 * MiB); // only the data
+    // the same guest-visible bytes, and the blob passes every check
+    await qemuImg('compare', '-q', '-f', 'raw', '-F', 'qcow2', file, blob);
+    const verify = await runCli(['verify', '--store', store]);
+    expect(verify.exitCode, verify.stdout + verify.stderr).toBe(0);
+
+    const raw = await runCli(
+      ['disk', 'add', 'web', file, '--id', 'root', '--use', 'system', '--keep-raw', '--json'],
+      { cwd: store },
+    );
+    expect(raw.exitCode, raw.stderr).toBe(0);
+    expect(JSON.parse(raw.stdout).disk).toMatchObject({ format: 'raw', size: '2GiB' });
+
+    // a small sparse disk (the tiny appliance's 64 MiB) always stays raw
+    const small = join(dir, 'small.raw');
+    await writeFile(small, data.subarray(0, MiB));
+    await truncate(small, 64 * MiB);
+    const kept = await runCli(
+      ['disk', 'add', 'web', small, '--id', 'data', '--use', 'data', '--json'],
+      { cwd: store },
+    );
+    expect(kept.exitCode, kept.stderr).toBe(0);
+    expect(JSON.parse(kept.stdout).disk).toMatchObject({ format: 'raw', size: '64MiB' });
   });
 
   it('refuses a qcow2 with a backing file (exit 3) and leaves the store unchanged', async () => {

@@ -95,5 +95,5 @@ describe('killed midway', () => {
       outcomes.some((o) => o.includes('SIGKILL')),
       outcomes.join('\n'),
     ).toBe(true);
-  });
+  }, 600_000);
 });

@@ -304,7 +304,7 @@ async function peakRss(args: string[]): Promise<{ kb: number; exitCode: number; 
 }
 
 describe('memory', () => {
-  it('slow: pack and import of a 2 GiB image stay under 150 MB peak RSS', async () => {
+  it('slow: pack and import of a 2 GiB image (.tar and .tar.gz) stay under 150 MB peak RSS', async () => {
     const size = 2048 * MiB;
     const { dir: store } = await makeStore();
     await cli(['image', 'create', 'big'], store);
@@ -314,19 +314,25 @@ describe('memory', () => {
     await cli(['disk', 'add', 'big', disk, '--id', 'root', '--use', 'system'], store);
     await execa('rm', ['-f', disk]);
 
-    const archive = join(dir, 'big.tar');
-    const pack = await peakRss(['pack', 'big', '-o', archive, '--store', store]);
-    expect(pack.exitCode, pack.stderr).toBe(0);
-    expect((await stat(archive)).size).toBeGreaterThan(size);
+    // .tar.gz goes through the gzip program, so it stays as flat as .tar
+    const peaks: string[] = [];
+    for (const suffix of ['tar', 'tar.gz']) {
+      const archive = join(dir, `big.${suffix}`);
+      const pack = await peakRss(['pack', 'big', '-o', archive, '--store', store]);
+      expect(pack.exitCode, pack.stderr).toBe(0);
+      if (suffix === 'tar') expect((await stat(archive)).size).toBeGreaterThan(size);
 
-    const { dir: other } = await makeStore();
-    const imported = await peakRss(['import', archive, '--store', other]);
-    expect(imported.exitCode, imported.stderr).toBe(0);
-    const [blob] = await blobsOf(other, 'big');
-    expect((await stat(join(other, '.blobs/sha256', blob!.slice(0, 2), blob!))).size).toBe(size);
+      const { dir: other } = await makeStore();
+      const imported = await peakRss(['import', archive, '--store', other]);
+      expect(imported.exitCode, imported.stderr).toBe(0);
+      const [blob] = await blobsOf(other, 'big');
+      expect((await stat(join(other, '.blobs/sha256', blob!.slice(0, 2), blob!))).size).toBe(size);
+      await execa('rm', ['-rf', archive, other]);
 
-    console.log(`peak RSS: pack ${pack.kb} kB, import ${imported.kb} kB (2 GiB image)`);
-    expect(pack.kb).toBeLessThan(150 * 1000);
-    expect(imported.kb).toBeLessThan(150 * 1000);
+      peaks.push(`.${suffix}: pack ${pack.kb} kB, import ${imported.kb} kB`);
+      expect(pack.kb, peaks.join('; ')).toBeLessThan(150 * 1000);
+      expect(imported.kb, peaks.join('; ')).toBeLessThan(150 * 1000);
+    }
+    console.log(`peak RSS (2 GiB image): ${peaks.join('; ')}`);
   }, 600_000);
 });

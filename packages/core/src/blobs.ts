@@ -216,6 +216,35 @@ export async function stageBlobFromStream(
   }
 }
 
+/**
+ * Content that a program writes (e.g. `qemu-img convert`): `write` gets a fresh temporary path
+ * of the store and must leave the complete content there; it is then fsynced and hashed.
+ */
+export async function stageBlobWith(
+  storeDir: string,
+  write: (tmp: string) => Promise<void>,
+  options: ProgressOptions = {},
+): Promise<StagedBlob> {
+  const tmp = await newTmpFile(storeDir);
+  try {
+    await write(tmp);
+    const st = await statSource(tmp, tmp);
+    const handle = await open(tmp, 'r');
+    let result: { sha256: string; size: number };
+    try {
+      // the disk writes the content back while it is hashed from the page cache
+      const extents = await extentsOf(tmp, st, options);
+      [, result] = await Promise.all([handle.sync(), pump(handle, extents, undefined, options)]);
+    } finally {
+      await handle.close();
+    }
+    return staged(storeDir, tmp, result);
+  } catch (error) {
+    await rm(tmp, { force: true });
+    throw error;
+  }
+}
+
 /** sha256 (hex) of a file's content; holes of a sparse file are hashed as zeros, not read. */
 export async function hashFile(file: string, options: ProgressOptions = {}): Promise<string> {
   const st = await statSource(resolve(file), file);
@@ -352,7 +381,8 @@ async function placeBlob(
 /**
  * A file without holes: the kernel copies it (copy_file_range, no trip through this process)
  * while this process hashes the source. Both read the same pages at about the same time, so
- * the disk reads the file once. The source must not change meanwhile: its size, inode, mtime and
+ * the disk reads the file once; every SYNC_EVERY bytes hashed, writeback of the copy is started
+ * (fdatasync from here), so the disk writes while it reads instead of all at the end. The source must not change meanwhile: its size, inode, mtime and
  * ctime are compared before and after, and a change fails the copy.
  */
 async function copyDenseFile(
@@ -363,11 +393,26 @@ async function copyDenseFile(
 ): Promise<{ sha256: string; size: number }> {
   const src = await open(source, 'r');
   let hashed: { sha256: string; size: number };
+  // Writeback of the copy starts while it is made (the hash runs about in step with it), as
+  // pump does for the files it writes itself: the final fsync then has little left to do.
+  let synced = 0;
+  let flushing: Promise<void> | undefined;
+  const onProgress = (done: number, total: number) => {
+    if (done - synced >= SYNC_EVERY && !flushing) {
+      synced = done;
+      flushing = settle(datasyncFile(tmp).finally(() => (flushing = undefined)));
+    }
+    options.onProgress?.(done, total);
+  };
   try {
     const [copied, hashing] = await Promise.allSettled([
       copyFile(source, tmp, constants.COPYFILE_EXCL),
-      pump(src, [{ start: 0, length: before.size, data: true }], undefined, options),
+      pump(src, [{ start: 0, length: before.size, data: true }], undefined, {
+        ...options,
+        onProgress,
+      }),
     ]);
+    await flushing;
     if (hashing.status === 'rejected') throw hashing.reason;
     if (copied.status === 'rejected') throw copied.reason;
     hashed = hashing.value;
@@ -394,6 +439,17 @@ async function copyDenseFile(
     await out.close();
   }
   return hashed;
+}
+
+/** Starts (and awaits) writeback of a file being written elsewhere; a file not there yet is skipped. */
+async function datasyncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r').catch(() => undefined);
+  if (!handle) return;
+  try {
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
 }
 
 /** A copy-on-write clone when the filesystem can make one (btrfs, XFS); false otherwise. */

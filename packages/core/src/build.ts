@@ -8,11 +8,10 @@ import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { execa } from 'execa';
-import { type AddDiskResult, addDisk } from './disks.ts';
-import { parseYaml, writeFileAtomic } from './document.ts';
+import { type AddDiskResult, addDisks, type StoreFile } from './disks.ts';
+import { parseYaml } from './document.ts';
 import { invalid } from './edit.ts';
 import { ImgctlError } from './errors.ts';
-import { withStoreLock } from './lock.ts';
 import { printable } from './names.ts';
 import { renderImageFile, resolvePlan } from './plan.ts';
 import { exists, storePaths } from './store.ts';
@@ -33,6 +32,10 @@ export interface BuildRequest {
 export interface BuildOptions {
   /** every line build.sh prints (stdout and stderr), and imgctl's own progress lines */
   onLine?: (line: string) => void;
+  /** a step begins (running build.sh, adding a disk): its line, which is then not passed to onLine */
+  onStep?: (line: string) => void;
+  /** bytes of the disk being added */
+  onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
   now?: () => Date;
 }
@@ -71,9 +74,9 @@ export const BUILD_INFO = 'build-info.json';
  * Builds `request.image`: resolves the plan, renders the kickstart (if the image has one), runs
  * `images/IMAGE/build.sh` in `.state/build/IMAGE-STAMP-RANDOM.PID/` with the environment of
  * docs/build.md, and when it succeeds adds each system and data disk it produced
- * (`OUT_DIR/ID.FORMAT`) with addDisk and writes `build:` into the record, all under the store
- * lock. Until then nothing in the store changes: a failure or a kill at any time before leaves
- * it as it was. Throws FAILED (with the log path) when the script fails or produces too little,
+ * (`OUT_DIR/ID.FORMAT`) and writes `build:` into the record as one change (addDisks: blobs
+ * first, then image.yaml and the record in one transaction under the store lock). A failure or
+ * a kill at any time leaves the store as it was (at most orphan blobs) or complete. Throws FAILED (with the log path) when the script fails or produces too little,
  * NOT_FOUND when the image has no build.sh.
  */
 export async function buildImage(
@@ -106,9 +109,10 @@ export async function buildImage(
   await mkdir(outDir, { recursive: true });
   await mkdir(cacheDir, { recursive: true });
   const log = createWriteStream(logPath, { flags: 'a' });
-  const say = (line: string) => {
+  const say = (line: string, step = false) => {
     log.write(`${line}\n`);
-    options.onLine?.(line);
+    if (step && options.onStep) options.onStep(line);
+    else options.onLine?.(line);
   };
   try {
     const inputs: Record<string, string> = { 'build.sh': await sha256File(script) };
@@ -129,7 +133,7 @@ export async function buildImage(
       SCRATCH_DIR: scratch,
       ...(kickstart ? { KICKSTART: kickstart } : {}),
     };
-    say(`running images/${image}/build.sh (record ${plan.record}; log ${logPath})`);
+    say(`running images/${image}/build.sh (record ${plan.record}; log ${logPath})`, true);
     await runScript(script, scratch, env, say, options.signal, logPath);
 
     const produced = await producedDisks(outDir, plan, logPath);
@@ -137,25 +141,35 @@ export async function buildImage(
     const tools = { 'qemu-img': await qemuImgVersion(), ...info.tools };
     Object.assign(inputs, info.inputs);
 
-    const result = await withStoreLock(storeDir, async () => {
-      const added: AddDiskResult[] = [];
-      for (const { disk, file } of produced) {
-        say(`adding disk ${disk.id} (${disk.use}) from out/${file.slice(outDir.length + 1)}`);
-        added.push(await addDisk(storeDir, { image, id: disk.id, use: disk.use, file }));
-      }
-      const revision = added.at(-1)?.revision ?? plan.image.revision;
-      const metadata: BuildMetadata = {
-        builder: 'imgctl build',
-        built_at: started.toISOString().replace(/\.\d+Z$/, 'Z'),
-        duration_s: Math.round((now().getTime() - started.getTime()) / 100) / 10,
-        revision,
-        tools,
-        inputs,
-        disks: Object.fromEntries(added.map((a) => [a.disk.id, a.disk.sha256 ?? ''])),
-      };
-      await writeBuildMetadata(storeDir, image, plan.record, metadata);
-      return { revision, added, metadata };
-    });
+    const outcome: { metadata?: BuildMetadata } = {};
+    const added = await addDisks(
+      storeDir,
+      image,
+      produced.map(({ disk, file }) => ({ image, id: disk.id, use: disk.use, file })),
+      {
+        signal: options.signal,
+        onDisk: (request) =>
+          say(
+            `adding disk ${request.id} (${request.use}) from out/${request.file!.slice(outDir.length + 1)}`,
+          ),
+        onProgress: options.onProgress,
+        onConvert: (reason) => say(`storing disk as qcow2: ${reason}`),
+        alsoWrite: async ({ revision, disks }) => {
+          const metadata: BuildMetadata = {
+            builder: 'imgctl build',
+            built_at: started.toISOString().replace(/\.\d+Z$/, 'Z'),
+            duration_s: Math.round((now().getTime() - started.getTime()) / 100) / 10,
+            revision,
+            tools,
+            inputs,
+            disks: Object.fromEntries(disks.map((a) => [a.disk.id, a.disk.sha256 ?? ''])),
+          };
+          outcome.metadata = metadata;
+          return [await buildMetadataFile(storeDir, image, plan.record, metadata)];
+        },
+      },
+    );
+    const result = { revision: outcome.metadata!.revision, added, metadata: outcome.metadata! };
     say(`built ${image} revision ${result.revision} in ${result.metadata.duration_s}s`);
     return {
       image,
@@ -323,13 +337,13 @@ async function readBuildInfo(outDir: string, logPath: string): Promise<BuildInfo
   return info;
 }
 
-/** Writes `build:` of the record, everything else of the file (comments too) kept. */
-async function writeBuildMetadata(
+/** The record with `build:` written, everything else of the file (comments too) kept. */
+async function buildMetadataFile(
   storeDir: string,
   image: string,
   record: string,
   metadata: BuildMetadata,
-): Promise<void> {
+): Promise<StoreFile> {
   const file = storePaths.recordFile(storeDir, image, record);
   const display = storePaths.rel.recordFile(image, record);
   const text = await readFile(file, 'utf8');
@@ -346,7 +360,7 @@ async function writeBuildMetadata(
     expectedImage: image,
   });
   if (problems.length > 0) throw invalid(display, problems);
-  await writeFileAtomic(file, after);
+  return { path: file, content: after };
 }
 
 async function qemuImgVersion(): Promise<string> {

@@ -1,9 +1,15 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { type AddDiskRequest, addDisk, verifyDisks } from './disks.ts';
+import {
+  type AddDiskRequest,
+  addDisk,
+  finishStoreWrites,
+  verifyDisks,
+  writeStoreFiles,
+} from './disks.ts';
 import { createImage, initStore } from './images.ts';
 
 let store: string;
@@ -57,5 +63,48 @@ describe('addDisk', () => {
     await expect(addDisk(store, { ...base, image: 'nope' })).rejects.toMatchObject({
       code: 'NOT_FOUND',
     });
+  });
+});
+
+describe('writeStoreFiles / finishStoreWrites', () => {
+  const file = (rel: string) => join(store, rel);
+
+  it('replaces several files of the store at once', async () => {
+    await writeStoreFiles(store, [
+      { path: file('images/web/image.yaml'), content: 'one\n' },
+      { path: file('store.yaml'), content: 'two\n' },
+    ]);
+    expect(await readFile(file('images/web/image.yaml'), 'utf8')).toBe('one\n');
+    expect(await readFile(file('store.yaml'), 'utf8')).toBe('two\n');
+    expect(await readdir(join(store, '.state/txn'))).toEqual([]);
+  });
+
+  it('refuses a path outside the store', async () => {
+    await expect(
+      writeStoreFiles(store, [
+        { path: file('a'), content: '' },
+        { path: join(store, '../elsewhere'), content: '' },
+      ]),
+    ).rejects.toThrow(/not a file of the store/);
+  });
+
+  it('completes a transaction killed after its journal, drops one killed before', async () => {
+    // what a writer killed between its renames leaves: one file renamed, one still staged
+    const committed = join(store, '.state/txn/999999-aaaa');
+    await mkdir(committed, { recursive: true });
+    await writeFile(join(committed, '1'), 'new store\n');
+    await writeFile(
+      join(committed, 'journal.json'),
+      JSON.stringify({ targets: ['images/web/image.yaml', 'store.yaml'] }),
+    );
+    const uncommitted = join(store, '.state/txn/999999-bbbb');
+    await mkdir(uncommitted, { recursive: true });
+    await writeFile(join(uncommitted, '0'), 'never\n');
+    const imageBefore = await readFile(file('images/web/image.yaml'), 'utf8');
+
+    expect(await finishStoreWrites(store)).toBe(1);
+    expect(await readFile(file('store.yaml'), 'utf8')).toBe('new store\n');
+    expect(await readFile(file('images/web/image.yaml'), 'utf8')).toBe(imageBefore);
+    expect(await readdir(join(store, '.state/txn'))).toEqual([]);
   });
 });

@@ -1,7 +1,9 @@
+import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
 import {
   type BlobInfo,
   blobPath,
@@ -9,9 +11,10 @@ import {
   type StagedBlob,
   stageBlobFromFile,
   stageBlobFromStream,
+  stageBlobWith,
   verifyBlob,
 } from './blobs.ts';
-import { parseYaml, writeFileAtomic } from './document.ts';
+import { parseYaml, syncDirectory, writeFileAtomic } from './document.ts';
 import { invalid } from './edit.ts';
 import { ImgctlError } from './errors.ts';
 import { loadImage } from './images.ts';
@@ -38,6 +41,8 @@ export interface AddDiskRequest {
   size?: string;
   /** only without content (scratch); with content it must match what qemu-img detects */
   format?: string;
+  /** store a mostly-empty sparse raw FILE as it is, not converted to qcow2 (see SPARSE_RULE) */
+  keepRaw?: boolean;
 }
 
 export interface AddDiskResult {
@@ -48,6 +53,13 @@ export interface AddDiskResult {
   /** false when the disk was already exactly this */
   changed: boolean;
   blob?: BlobInfo;
+  /** set when the content was stored in another format than given: what and why */
+  converted?: { from: string; to: string; reason: string };
+}
+
+export interface DiskProgressOptions extends ProgressOptions {
+  /** the content is about to be converted (see SPARSE_RULE), and why; progress then counts the converted blob being hashed */
+  onConvert?: (reason: string) => void;
 }
 
 const FORMATS: ReadonlyArray<Disk['format']> = ['raw', 'qcow2', 'vmdk', 'vdi', 'vhdx'];
@@ -55,103 +67,393 @@ const FORMATS: ReadonlyArray<Disk['format']> = ['raw', 'qcow2', 'vmdk', 'vdi', '
 const SELF_CONTAINED_VMDK = new Set(['monolithicSparse', 'streamOptimized']);
 /** the order of a disk's keys when imgctl writes a new one */
 const DISK_KEYS = ['id', 'use', 'format', 'size', 'sha256', 'blob', 'url'] as const;
+const GiB = 1024 * 1024 * 1024;
+/**
+ * A raw file is stored as qcow2 when it has at least this many bytes of holes and less than
+ * half of it is allocated: hashing the holes of a raw blob costs CPU in proportion to its
+ * virtual size (about 1 s per GB), a qcow2 holds only the data. Small disks (the tiny
+ * appliance's 64 MiB) always stay raw, so they can be streamed onto a target disk as they are.
+ */
+export const SPARSE_RULE = { minHoleBytes: GiB, maxAllocatedFraction: 0.5 } as const;
 
 /**
  * Adds or replaces the disk `id` of an image: the content becomes a blob (or, for `url`, is
  * hashed and checked), format and virtual size come from qemu-img, the disk entry of image.yaml
- * is written (comments kept) and the revision bumped. Everything runs under the store lock; the
- * blob is complete before image.yaml names it, and image.yaml is replaced atomically, so a kill
- * at any point leaves the store as it was or complete (at worst an orphan blob `verify --gc`
- * removes).
+ * is written (comments kept) and the revision bumped. A raw FILE that is mostly holes (see
+ * SPARSE_RULE) is stored as qcow2 unless `keepRaw`; the result says so. Everything runs under
+ * the store lock; the blob is complete before image.yaml names it, and image.yaml is replaced
+ * atomically, so a kill at any point leaves the store as it was or complete (at worst an orphan
+ * blob `verify --gc` removes).
  */
 export async function addDisk(
   storeDir: string,
   request: AddDiskRequest,
-  options: ProgressOptions = {},
+  options: DiskProgressOptions = {},
 ): Promise<AddDiskResult> {
-  checkRequest(request);
-  const { image, id } = request;
+  const [result] = await addDisks(storeDir, request.image, [request], options);
+  return result!;
+}
+
+/** A file of the store written in the same transaction as the descriptor. */
+export interface StoreFile {
+  /** absolute path inside the store */
+  path: string;
+  content: string;
+}
+
+export interface AddDisksOptions extends DiskProgressOptions {
+  /** called once per request before its content is read */
+  onDisk?: (request: AddDiskRequest) => void;
+  /**
+   * More files to write together with image.yaml (e.g. the record's `build:`), given the
+   * outcome; they are written in one transaction with it (see writeStoreFiles).
+   */
+  alsoWrite?: (outcome: {
+    revision: number;
+    disks: AddDiskResult[];
+  }) => Promise<StoreFile[]> | StoreFile[];
+}
+
+/**
+ * addDisk for several disks of one image at once, as one change: every content is staged and
+ * checked first, the blobs are then put in place (content-addressed, so an extra one is
+ * harmless and `verify --gc` removes it), and last image.yaml (revision bumped once) and the
+ * `alsoWrite` files are written in one transaction under the store lock. Killed at any point,
+ * the descriptor names all the new disks or none of them.
+ */
+export async function addDisks(
+  storeDir: string,
+  image: string,
+  requests: AddDiskRequest[],
+  options: AddDisksOptions = {},
+): Promise<AddDiskResult[]> {
+  for (const request of requests) {
+    if (request.image !== image) throw new Error('addDisks: every request names the same image');
+    checkRequest(request);
+  }
+  assertName('image', image);
+  const ids = new Set(requests.map((r) => r.id));
+  if (ids.size !== requests.length)
+    throw new ImgctlError('USAGE', 'the same disk id is given twice');
   return withStoreLock(storeDir, async () => {
-    const imageFile = storePaths.imageFile(storeDir, image);
-    const display = storePaths.rel.imageFile(image);
+    await finishStoreWrites(storeDir);
     await loadImage(storeDir, image); // NOT_FOUND / VALIDATION before any copying
-    let staged: StagedBlob | undefined;
-    let content: Pick<Disk, 'format' | 'size' | 'sha256' | 'blob' | 'url'>;
-    let blob: BlobInfo | undefined;
+    const prepared: PreparedDisk[] = [];
     try {
-      if (request.size === undefined) {
-        // A local file is checked before the copy and always kept as a blob; a download is
-        // kept only with `keep`, else the descriptor names its URL.
-        if (request.file !== undefined) {
-          checkInfo(await qemuImgInfo(request.file, options), request);
-          staged = await stageBlobFromFile(storeDir, request.file, options);
-        } else {
-          staged = await download(storeDir, request.url!, options);
-        }
-        const info = checkInfo(await qemuImgInfo(staged.path, options), request);
-        content = {
-          format: info.format as Disk['format'],
-          size: formatSize(info.virtualSize),
-          sha256: staged.sha256,
-          blob: request.file !== undefined || request.keep ? true : undefined,
-          url: request.url,
-        };
-      } else {
-        content = {
-          format: (request.format as Disk['format'] | undefined) ?? 'raw',
-          size: formatSize(parseSize(request.size!)),
-          sha256: undefined,
-          blob: undefined,
-          url: undefined,
-        };
+      for (const request of requests) {
+        options.onDisk?.(request);
+        prepared.push(await prepareDisk(storeDir, request, options));
       }
-
-      // Re-read under the lock: the descriptor as it is now is what gets edited.
-      const text = await readFile(imageFile, 'utf8');
-      const current = parseYaml(display, text).value as ImageDoc;
-      const index = current.disks.findIndex((d) => d.id === id);
-      const existing = index >= 0 ? current.disks[index] : undefined;
-      if (request.size !== undefined && request.format === undefined && existing)
-        content.format = existing.format;
-      const disk = { id, use: request.use, ...content } as Disk;
-      const differs = (key: (typeof DISK_KEYS)[number]) =>
-        key === 'size'
-          ? parseSize(existing!.size) !== parseSize(disk.size)
-          : String(existing![key] ?? '') !== String(disk[key] ?? '');
-      const unchanged = existing !== undefined && !DISK_KEYS.some(differs);
-
-      const cleanDisk = withoutUndefined(disk);
-      const edits: YamlEdit[] = [];
-      if (!unchanged) {
-        await checkRecords(storeDir, image, disk);
-        edits.push({ path: ['revision'], value: current.revision + 1 });
-        if (existing) {
-          for (const key of DISK_KEYS.slice(1))
-            if (differs(key)) edits.push({ path: ['disks', index, key], value: disk[key] });
-        } else {
-          edits.push({ path: ['disks', current.disks.length], value: cleanDisk });
+      const change = await describeDisks(storeDir, image, prepared);
+      const results: AddDiskResult[] = prepared.map((p, i) => ({
+        image,
+        disk: change.disks[i]!.disk,
+        revision: change.revision,
+        changed: change.disks[i]!.changed,
+        converted: p.converted,
+      }));
+      const extra =
+        (await options.alsoWrite?.({ revision: change.revision, disks: results })) ?? [];
+      // The blobs first, the descriptor naming them last.
+      for (const [i, p] of prepared.entries()) {
+        if (p.staged && p.keep) {
+          results[i]!.blob = await p.staged.commit();
+          p.staged = undefined;
         }
       }
-      const after = editYamlText(text, edits);
-      const problems = validateDocument('Image', parseYaml(display, after), {
-        expectedName: image,
-      });
-      if (problems.length > 0) throw invalid(display, problems);
-
-      // The blob first, the descriptor naming it last.
-      if (staged && (request.file !== undefined || request.keep)) {
-        blob = await staged.commit();
-        staged = undefined;
-      }
-      if (unchanged)
-        return { image, disk: cleanDisk, revision: current.revision, changed: false, blob };
-      const revision = current.revision + 1;
-      await writeFileAtomic(imageFile, after);
-      return { image, disk: cleanDisk, revision, changed: true, blob };
+      await writeStoreFiles(storeDir, [
+        ...(change.changed ? [{ path: change.file, content: change.after }] : []),
+        ...extra,
+      ]);
+      return results;
     } finally {
-      await staged?.discard();
+      await Promise.all(prepared.map((p) => p.staged?.discard()));
     }
   });
+}
+
+/** One disk's content staged under .blobs/tmp and described, before anything names it. */
+interface PreparedDisk {
+  request: AddDiskRequest;
+  content: Pick<Disk, 'format' | 'size' | 'sha256' | 'blob' | 'url'>;
+  staged?: StagedBlob;
+  /** the staged content becomes a blob of the store */
+  keep: boolean;
+  converted?: AddDiskResult['converted'];
+}
+
+async function prepareDisk(
+  storeDir: string,
+  request: AddDiskRequest,
+  options: DiskProgressOptions,
+): Promise<PreparedDisk> {
+  if (request.size !== undefined) {
+    return {
+      request,
+      keep: false,
+      content: {
+        format: (request.format as Disk['format'] | undefined) ?? 'raw',
+        size: formatSize(parseSize(request.size)),
+        sha256: undefined,
+        blob: undefined,
+        url: undefined,
+      },
+    };
+  }
+  // A local file is checked before the copy and always kept as a blob; a download is kept
+  // only with `keep`, else the descriptor names its URL.
+  let staged: StagedBlob;
+  let converted: AddDiskResult['converted'];
+  if (request.file !== undefined) {
+    const given = checkInfo(await qemuImgInfo(request.file, options), request);
+    const reason = request.keepRaw ? undefined : await sparseReason(request.file, given);
+    if (reason !== undefined) {
+      options.onConvert?.(reason);
+      staged = await stageQcow2(storeDir, request.file, options);
+      converted = { from: 'raw', to: 'qcow2', reason };
+    } else {
+      staged = await stageBlobFromFile(storeDir, request.file, options);
+    }
+  } else {
+    staged = await download(storeDir, request.url!, options);
+  }
+  try {
+    const info = checkInfo(await qemuImgInfo(staged.path, options), request, converted?.to);
+    return {
+      request,
+      staged,
+      keep: request.file !== undefined || Boolean(request.keep),
+      converted,
+      content: {
+        format: info.format as Disk['format'],
+        size: formatSize(info.virtualSize),
+        sha256: staged.sha256,
+        blob: request.file !== undefined || request.keep ? true : undefined,
+        url: request.url,
+      },
+    };
+  } catch (error) {
+    await staged.discard();
+    throw error;
+  }
+}
+
+/** Why a raw file should be stored as qcow2 (SPARSE_RULE), or undefined to keep it raw. */
+async function sparseReason(file: string, info: QemuImgInfo): Promise<string | undefined> {
+  if (info.format !== 'raw') return undefined;
+  const st = await stat(file);
+  // qcow2 sizes are whole sectors: another size would not survive the conversion exactly
+  if (!st.isFile() || st.size % 512 !== 0) return undefined;
+  const allocated = Math.min(st.blocks * 512, st.size);
+  const holes = st.size - allocated;
+  if (holes < SPARSE_RULE.minHoleBytes || allocated >= st.size * SPARSE_RULE.maxAllocatedFraction)
+    return undefined;
+  return `a sparse raw file of ${formatSize(st.size)} holding ${formatSize(allocated)} of data; a qcow2 blob holds only the data (--keep-raw stores it raw)`;
+}
+
+/**
+ * `qemu-img convert -O qcow2` of a raw file into a staged blob: the holes are skipped, not read
+ * or hashed. The source must not change meanwhile (compared as in the plain copy).
+ */
+async function stageQcow2(
+  storeDir: string,
+  file: string,
+  options: ProgressOptions,
+): Promise<StagedBlob> {
+  const source = resolve(file);
+  const before = await stat(source);
+  const staged = await stageBlobWith(
+    storeDir,
+    async (tmp) => {
+      const result = await execa(
+        'qemu-img',
+        ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '--', source, tmp],
+        { reject: false, cancelSignal: options.signal, env: { LC_ALL: 'C' } },
+      );
+      if (result.failed) {
+        options.signal?.throwIfAborted();
+        throw new ImgctlError(
+          'FAILED',
+          `qemu-img convert of ${printable(file)} failed: ${String(result.stderr || result.shortMessage).split('\n')[0]}`,
+          { hint: 'add it as it is with --keep-raw' },
+        );
+      }
+    },
+    options,
+  );
+  const after = await stat(source);
+  if (
+    after.size !== before.size ||
+    after.ino !== before.ino ||
+    after.mtimeMs !== before.mtimeMs ||
+    after.ctimeMs !== before.ctimeMs
+  ) {
+    await staged.discard();
+    throw new ImgctlError('FAILED', 'the file changed while it was being added', {
+      hint: 'run the command again once nothing writes to the file (e.g. the VM using it is shut down)',
+    });
+  }
+  return staged;
+}
+
+interface DescriptorChange {
+  file: string;
+  after: string;
+  revision: number;
+  changed: boolean;
+  disks: Array<{ disk: Disk; changed: boolean }>;
+}
+
+/** image.yaml with every prepared disk added or replaced, validated; the revision bumped once. */
+async function describeDisks(
+  storeDir: string,
+  image: string,
+  prepared: PreparedDisk[],
+): Promise<DescriptorChange> {
+  const file = storePaths.imageFile(storeDir, image);
+  const display = storePaths.rel.imageFile(image);
+  // Re-read under the lock: the descriptor as it is now is what gets edited.
+  const text = await readFile(file, 'utf8');
+  const current = parseYaml(display, text).value as ImageDoc;
+  const edits: YamlEdit[] = [];
+  const disks: DescriptorChange['disks'] = [];
+  let appended = 0;
+  for (const { request, content } of prepared) {
+    const index = current.disks.findIndex((d) => d.id === request.id);
+    const existing = index >= 0 ? current.disks[index] : undefined;
+    if (request.size !== undefined && request.format === undefined && existing)
+      content.format = existing.format;
+    const disk = { id: request.id, use: request.use, ...content } as Disk;
+    const differs = (key: (typeof DISK_KEYS)[number]) =>
+      key === 'size'
+        ? parseSize(existing!.size) !== parseSize(disk.size)
+        : String(existing![key] ?? '') !== String(disk[key] ?? '');
+    const unchanged = existing !== undefined && !DISK_KEYS.some(differs);
+    const cleanDisk = withoutUndefined(disk);
+    disks.push({ disk: cleanDisk, changed: !unchanged });
+    if (unchanged) continue;
+    await checkRecords(storeDir, image, disk);
+    if (existing) {
+      for (const key of DISK_KEYS.slice(1))
+        if (differs(key)) edits.push({ path: ['disks', index, key], value: disk[key] });
+    } else {
+      edits.push({ path: ['disks', current.disks.length + appended++], value: cleanDisk });
+    }
+  }
+  const changed = edits.length > 0;
+  const revision = changed ? current.revision + 1 : current.revision;
+  if (changed) edits.unshift({ path: ['revision'], value: revision });
+  const after = editYamlText(text, edits);
+  const problems = validateDocument('Image', parseYaml(display, after), { expectedName: image });
+  if (problems.length > 0) throw invalid(display, problems);
+  return { file, after, revision, changed, disks };
+}
+
+const TXN_DIR = 'txn';
+const JOURNAL = 'journal.json';
+
+/**
+ * Replaces several files of the store as one change: each new content is written and fsynced
+ * under `.state/txn/PID-RANDOM/`, then a journal naming them all is written (the commit
+ * point), then each is renamed over its target and the journal removed. A writer killed before
+ * the journal exists changed nothing; one killed after it is completed by the next writer
+ * (finishStoreWrites, run under the store lock by disk add, build and verify --gc). One file
+ * is simply written atomically. Call holding the store lock.
+ */
+export async function writeStoreFiles(storeDir: string, files: StoreFile[]): Promise<void> {
+  if (files.length === 0) return;
+  if (files.length === 1) {
+    await writeFileAtomic(files[0]!.path, files[0]!.content);
+    return;
+  }
+  const root = resolve(storeDir);
+  const targets = files.map((f) => storeRelative(root, f.path));
+  const dir = join(
+    storePaths.stateDir(storeDir),
+    TXN_DIR,
+    `${process.pid}-${randomBytes(4).toString('hex')}`,
+  );
+  await mkdir(dir, { recursive: true });
+  try {
+    for (const [i, f] of files.entries()) await writeFileSynced(join(dir, String(i)), f.content);
+    await writeFileSynced(join(dir, `${JOURNAL}.tmp`), JSON.stringify({ targets }));
+    await rename(join(dir, `${JOURNAL}.tmp`), join(dir, JOURNAL));
+    await syncDirectory(dir);
+  } catch (error) {
+    await rm(dir, { recursive: true, force: true });
+    throw error;
+  }
+  await applyJournal(root, dir, targets);
+}
+
+/**
+ * Completes the transactions of writers that were killed after their commit point and drops
+ * the others; returns how many were completed. Call holding the store lock.
+ */
+export async function finishStoreWrites(storeDir: string): Promise<number> {
+  const parent = join(storePaths.stateDir(storeDir), TXN_DIR);
+  let names: string[];
+  try {
+    names = await readdir(parent);
+  } catch {
+    return 0;
+  }
+  const root = resolve(storeDir);
+  let completed = 0;
+  for (const name of names) {
+    const dir = join(parent, name);
+    const journal = await readFile(join(dir, JOURNAL), 'utf8').catch(() => undefined);
+    let targets: string[] | undefined;
+    try {
+      const parsed =
+        journal === undefined ? undefined : (JSON.parse(journal) as { targets?: unknown });
+      if (Array.isArray(parsed?.targets) && parsed.targets.every((t) => typeof t === 'string'))
+        targets = (parsed.targets as string[]).map((t) => storeRelative(root, join(root, t)));
+    } catch {
+      targets = undefined; // a journal that does not parse was never committed
+    }
+    if (targets === undefined) await rm(dir, { recursive: true, force: true });
+    else {
+      await applyJournal(root, dir, targets);
+      completed++;
+    }
+  }
+  return completed;
+}
+
+async function applyJournal(root: string, dir: string, targets: string[]): Promise<void> {
+  const dirs = new Set<string>();
+  for (const [i, target] of targets.entries()) {
+    const staged = join(dir, String(i));
+    if (!(await exists(staged))) continue; // renamed before a kill
+    await rename(staged, join(root, target));
+    dirs.add(dirname(join(root, target)));
+  }
+  for (const d of dirs) await syncDirectory(d);
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** `path` relative to the store, refusing anything outside it or under .state. */
+function storeRelative(root: string, path: string): string {
+  const rel = relative(root, resolve(path));
+  if (
+    rel === '' ||
+    rel.startsWith('..') ||
+    rel.startsWith(`.state${sep}`) ||
+    resolve(root, rel) !== resolve(path)
+  )
+    throw new Error(`writeStoreFiles: ${path} is not a file of the store`);
+  return rel;
+}
+
+async function writeFileSynced(path: string, content: string): Promise<void> {
+  const handle = await open(path, 'wx', 0o644);
+  try {
+    await handle.writeFile(content);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 export interface DiskCheck {
@@ -238,7 +540,7 @@ function checkRequest(request: AddDiskRequest): void {
 }
 
 /** Refuses content an image may not carry: unknown formats, and anything pointing at other host files. */
-function checkInfo(info: QemuImgInfo, request: AddDiskRequest): QemuImgInfo {
+function checkInfo(info: QemuImgInfo, request: AddDiskRequest, convertedTo?: string): QemuImgInfo {
   const what = request.file ?? request.url ?? 'the content';
   const refuse = (message: string, hint?: string) =>
     new ImgctlError('VALIDATION', `${printable(what)}: ${message}`, { hint });
@@ -266,7 +568,7 @@ function checkInfo(info: QemuImgInfo, request: AddDiskRequest): QemuImgInfo {
       'repair it: qemu-img check -r all FILE',
     );
   }
-  if (request.format !== undefined && request.format !== info.format) {
+  if (request.format !== undefined && request.format !== info.format && convertedTo === undefined) {
     throw refuse(
       `the content is ${info.format}, not ${request.format}`,
       'drop --format; it is read from the content',

@@ -1,5 +1,5 @@
 import { createHash, type Hash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import {
   chmod,
   type FileHandle,
@@ -16,7 +16,6 @@ import {
 import { dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import { createGunzip } from 'node:zlib';
 import { execa } from 'execa';
 import { Parser, type ReadEntry } from 'tar';
 import { formatProblem, parseYaml, syncDirectory } from './document.ts';
@@ -24,6 +23,7 @@ import { ImgctlError } from './errors.ts';
 import { withStoreLock } from './lock.ts';
 import { assertName, isValidName, printable } from './names.ts';
 import {
+  compressor,
   isSafeRelPath,
   isSha256,
   MANIFEST_NAME,
@@ -51,6 +51,8 @@ export interface ImportOptions {
   onProgress?: (progress: ImportProgress) => void;
   /** zstd program for .tar.zst archives (default 'zstd' on PATH) */
   zstdCommand?: string;
+  /** gzip program for .tar.gz archives (default 'gzip' on PATH) */
+  gzipCommand?: string;
   /** HTTP client for URL sources (default the global fetch) */
   fetch?: typeof fetch;
 }
@@ -249,32 +251,38 @@ const RING_CHUNK = 1024 * 1024;
  * flat however large the file (the GC lets tens of MB of discarded buffers pile up otherwise).
  * `beforeRead` must resolve only once nothing still uses the buffer about to be refilled.
  */
-async function* readRing(path: string, beforeRead: () => Promise<unknown>): AsyncGenerator<Buffer> {
-  const handle = await open(path, 'r');
+async function* readRing(
+  handle: FileHandle,
+  beforeRead: () => Promise<unknown>,
+): AsyncGenerator<Buffer> {
   const ring = [0, 1, 2].map(() => Buffer.allocUnsafe(RING_CHUNK));
-  try {
-    for (let i = 0; ; i++) {
-      await beforeRead();
-      const buffer = ring[i % ring.length]!;
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
-      if (bytesRead === 0) return;
-      yield buffer.subarray(0, bytesRead);
+  for (let i = 0; ; i++) {
+    await beforeRead();
+    const buffer = ring[i % ring.length]!;
+    // Filled whole (a FIFO returns at most its 64 KiB at a time): the parsing, hashing and
+    // writing downstream then go by the MiB, as for a file.
+    let filled = 0;
+    while (filled < buffer.length) {
+      const { bytesRead } = await handle.read(buffer, filled, buffer.length - filled, null);
+      if (bytesRead === 0) break;
+      filled += bytesRead;
     }
-  } finally {
-    await handle.close();
+    if (filled === 0) return;
+    yield buffer.subarray(0, filled);
   }
 }
 
 /**
- * The archive's tar bytes: the input itself, or it decompressed (gzip in process, zstd by the
- * program).
+ * The archive's tar bytes: the input itself, or it decompressed by the gzip or zstd program (a
+ * process of its own: its memory is not ours, and it works on the other core). A local file is
+ * given to the program as its stdin directly.
  */
 async function* decode(
   source: Source,
-  zstdCommand: string,
+  programs: Pick<ImportOptions, 'gzipCommand' | 'zstdCommand'>,
+  stage: string,
   beforeRead: () => Promise<unknown>,
 ): AsyncGenerator<Buffer> {
-  let input: Readable;
   if ('path' in source) {
     const magic = Buffer.alloc(4);
     const handle = await open(source.path, 'r');
@@ -283,13 +291,23 @@ async function* decode(
     } finally {
       await handle.close();
     }
-    if (!magic.subarray(0, 2).equals(GZIP_MAGIC) && !magic.equals(ZSTD_MAGIC)) {
-      yield* readRing(source.path, beforeRead);
-      return;
+    const compression = compressionOf(magic);
+    const file = await open(source.path, 'r');
+    try {
+      if (compression === 'none') yield* readRing(file, beforeRead);
+      // a stream with an fd is handed to the program as its stdin, not piped through here
+      else
+        yield* decompress(
+          compression,
+          createReadStream(source.path, { fd: file.fd, autoClose: false }),
+          { ...programs, stage, beforeRead },
+        );
+    } finally {
+      await file.close();
     }
-    input = createReadStream(source.path, { highWaterMark: 256 * 1024 });
-  } else input = source.stream;
-  const iterator = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    return;
+  }
+  const iterator = source.stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let head = Buffer.alloc(0);
   const pending: Buffer[] = [];
   while (head.length < 4) {
@@ -306,40 +324,78 @@ async function* decode(
       yield next.value;
     }
   }
-  if (head.subarray(0, 2).equals(GZIP_MAGIC)) {
-    const gunzip = createGunzip();
-    const feeding = Readable.from(rest())
-      .on('error', (error) => gunzip.destroy(error))
-      .pipe(gunzip);
-    for await (const chunk of feeding) yield chunk as Buffer;
-  } else if (head.subarray(0, 4).equals(ZSTD_MAGIC)) {
-    const child = execa(zstdCommand, ['-q', '-d', '-c', '-'], {
-      stdin: 'pipe',
-      stdout: 'pipe',
+  const compression = compressionOf(head);
+  if (compression === 'none') yield* rest();
+  else yield* decompress(compression, Readable.from(rest()), { ...programs, stage, beforeRead });
+}
+
+function compressionOf(head: Buffer): 'none' | 'gzip' | 'zstd' {
+  if (head.subarray(0, 2).equals(GZIP_MAGIC)) return 'gzip';
+  if (head.subarray(0, 4).equals(ZSTD_MAGIC)) return 'zstd';
+  return 'none';
+}
+
+/**
+ * The output of the gzip or zstd program decompressing `input`: a file's stream (one with an fd,
+ * which the program reads itself) or any other stream, piped to it. The program writes into a
+ * FIFO in the stage, which is read into the same three reused buffers as a plain tar (a pipe
+ * read through Node would allocate a new buffer per chunk, tens of MB of garbage between two
+ * collections).
+ */
+async function* decompress(
+  compression: 'gzip' | 'zstd',
+  input: Readable,
+  options: Pick<ImportOptions, 'gzipCommand' | 'zstdCommand'> & {
+    stage: string;
+    beforeRead: () => Promise<unknown>;
+  },
+): AsyncGenerator<Buffer> {
+  const { program, unpackArgs, install } = compressor(compression, options);
+  const native = typeof (input as Readable & { fd?: unknown }).fd === 'number';
+  const fifo = join(options.stage, 'decompressed.fifo');
+  await execa('mkfifo', ['-m', '600', '--', fifo]);
+  // Read-write first (it does not wait for a reader), so opening the read end does not wait
+  // either; once the program holds its copy, ours is closed and the program's exit is EOF.
+  const writeEnd = await open(fifo, 'r+');
+  let readEnd: FileHandle | undefined;
+  let child;
+  try {
+    readEnd = await open(fifo, 'r');
+    child = execa(program, unpackArgs, {
+      stdin: native ? input : 'pipe',
+      stdout: createWriteStream(fifo, { fd: writeEnd.fd, autoClose: false }),
       stderr: 'pipe',
-      buffer: { stdout: false, stderr: true },
+      buffer: { stderr: true },
     });
-    const done = child.catch((error: unknown) => {
-      throw new ImgctlError(
-        (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'USAGE' : 'VALIDATION',
-        (error as NodeJS.ErrnoException).code === 'ENOENT'
-          ? `this archive is zstd-compressed and the '${zstdCommand}' program is not installed`
-          : `the archive is not valid zstd data`,
-        { hint: 'install zstd (Debian: apt-get install zstd)', cause: error },
-      );
-    });
-    Readable.from(rest())
-      .pipe(child.stdin!)
-      .on('error', () => undefined);
-    try {
-      for await (const chunk of child.stdout!) yield chunk as Buffer;
-      await done;
-    } finally {
-      child.kill();
-      await done.catch(() => undefined);
-    }
-  } else {
-    yield* rest();
+  } catch (error) {
+    await readEnd?.close();
+    throw error;
+  } finally {
+    await writeEnd.close();
+  }
+  const done = child.catch((error: unknown) => {
+    const missing = (error as NodeJS.ErrnoException).code === 'ENOENT';
+    throw new ImgctlError(
+      missing ? 'USAGE' : 'VALIDATION',
+      missing
+        ? `this archive is ${compression}-compressed and the '${program}' program is not installed`
+        : `the archive is not valid ${compression} data`,
+      { hint: `install ${install} (Debian: apt-get install ${install})`, cause: error },
+    );
+  });
+  done.catch(() => undefined);
+  if (!native) {
+    // a failed download ends the program's input: the tar parser then reports the truncation
+    input.on('error', () => child.stdin!.end());
+    input.pipe(child.stdin!).on('error', () => undefined);
+  }
+  try {
+    yield* readRing(readEnd, options.beforeRead);
+    await done;
+  } finally {
+    child.kill();
+    await done.catch(() => undefined);
+    await readEnd.close();
   }
 }
 
@@ -470,7 +526,7 @@ async function extractArchive(
   try {
     let head: Buffer | undefined = Buffer.alloc(0);
     const beforeRead = () => Promise.all(writes);
-    for await (let chunk of decode(input, options.zstdCommand ?? 'zstd', beforeRead)) {
+    for await (let chunk of decode(input, options, stage, beforeRead)) {
       if (failure !== undefined) break;
       if (head !== undefined) {
         // Only a plain tar starting with the manifest goes to the parser: no nested compression.

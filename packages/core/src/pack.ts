@@ -3,8 +3,6 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { lstat, open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { createGzip } from 'node:zlib';
 import { execa } from 'execa';
 import { Header, Pax } from 'tar';
 import { syncDirectory } from './document.ts';
@@ -93,6 +91,8 @@ export interface PackOptions {
   onProgress?: (progress: PackProgress) => void;
   /** zstd program, for .tar.zst (default 'zstd' on PATH) */
   zstdCommand?: string;
+  /** gzip program, for .tar.gz (default 'gzip' on PATH) */
+  gzipCommand?: string;
 }
 
 export interface PackResult {
@@ -199,7 +199,7 @@ export async function packImage(
     dirname(target),
     `.${basename(target)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`,
   );
-  const sink = await openSink(tmp, compression, options.zstdCommand ?? 'zstd');
+  const sink = await openSink(tmp, compression, options);
   try {
     await writeTar(sink, manifestBytes, members, (n) => {
       progress.done += n;
@@ -292,7 +292,32 @@ interface Sink {
   abort(): Promise<void>;
 }
 
-async function openSink(path: string, compression: PackCompression, zstd: string): Promise<Sink> {
+/** The program that compresses (and decompresses) a compression, with its arguments. */
+export function compressor(
+  compression: Exclude<PackCompression, 'none'>,
+  programs: { gzipCommand?: string; zstdCommand?: string } = {},
+): { program: string; packArgs: string[]; unpackArgs: string[]; install: string } {
+  return compression === 'gzip'
+    ? {
+        program: programs.gzipCommand ?? 'gzip',
+        // -n: no name or time in the header, so the same image packs to the same bytes
+        packArgs: ['-c', '-6', '-n'],
+        unpackArgs: ['-d', '-c'],
+        install: 'gzip',
+      }
+    : {
+        program: programs.zstdCommand ?? 'zstd',
+        packArgs: ['-q', '-c', '-3', '-'],
+        unpackArgs: ['-q', '-d', '-c', '-'],
+        install: 'zstd',
+      };
+}
+
+async function openSink(
+  path: string,
+  compression: PackCompression,
+  programs: { gzipCommand?: string; zstdCommand?: string },
+): Promise<Sink> {
   if (compression === 'none') {
     const handle = await open(path, 'wx', 0o644);
     return {
@@ -306,30 +331,28 @@ async function openSink(path: string, compression: PackCompression, zstd: string
       abort: () => handle.close().catch(() => undefined),
     };
   }
-  if (compression === 'zstd' && !(await hasProgram(zstd))) {
-    throw new ImgctlError('USAGE', `.tar.zst needs the '${zstd}' program, which is not installed`, {
-      hint: 'install zstd (Debian: apt-get install zstd), or name the output FILE.tar.gz or FILE.tar',
-    });
+  const { program, packArgs, install } = compressor(compression, programs);
+  if (!(await hasProgram(program))) {
+    throw new ImgctlError(
+      'USAGE',
+      `.${compression === 'gzip' ? 'tar.gz' : 'tar.zst'} needs the '${program}' program, which is not installed`,
+      { hint: `install it (Debian: apt-get install ${install}), or name the output FILE.tar` },
+    );
   }
-  const out = createWriteStream(path, { flags: 'wx', mode: 0o644 });
-  let input: Writable;
-  let done: Promise<unknown>;
-  let kill = () => {};
-  if (compression === 'gzip') {
-    const gzip = createGzip({ level: 6 });
-    input = gzip;
-    done = pipeline(gzip, out);
-  } else {
-    const child = execa(zstd, ['-q', '-c', '-3', '-'], {
-      stdin: 'pipe',
-      stdout: 'pipe',
-      stderr: 'pipe',
-      buffer: { stdout: false, stderr: true },
-    });
-    input = child.stdin!;
-    kill = () => child.kill();
-    done = Promise.all([pipeline(child.stdout!, out), child]);
-  }
+  // The compressor runs as its own process writing straight into the file: its memory is not
+  // ours, the compressed bytes never pass through here, and it works on the other core while
+  // this one reads and hashes.
+  const handle = await open(path, 'wx', 0o644);
+  const child = execa(program, packArgs, {
+    stdin: 'pipe',
+    // a stream with an fd is handed to the program as its stdout, not piped through here
+    stdout: createWriteStream(path, { fd: handle.fd, autoClose: false }),
+    stderr: 'pipe',
+    buffer: { stdout: false, stderr: true },
+  });
+  const input: Writable = child.stdin!;
+  const kill = () => child.kill();
+  const done: Promise<unknown> = child.then(() => handle.sync()).finally(() => handle.close());
   done.catch(() => undefined);
   return {
     write: (data) =>

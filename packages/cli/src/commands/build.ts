@@ -1,19 +1,27 @@
 import { join, resolve } from 'node:path';
 import { buildImage } from '@imgctl/core/build';
 import type { Handler } from '../command.ts';
+import { withProgress } from '../progress.ts';
 
 export const run: Handler = async ([image], options, ctx) => {
   // One download cache for many stores (CI, tests): $IMGCTL_BUILD_CACHE/IMAGE.
   const cacheRoot = ctx.io.env.IMGCTL_BUILD_CACHE;
-  const result = await buildImage(
-    await ctx.storeDir(),
-    {
-      image: image!,
-      record: options.record as string | undefined,
-      keepScratch: Boolean(options.keepScratch),
-      cacheDir: cacheRoot ? join(resolve(ctx.io.cwd, cacheRoot), image!) : undefined,
-    },
-    { onLine: (line) => ctx.log(`build: ${line}`) },
+  const storeDir = await ctx.storeDir();
+  const result = await withProgress(ctx, { linePrefix: 'build' }, (progress) =>
+    buildImage(
+      storeDir,
+      {
+        image: image!,
+        record: options.record as string | undefined,
+        keepScratch: Boolean(options.keepScratch),
+        cacheDir: cacheRoot ? join(resolve(ctx.io.cwd, cacheRoot), image!) : undefined,
+      },
+      {
+        onStep: (line) => progress.step(line),
+        onLine: (line) => progress.line(line),
+        onProgress: (done, total) => progress.bytes(done, total),
+      },
+    ),
   );
   const disks = result.disks.map(
     (d) =>

@@ -14,6 +14,11 @@ export const diskCommands: CommandSpec[] = [
         description: 'content stored elsewhere: downloaded once to record its sha256, format, size',
       },
       { flags: '--keep', description: 'with --url: keep the downloaded content as a blob too' },
+      {
+        flags: '--keep-raw',
+        description:
+          'store a mostly-empty sparse raw FILE as it is (by default one with at least 1 GiB of holes and under half allocated is stored as qcow2)',
+      },
       { flags: '--size <size>', description: 'scratch disks: the size of the empty disk' },
       {
         flags: '--format <format>',

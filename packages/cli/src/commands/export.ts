@@ -1,10 +1,14 @@
 import { exportImage } from '@imgctl/core/export';
 import type { Handler } from '../command.ts';
-import { progressLines } from './pack.ts';
+import { withProgress } from '../progress.ts';
+import { PROGRESS_MIN_BYTES } from './pack.ts';
 
 export const run: Handler = async ([image, dir], _options, ctx) => {
-  const progress = progressLines(ctx, `exporting ${image}`);
-  const result = await exportImage(await ctx.storeDir(), image!, dir!, { onProgress: progress });
+  const storeDir = await ctx.storeDir();
+  const result = await withProgress(ctx, { minBytes: PROGRESS_MIN_BYTES }, (progress) => {
+    progress.step(`exporting ${image}`);
+    return exportImage(storeDir, image!, dir!, { onProgress: (d, t) => progress.bytes(d, t) });
+  });
   for (const s of result.skipped) ctx.log(`note: disk '${s.id}' not written: ${s.reason}`);
   return {
     data: result,

@@ -3,7 +3,8 @@ import { importArchive } from '@imgctl/core/import';
 import { formatSize } from '@imgctl/core/sizes';
 import { importVirtImage } from '@imgctl/core/virt-image';
 import type { Handler } from '../command.ts';
-import { progressLines } from './pack.ts';
+import { withProgress } from '../progress.ts';
+import { PROGRESS_MIN_BYTES } from './pack.ts';
 
 export const run: Handler = async ([source], options, ctx) => {
   const from = (options.from as string | undefined) ?? 'archive';
@@ -24,11 +25,14 @@ export const run: Handler = async ([source], options, ctx) => {
   if (from !== 'archive') {
     throw new ImgctlError('USAGE', `--from takes 'archive' or 'virt-image', not '${from}'`);
   }
-  const progress = progressLines(ctx, `importing ${source}`);
-  const result = await importArchive(await ctx.storeDir(), source!, {
-    as,
-    force,
-    onProgress: (p) => progress(p.done, p.total),
+  const storeDir = await ctx.storeDir();
+  const result = await withProgress(ctx, { minBytes: PROGRESS_MIN_BYTES }, (progress) => {
+    progress.step(`importing ${source}`);
+    return importArchive(storeDir, source!, {
+      as,
+      force,
+      onProgress: (p) => progress.bytes(p.done, p.total ?? Number.NaN),
+    });
   });
   const reused = result.blobsReused > 0 ? `, ${result.blobsReused} already in the store` : '';
   return {

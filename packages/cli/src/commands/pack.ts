@@ -1,27 +1,23 @@
-import { formatSize } from '@imgctl/core/sizes';
-import { packImage } from '@imgctl/core/pack';
 import { ImgctlError } from '@imgctl/core/errors';
-import type { Context, Handler } from '../command.ts';
+import { packImage } from '@imgctl/core/pack';
+import { formatSize } from '@imgctl/core/sizes';
+import type { Handler } from '../command.ts';
+import { withProgress } from '../progress.ts';
 
-/** A progress callback printing a plain line at most every 10% (silent with --json). */
-export function progressLines(ctx: Context, label: string): (done: number, total?: number) => void {
-  let next = 0;
-  return (done, total) => {
-    if (!total || total < 64 * 1024 * 1024) return;
-    const percent = Math.floor((done / total) * 100);
-    if (percent < next) return;
-    next = percent - (percent % 10) + 10;
-    ctx.log(`${label}: ${percent}% of ${formatSize(total)}`);
-  };
-}
+/** Packs and imports smaller than this show no percentages: they are over in a moment. */
+export const PROGRESS_MIN_BYTES = 64 * 1024 * 1024;
 
 export const run: Handler = async ([image], options, ctx) => {
-  if (typeof options.output !== 'string') {
+  const output = options.output;
+  if (typeof output !== 'string') {
     throw new ImgctlError('USAGE', 'pack needs -o FILE (FILE.tar, FILE.tar.gz or FILE.tar.zst)');
   }
-  const progress = progressLines(ctx, `packing ${image}`);
-  const result = await packImage(await ctx.storeDir(), image!, options.output, {
-    onProgress: (p) => progress(p.done, p.total),
+  const storeDir = await ctx.storeDir();
+  const result = await withProgress(ctx, { minBytes: PROGRESS_MIN_BYTES }, (progress) => {
+    progress.step(`packing ${image}`);
+    return packImage(storeDir, image!, output, {
+      onProgress: (p) => progress.bytes(p.done, p.total),
+    });
   });
   return {
     data: result,
