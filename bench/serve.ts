@@ -9,25 +9,38 @@
  *   (default 2; every run is recorded, the best of each server is compared, as the machine may
  *   be shared). Limit: zero errors in every run, every byte verified, imgctl's aggregate
  *   throughput ≥ 0.7 × nginx's.
- * - plans: rounds of 100 concurrent `GET /v1/plan` (signed plans, five kinds of request). Limit:
- *   p99 < 50 ms over the steady rounds; every third round follows a rewrite of a system file,
- *   so its plans are resolved again — reported apart, without a limit.
+ * - plans: --repeat series of --plan-rounds rounds of 100 concurrent `GET /v1/plan` (signed
+ *   plans, five kinds of request), each after --warmup-rounds uncounted rounds (default 30: a
+ *   server that has been up a while). Limit: p99 < 50 ms over the steady rounds of all series
+ *   pooled (p50 and p99 of each series are reported too); every third round follows a rewrite
+ *   of a system file, so its plans are resolved again — reported apart, without a limit.
+ *   `--compare FILE` measures another imgctl (e.g. the last commit's) on the same store in the
+ *   same run, the two taking turns; it is reported, not limited.
  *
  * Writes bench/results/serve.json, prints a table, exits 1 when a limit is missed.
  *
+ * `--only plans|blobs` runs one half and checks its limits (the other is reported as skipped;
+ * results go to bench/results/serve-<half>.json unless --out is given); `--bin FILE` runs that
+ * imgctl instead of the source one (e.g. the bundle: npm run build, then --bin dist/imgctl.mjs).
+ *
  *   node --import tsx bench/serve.ts [--clients N] [--size MiB] [--resumes N] [--plan-rounds N]
- *                                    [--repeat N] [--out FILE]
+ *                                    [--warmup-rounds N]
+ *                                    [--repeat N] [--only plans|blobs] [--bin FILE]
+ *                                    [--compare FILE] [--out FILE]
+ *
+ * The load average (os.loadavg) before and after is recorded with the figures: the machine may
+ * be shared, and latency under load says as much about the other work as about the server.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { cp, mkdir, mkdtemp, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import { createServer, connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { reportHead, writeReport } from './lib/report.ts';
+import { median, reportHead, writeReport } from './lib/report.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
@@ -40,8 +53,14 @@ interface Args {
   sizeMiB: number;
   resumes: number;
   planRounds: number;
+  /** plan rounds before each measured series, not counted */
+  warmupRounds: number;
   /** blob rounds, nginx and imgctl taking turns; the best of each is compared */
   repeat: number;
+  only?: 'plans' | 'blobs';
+  bin: string;
+  /** another imgctl whose plan latency is measured in the same run (e.g. the last commit's) */
+  compare?: string;
   out: string;
 }
 
@@ -51,8 +70,10 @@ function parseArgs(argv: string[]): Args {
     sizeMiB: 64,
     resumes: 2,
     planRounds: 15,
+    warmupRounds: 30,
     repeat: 2,
-    out: DEFAULT_RESULTS,
+    bin: IMGCTL,
+    out: '',
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -61,10 +82,18 @@ function parseArgs(argv: string[]): Args {
     else if (flag === '--size') args.sizeMiB = value();
     else if (flag === '--resumes') args.resumes = value();
     else if (flag === '--plan-rounds') args.planRounds = value();
+    else if (flag === '--warmup-rounds') args.warmupRounds = value();
     else if (flag === '--repeat') args.repeat = value();
+    else if (flag === '--only') {
+      const only = argv[++i];
+      if (only !== 'plans' && only !== 'blobs') throw new Error('--only takes plans or blobs');
+      args.only = only;
+    } else if (flag === '--bin') args.bin = resolve(argv[++i] ?? '');
+    else if (flag === '--compare') args.compare = resolve(argv[++i] ?? '');
     else if (flag === '--out') args.out = resolve(argv[++i] ?? '');
     else throw new Error(`unknown argument ${flag}`);
   }
+  args.out ||= args.only ? join(ROOT, `bench/results/serve-${args.only}.json`) : DEFAULT_RESULTS;
   return args;
 }
 
@@ -140,13 +169,14 @@ http {
 }
 
 async function startImgctl(
+  bin: string,
   storeDir: string,
   work: string,
 ): Promise<{ proc: ChildProcess; port: number }> {
   const logFile = await open(join(work, 'serve.log'), 'w');
   const proc = spawn(
     process.execPath,
-    [IMGCTL, 'serve', '--store', storeDir, '--listen', '127.0.0.1:0'],
+    [bin, 'serve', '--store', storeDir, '--listen', '127.0.0.1:0'],
     {
       stdio: ['ignore', 'ignore', 'pipe'],
     },
@@ -290,14 +320,76 @@ interface PlanResult {
   max_ms: number;
   /** rounds right after a system file was rewritten (informational: the limit is on the rest) */
   after_edit: { requests: number; p50_ms: number; p99_ms: number };
+  /** p50/p99 of each run (the figures above pool every run) */
+  runs: Array<{ p50_ms: number; p99_ms: number }>;
+  /** the server's CPU time per request in steady rounds (median of the runs), µs */
+  server_cpu_us_per_request: number | null;
+}
+
+/** Latencies (ms) of one series of plan rounds. */
+interface PlanSamples {
+  steady: number[];
+  edited: number[];
+  errors: number;
+  /** the server's CPU time (user + system) per request over extra steady rounds, µs */
+  cpuUsPerRequest?: number;
+}
+
+/** Rounds after the measured ones in which the server's CPU time is read from /proc. */
+const CPU_ROUNDS = 20;
+
+/** CPU time (user + system) a process has used so far, µs; undefined off Linux. */
+async function cpuTimeUs(pid: number | undefined): Promise<number | undefined> {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+const CLOCK_TICKS = 100;
+
+const PLAN_CONCURRENCY = 100;
+
+function quantile(times: number[], p: number): number {
+  const sorted = [...times].sort((a, b) => a - b);
+  return Math.round(sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]! * 10) / 10;
+}
+
+function summarizePlans(runs: PlanSamples[]): PlanResult {
+  const steady = runs.flatMap((r) => r.steady);
+  const edited = runs.flatMap((r) => r.edited);
+  return {
+    requests: steady.length,
+    concurrency: PLAN_CONCURRENCY,
+    errors: runs.reduce((n, r) => n + r.errors, 0),
+    p50_ms: quantile(steady, 0.5),
+    p95_ms: quantile(steady, 0.95),
+    p99_ms: quantile(steady, 0.99),
+    max_ms: quantile(steady, 1),
+    after_edit: {
+      requests: edited.length,
+      p50_ms: quantile(edited, 0.5),
+      p99_ms: quantile(edited, 0.99),
+    },
+    runs: runs.map((r) => ({ p50_ms: quantile(r.steady, 0.5), p99_ms: quantile(r.steady, 0.99) })),
+    server_cpu_us_per_request: runs.every((r) => r.cpuUsPerRequest !== undefined)
+      ? median(runs.map((r) => r.cpuUsPerRequest!))
+      : null,
+  };
 }
 
 async function loadPlans(
   port: number,
   rounds: number,
   touch: () => Promise<void>,
-): Promise<PlanResult> {
-  const concurrency = 100;
+  warmupRounds: number,
+  pid?: number,
+): Promise<PlanSamples> {
+  const concurrency = PLAN_CONCURRENCY;
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
   const targets = [
     '/v1/plan?image=web&system=web01',
@@ -322,9 +414,10 @@ async function loadPlans(
       req.end();
     });
   // Warm-up, not counted: loads the plan code and compiles the schemas (as any first request
-  // does), then two rounds so the JIT has compiled the request path.
+  // does), then rounds until the JIT has optimized the request path, as in a server that has
+  // been up for a while (with 5 rounds the first series still ran ~3× slower than the next).
   for (const t of targets) await get(t);
-  for (let i = 0; i < 2; i++) {
+  for (let i = 0; i < warmupRounds; i++) {
     await Promise.all(
       Array.from({ length: concurrency }, (_, j) => get(targets[j % targets.length]!)),
     );
@@ -344,29 +437,28 @@ async function loadPlans(
       if (!r.ok) errors++;
     }
   }
-  agent.destroy();
-  const q = (times: number[], p: number) => {
-    const sorted = [...times].sort((a, b) => a - b);
-    return (
-      Math.round(sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]! * 10) / 10
+  // The server's CPU per request, which the load of other processes on the machine does not
+  // change the way it changes latency.
+  const cpuBefore = await cpuTimeUs(pid);
+  for (let round = 0; round < CPU_ROUNDS; round++) {
+    await Promise.all(
+      Array.from({ length: concurrency }, (_, i) => get(targets[i % targets.length]!)),
     );
-  };
-  return {
-    requests: steady.length,
-    concurrency,
-    errors,
-    p50_ms: q(steady, 0.5),
-    p95_ms: q(steady, 0.95),
-    p99_ms: q(steady, 0.99),
-    max_ms: q(steady, 1),
-    after_edit: { requests: edited.length, p50_ms: q(edited, 0.5), p99_ms: q(edited, 0.99) },
-  };
+  }
+  const cpuAfter = await cpuTimeUs(pid);
+  agent.destroy();
+  const cpuUsPerRequest =
+    cpuBefore === undefined || cpuAfter === undefined
+      ? undefined
+      : Math.round((cpuAfter - cpuBefore) / (CPU_ROUNDS * concurrency));
+  return { steady, edited, errors, cpuUsPerRequest };
 }
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   const work = await mkdtemp(join(tmpdir(), 'imgctl-bench-serve-'));
   const procs: ChildProcess[] = [];
+  const loadBefore = loadavg();
   try {
     const storeDir = join(work, 'store');
     await cp(join(ROOT, 'image-store'), storeDir, {
@@ -374,90 +466,142 @@ async function main(): Promise<number> {
       filter: (src) =>
         !/[/\\]\.(blobs|state)([/\\]|$)/.test(src.slice(join(ROOT, 'image-store').length)),
     });
-    const blob = randomBytes(args.sizeMiB * 1024 * 1024);
+    const blob = randomBytes((args.only === 'plans' ? 1 : args.sizeMiB) * 1024 * 1024);
     const hex = createHash('sha256').update(blob).digest('hex');
     const blobDir = join(storeDir, '.blobs/sha256', hex.slice(0, 2));
     await mkdir(blobDir, { recursive: true });
     await writeFile(join(blobDir, hex), blob);
-    const keygen = spawn(process.execPath, [IMGCTL, 'keygen', '--store', storeDir], {
+    const keygen = spawn(process.execPath, [args.bin, 'keygen', '--store', storeDir], {
       stdio: 'ignore',
     });
     await new Promise((r) => keygen.once('exit', r));
     const path = `/v1/blobs/sha256/${hex}`;
-    process.stderr.write(
-      `blob ${args.sizeMiB} MiB, ${args.clients} clients, ${args.resumes} random resumes each (${work})\n`,
-    );
+    process.stderr.write(`imgctl ${args.bin}, work dir ${work}\n`);
 
-    const nginxPort = await freePort();
-    const nginx = await startNginx(work, blobDir, nginxPort);
-    procs.push(nginx);
-    const served = await startImgctl(storeDir, work);
+    const served = await startImgctl(args.bin, storeDir, work);
     procs.push(served.proc);
 
-    process.stderr.write('plans …\n');
-    const systemFile = join(storeDir, 'systems/web01.yaml');
-    const touch = async () => {
-      // The same content under a new inode, as an editor or git writes it: the plan is resolved again.
-      const text = await readFile(systemFile);
-      await writeFile(`${systemFile}.tmp`, text);
-      await rename(`${systemFile}.tmp`, systemFile);
-    };
-    const plans = await loadPlans(served.port, args.planRounds, touch);
+    let plans: PlanResult | undefined;
+    let baselinePlans: PlanResult | undefined;
+    if (args.only !== 'blobs') {
+      const systemFile = join(storeDir, 'systems/web01.yaml');
+      const touch = async () => {
+        // The same content under a new inode, as an editor or git writes it: the plan is resolved again.
+        const text = await readFile(systemFile);
+        await writeFile(`${systemFile}.tmp`, text);
+        await rename(`${systemFile}.tmp`, systemFile);
+      };
+      // With --compare, the other imgctl serves the same store; the two take turns.
+      const baseline = args.compare ? await startImgctl(args.compare, storeDir, work) : undefined;
+      if (baseline) procs.push(baseline.proc);
+      const samples: PlanSamples[] = [];
+      const baselineSamples: PlanSamples[] = [];
+      for (let i = 0; i < args.repeat; i++) {
+        process.stderr.write(`plans, round ${i + 1}/${args.repeat} …\n`);
+        if (baseline) {
+          baselineSamples.push(
+            await loadPlans(
+              baseline.port,
+              args.planRounds,
+              touch,
+              args.warmupRounds,
+              baseline.proc.pid,
+            ),
+          );
+        }
+        samples.push(
+          await loadPlans(served.port, args.planRounds, touch, args.warmupRounds, served.proc.pid),
+        );
+      }
+      if (baseline) await stop(baseline.proc);
+      plans = summarizePlans(samples);
+      if (baseline) baselinePlans = summarizePlans(baselineSamples);
+    }
 
     // The machine may be shared: the servers take turns, and each one's best run counts.
     const runs: Array<{ server: 'nginx' | 'imgctl'; result: LoadResult }> = [];
-    for (let i = 0; i < args.repeat; i++) {
-      process.stderr.write(`blobs, round ${i + 1}/${args.repeat}: nginx …\n`);
-      runs.push({
-        server: 'nginx',
-        result: await loadBlobs(nginxPort, path, blob, args.clients, args.resumes),
-      });
-      process.stderr.write(`blobs, round ${i + 1}/${args.repeat}: imgctl serve …\n`);
-      runs.push({
-        server: 'imgctl',
-        result: await loadBlobs(served.port, path, blob, args.clients, args.resumes),
-      });
+    if (args.only !== 'plans') {
+      process.stderr.write(
+        `blob ${args.sizeMiB} MiB, ${args.clients} clients, ${args.resumes} random resumes each\n`,
+      );
+      const nginxPort = await freePort();
+      const nginx = await startNginx(work, blobDir, nginxPort);
+      procs.push(nginx);
+      for (let i = 0; i < args.repeat; i++) {
+        process.stderr.write(`blobs, round ${i + 1}/${args.repeat}: nginx …\n`);
+        runs.push({
+          server: 'nginx',
+          result: await loadBlobs(nginxPort, path, blob, args.clients, args.resumes),
+        });
+        process.stderr.write(`blobs, round ${i + 1}/${args.repeat}: imgctl serve …\n`);
+        runs.push({
+          server: 'imgctl',
+          result: await loadBlobs(served.port, path, blob, args.clients, args.resumes),
+        });
+      }
+      await stop(nginx, 'SIGQUIT');
     }
-    await stop(nginx, 'SIGQUIT');
     await stop(served.proc);
     const best = (server: string) =>
       runs
         .filter((r) => r.server === server)
         .map((r) => r.result)
-        .sort((a, b) => b.mb_per_s - a.mb_per_s)[0]!;
+        .sort((a, b) => b.mb_per_s - a.mb_per_s)[0];
     const nginxResult = best('nginx');
     const imgctlResult = best('imgctl');
 
-    const ratio = Math.round((imgctlResult.mb_per_s / nginxResult.mb_per_s) * 100) / 100;
-    const blobsOk = runs.every(
-      (r) => r.result.errors === 0 && r.result.bytes >= args.clients * blob.length,
-    );
-    const pass =
-      blobsOk &&
-      ratio >= LIMITS.min_ratio_to_nginx &&
-      plans.errors === 0 &&
-      plans.p99_ms < LIMITS.plan_p99_ms;
+    const ratio =
+      nginxResult && imgctlResult
+        ? Math.round((imgctlResult.mb_per_s / nginxResult.mb_per_s) * 100) / 100
+        : undefined;
+    const blobsOk =
+      args.only === 'plans' ||
+      (ratio !== undefined &&
+        runs.every((r) => r.result.errors === 0 && r.result.bytes >= args.clients * blob.length) &&
+        ratio >= LIMITS.min_ratio_to_nginx);
+    const plansOk =
+      args.only === 'blobs' ||
+      (plans !== undefined && plans.errors === 0 && plans.p99_ms < LIMITS.plan_p99_ms);
+    const pass = blobsOk && plansOk;
+    const load = { before: loadBefore, after: loadavg() };
     const report = {
       ...reportHead('serve'),
+      only: args.only ?? 'all',
+      imgctl_bin: relative(ROOT, args.bin),
+      /** 1, 5 and 15 minute load averages when the run started and ended (the machine is shared) */
+      load_average: load,
       limits: LIMITS,
-      blob: { bytes: blob.length, clients: args.clients, random_resumes_per_client: args.resumes },
-      nginx: nginxResult,
-      imgctl: imgctlResult,
+      blob:
+        args.only === 'plans'
+          ? 'skipped'
+          : {
+              bytes: blob.length,
+              clients: args.clients,
+              random_resumes_per_client: args.resumes,
+            },
+      nginx: nginxResult ?? 'skipped',
+      imgctl: imgctlResult ?? 'skipped',
       runs: runs.map((r) => ({
         server: r.server,
         mb_per_s: r.result.mb_per_s,
         seconds: r.result.seconds,
         errors: r.result.errors,
       })),
-      ratio_to_nginx: ratio,
-      plans,
+      ratio_to_nginx: ratio ?? 'skipped',
+      plan_warmup_rounds: args.warmupRounds,
+      plans: plans ?? 'skipped',
+      ...(baselinePlans ? { baseline: { imgctl_bin: args.compare, plans: baselinePlans } } : {}),
       pass,
     };
     await writeReport(args.out, report);
     const row = (name: string, r: LoadResult) =>
       `${name.padEnd(14)}${`${r.mb_per_s} MB/s`.padStart(12)}${`${(r.bytes / 2 ** 30).toFixed(1)} GiB`.padStart(11)}${`${r.seconds.toFixed(1)} s`.padStart(9)}${String(r.requests).padStart(10)}${String(r.errors).padStart(8)}`;
-    process.stdout.write(
-      [
+    const fmtLoad = (l: number[]) => l.map((x) => x.toFixed(2)).join(' ');
+    const out: string[] = [
+      `load average: ${fmtLoad(load.before)} before, ${fmtLoad(load.after)} after (${cpus().length} CPUs)`,
+    ];
+    if (nginxResult && imgctlResult) {
+      out.push(
         `serve: ${args.clients} clients × ${args.sizeMiB} MiB blob, ${args.resumes} random resumes each, every byte compared; best of ${args.repeat} alternating runs (all: ${runs.map((r) => `${r.server} ${r.result.mb_per_s}`).join(', ')} MB/s)`,
         '',
         `${'server'.padEnd(14)}${'throughput'.padStart(12)}${'received'.padStart(11)}${'time'.padStart(9)}${'requests'.padStart(10)}${'errors'.padStart(8)}`,
@@ -465,13 +609,26 @@ async function main(): Promise<number> {
         row('imgctl serve', imgctlResult),
         `ratio ${ratio} (limit ≥ ${LIMITS.min_ratio_to_nginx})`,
         '',
+      );
+    } else out.push('blobs: skipped (--only plans)');
+    if (plans) {
+      out.push(
         `plans: ${plans.requests} requests, ${plans.concurrency} at once: p50 ${plans.p50_ms} ms, p95 ${plans.p95_ms} ms, p99 ${plans.p99_ms} ms, max ${plans.max_ms} ms (limit p99 < ${LIMITS.plan_p99_ms} ms), errors ${plans.errors}`,
         `plans right after an edit (resolved again; not limited): ${plans.after_edit.requests} requests, p50 ${plans.after_edit.p50_ms} ms, p99 ${plans.after_edit.p99_ms} ms`,
-        ...runs.flatMap((r) => r.result.first_errors.map((e) => `error (${r.server}): ${e}`)),
-        pass ? 'all limits met' : 'LIMIT MISSED',
-        `results: ${args.out}`,
-      ].join('\n') + '\n',
+        `plans, each run (p50/p99 ms): ${plans.runs.map((r) => `${r.p50_ms}/${r.p99_ms}`).join(', ')}; server CPU ${plans.server_cpu_us_per_request ?? '?'} µs per request`,
+      );
+      if (baselinePlans) {
+        out.push(
+          `baseline ${relative(ROOT, args.compare!)}, same run: p50 ${baselinePlans.p50_ms} ms, p95 ${baselinePlans.p95_ms} ms, p99 ${baselinePlans.p99_ms} ms, max ${baselinePlans.max_ms} ms; after an edit p50 ${baselinePlans.after_edit.p50_ms} ms, p99 ${baselinePlans.after_edit.p99_ms} ms; each run ${baselinePlans.runs.map((r) => `${r.p50_ms}/${r.p99_ms}`).join(', ')}; server CPU ${baselinePlans.server_cpu_us_per_request ?? '?'} µs per request`,
+        );
+      }
+    } else out.push('plans: skipped (--only blobs)');
+    out.push(
+      ...runs.flatMap((r) => r.result.first_errors.map((e) => `error (${r.server}): ${e}`)),
+      pass ? `limits met${args.only ? ` (${args.only} only)` : ''}` : 'LIMIT MISSED',
+      `results: ${args.out}`,
     );
+    process.stdout.write(`${out.join('\n')}\n`);
     return pass ? 0 : 1;
   } finally {
     for (const p of procs) await stop(p, 'SIGKILL');

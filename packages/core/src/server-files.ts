@@ -3,7 +3,7 @@
  * checked with lstat, component by component, so a symlink anywhere in the store (committed to
  * git, or planted) never leads a request outside it. Blobs stream with Range support.
  */
-import { type Stats, lstatSync, readdirSync } from 'node:fs';
+import { type FSWatcher, type Stats, lstatSync, readdirSync, statfsSync, watch } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
@@ -31,31 +31,20 @@ export class HttpError extends Error {
   }
 }
 
-/** lstat results of one request, so a path shared by several checks is read once. */
-export type StatMemo = Map<string, Stats | undefined>;
-
 /**
  * lstat of `storeDir/segments…`, refusing a symlink at any level below the store. Returns
  * undefined when some component does not exist.
  */
-export function lstatInStore(
-  storeDir: string,
-  segments: readonly string[],
-  memo?: StatMemo,
-): Stats | undefined {
+export function lstatInStore(storeDir: string, segments: readonly string[]): Stats | undefined {
   let path = storeDir;
   let st: Stats | undefined;
   for (const [i, segment] of segments.entries()) {
     path = `${path}/${segment}`;
-    if (memo?.has(path)) st = memo.get(path);
-    else {
-      try {
-        st = lstatSync(path, { throwIfNoEntry: false });
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENOTDIR') throw error;
-        st = undefined;
-      }
-      memo?.set(path, st);
+    try {
+      st = lstatSync(path, { throwIfNoEntry: false });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOTDIR') throw error;
+      st = undefined;
     }
     if (st === undefined) return undefined;
     if (st.isSymbolicLink()) {
@@ -91,22 +80,175 @@ export function symlinkedEntries(storeDir: string, segments: readonly string[]):
 }
 
 /**
- * A stamp of the files a response was built from (inode, size, times, type of each): equal
- * stamps mean none of them changed. Refuses symlinks like lstatInStore.
+ * Tells when the part of the store plans are built from may have changed, so what was resolved
+ * from it can be kept until then. The directories a plan reads (the store's root, `images/`,
+ * each `images/<image>/` and its `records/`, `systems/`, and those given to `add`, e.g. the
+ * signing key's) are watched with inotify; each has a counter that any event in it moves.
  */
-export function stampOf(
-  storeDir: string,
-  paths: ReadonlyArray<readonly string[]>,
-  memo: StatMemo = new Map(),
-): string {
-  return paths
-    .map((segments) => {
-      const st = lstatInStore(storeDir, segments, memo);
-      return st
-        ? `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}:${st.isDirectory() ? 'd' : 'f'}`
-        : '-';
-    })
-    .join('|');
+export interface StoreWatch {
+  /**
+   * A number that grows whenever one of `dirs` (absolute paths of watched directories) or an
+   * entry in it changes: a write, a rename over a file, a new or removed file or directory, the
+   * directory itself replaced. Take it after `await settled()` and before reading the store;
+   * equal stamps then mean nothing read from those directories changed. Undefined when the store
+   * cannot be watched: then nothing may be kept.
+   */
+  stamp(dirs: readonly string[]): number | undefined;
+  /**
+   * Resolves in the check phase of this turn of the event loop: by then the events of every
+   * change made before a request handled in this turn arrived have been read (the kernel queued
+   * them before the request's bytes, and one poll phase reads both).
+   */
+  settled(): Promise<void>;
+  /** watches this directory too, from now on (an absolute path; may be outside the store) */
+  add(dir: string): void;
+  close(): void;
+}
+
+/**
+ * Starts watching `storeDir`. On a network file system (whose remote edits inotify never
+ * reports), or when a watch cannot be set, `stamp` is undefined; `log` hears why.
+ */
+export function watchStore(storeDir: string, log: (line: string) => void): StoreWatch {
+  /** watched directory → its watcher and the inode watched */
+  const watched = new Map<string, { watcher: FSWatcher; ino: number }>();
+  /** directory → events seen in it (kept when the watch is renewed: counters only grow) */
+  const changes = new Map<string, number>();
+  const extra = new Set<string>();
+  let total = 0;
+  let synced = -1;
+  let failed = false;
+  let pending: Promise<void> | undefined;
+  const fail = (reason: string) => {
+    if (failed) return;
+    failed = true;
+    log(`not watching the store: ${reason}; plans are resolved on every request`);
+    close();
+  };
+
+  function watchDir(dir: string): void {
+    const st = lstatSync(dir, { throwIfNoEntry: false });
+    const old = watched.get(dir);
+    if (!st?.isDirectory()) {
+      if (old) {
+        old.watcher.close();
+        watched.delete(dir);
+      }
+      return;
+    }
+    if (old?.ino === st.ino) return;
+    old?.watcher.close();
+    // Watch first, then note the inode: a directory replaced in between changes its parent,
+    // which is watched too, so the next sync looks again.
+    const watcher = watch(dir, { persistent: false }, () => {
+      changes.set(dir, (changes.get(dir) ?? 0) + 1);
+      total++;
+    });
+    watcher.on('error', (error) => fail(`${dir}: ${error.message}`));
+    watched.set(dir, { watcher, ino: st.ino });
+    // A new watch may have missed changes made before it was set.
+    changes.set(dir, (changes.get(dir) ?? 0) + 1);
+  }
+
+  /** Brings the watched set up to date with the directories that exist now. */
+  function sync(): void {
+    const images = join(storeDir, 'images');
+    const dirs = [storeDir, images, join(storeDir, 'systems'), ...extra];
+    for (const name of readdirSafe(images)) {
+      // Not through a symlink: lstat follows every component but the last.
+      const image = join(images, name);
+      if (lstatSync(image, { throwIfNoEntry: false })?.isDirectory())
+        dirs.push(image, join(image, 'records'));
+    }
+    for (const dir of dirs) watchDir(dir);
+    const wanted = new Set(dirs);
+    for (const [dir, { watcher }] of watched) {
+      if (!wanted.has(dir)) {
+        watcher.close();
+        watched.delete(dir);
+      }
+    }
+  }
+
+  function close(): void {
+    for (const { watcher } of watched.values()) watcher.close();
+    watched.clear();
+  }
+
+  const remote = remoteFileSystem(storeDir);
+  if (remote) fail(`it is on ${remote}, where edits made on other hosts raise no events`);
+
+  return {
+    stamp(dirs) {
+      if (failed) return undefined;
+      if (synced !== total) {
+        // A change made while the directories are read moves the counters again (its event
+        // arrives later), so nothing read after this call is ever taken for current when stale.
+        const at = total;
+        try {
+          sync();
+        } catch (error) {
+          fail(`${storeDir}: ${(error as Error).message}`);
+        }
+        synced = at;
+      }
+      let sum = 0;
+      for (const dir of dirs) sum += changes.get(dir) ?? 0;
+      return failed ? undefined : sum;
+    },
+    settled() {
+      pending ??= new Promise<void>((resolveSettled) =>
+        setImmediate(() => {
+          pending = undefined;
+          resolveSettled();
+        }),
+      );
+      return pending;
+    },
+    add(dir) {
+      if (failed) return;
+      extra.add(dir);
+      // Watched now, before the caller reads what is in it.
+      try {
+        watchDir(dir);
+      } catch (error) {
+        fail(`${dir}: ${(error as Error).message}`);
+      }
+    },
+    close() {
+      failed = true;
+      close();
+    },
+  };
+}
+
+/** statfs magic numbers of file systems whose changes on other hosts inotify does not see */
+const REMOTE_FS: Record<number, string> = {
+  0x6969: 'NFS',
+  0x517b: 'SMB',
+  0xff534d42: 'CIFS',
+  0xfe534d42: 'SMB2',
+  0x65735546: 'FUSE',
+  0x01021997: '9p',
+  0x00c36400: 'Ceph',
+  0x47504653: 'GPFS',
+  0x0bd00bd0: 'Lustre',
+};
+
+function remoteFileSystem(dir: string): string | undefined {
+  try {
+    return REMOTE_FS[statfsSync(dir).type];
+  } catch {
+    return undefined;
+  }
+}
+
+function readdirSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
 
 export type ByteRange = { start: number; end: number };

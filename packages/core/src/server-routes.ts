@@ -4,9 +4,9 @@
  * (blobs stream themselves). Every name is checked with names.ts before it touches a path.
  */
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, realpathSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { isAbsolute, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { ImgctlError } from './errors.ts';
 import {
   appendEvent,
@@ -25,9 +25,8 @@ import {
   HttpError,
   lstatInStore,
   sendBlob,
-  type StatMemo,
-  stampOf,
   symlinkedEntries,
+  watchStore,
 } from './server-files.ts';
 import {
   formatSignatureHeader,
@@ -64,9 +63,12 @@ export interface Routes {
   handle(request: RouteRequest): Promise<Reply>;
   /** the methods a path accepts, for 405 answers; empty when no route matches */
   methodsFor(segments: string[]): string[];
+  /** stops watching the store */
+  close(): void;
 }
 
-const PLAN_CACHE_SIZE = 512;
+/** entries kept in each cache: plans by query, system look-ups by key */
+const CACHE_SIZE = 512;
 const MAX_SCRIPT_BYTES = 16 * 1024 * 1024;
 /** a name, a MAC address or a hostname */
 const SYSTEM_KEY = /^([0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}))$/;
@@ -84,50 +86,78 @@ interface SystemRef {
   image: string;
 }
 
-interface PlanEntry {
-  /** stamp of the files every resolution reads (store.yaml, image, system, their directories) */
-  base: string;
-  /** stamp of each record file, taken before resolution */
-  records: Map<string, string>;
-  /** the record file the plan used, once resolved */
-  record?: string;
-  result: Promise<{ plan: PlanDoc; body: string; signature?: PlanSignature }>;
+interface ResolvedPlan {
+  plan: PlanDoc;
+  /** the plan as served: JSON, 2-space indent, final newline */
+  body: Buffer;
+  signature?: PlanSignature;
+  /** the Imgctl-Signature header */
+  signatureHeader?: string;
 }
 
-/**
- * lstat results shared by the requests handled in one turn of the event loop (cleared in the
- * check phase). Every request handled in a turn had fully arrived before the turn's first
- * lstat, so what it is answered from is never older than the request.
- */
-let sharedMemo: StatMemo | undefined;
-function turnMemo(): StatMemo {
-  if (sharedMemo === undefined) {
-    sharedMemo = new Map();
-    setImmediate(() => {
-      sharedMemo = undefined;
+/** A value kept while the directories it was read from are unchanged (StoreWatch.stamp). */
+interface Kept<T> {
+  stamp: number;
+  value: T;
+}
+
+export function createRoutes(
+  storeDir: string,
+  now: () => Date,
+  log: (line: string) => void = () => undefined,
+): Routes {
+  // Resolved plans, system look-ups and the signing key are kept while the directories they
+  // were read from are unchanged (see watchStore): a hit costs a few map look-ups.
+  const watch = watchStore(storeDir, log);
+  const planCache = new Map<string, Kept<Promise<ResolvedPlan>>>();
+  const lookupCache = new Map<string, Kept<Promise<SystemRef>>>();
+  let signerCache: Kept<{ signer: Signer | undefined; keyDirs: string[] }> | undefined;
+  const dirs = {
+    images: join(storeDir, 'images'),
+    systems: join(storeDir, 'systems'),
+  };
+
+  /**
+   * What `cache` holds under `key` if it is still current (`stamp` is that of the directories
+   * it depends on now, taken after `await watch.settled()`); else `make()`'s, kept (unless the
+   * store is not watched) until it fails.
+   */
+  function kept<T>(
+    cache: Map<string, Kept<Promise<T>>>,
+    key: string,
+    stamp: number | undefined,
+    make: () => Promise<T>,
+  ): Promise<T> {
+    const hit = cache.get(key);
+    if (hit && hit.stamp === stamp) return hit.value;
+    const value = make();
+    if (stamp === undefined) return value;
+    cache.delete(key);
+    cache.set(key, { stamp, value });
+    if (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value!);
+    value.catch(() => {
+      if (cache.get(key)?.value === value) cache.delete(key);
     });
+    return value;
   }
-  return sharedMemo;
-}
 
-export function createRoutes(storeDir: string, now: () => Date): Routes {
-  const planCache = new Map<string, PlanEntry>();
-  let signerCache: { stamp: string; signer: Signer | undefined } | undefined;
-
-  /** The store's signing key, re-read when store.yaml or the key file changes. */
-  function signer(memo?: StatMemo): Signer | undefined {
-    const storeStamp = stampOf(storeDir, [['store.yaml']], memo);
-    let keyPath: string | undefined;
-    if (signerCache && signerCache.stamp.startsWith(`${storeStamp}#`)) {
-      keyPath = signerCache.stamp.split('#')[1] || undefined;
-    } else {
-      keyPath = signingKeyPath(storeDir);
-    }
-    const keyStamp = keyPath ? fileStamp(keyPath) : '';
-    const stamp = `${storeStamp}#${keyPath ?? ''}#${keyStamp}`;
-    if (signerCache?.stamp === stamp) return signerCache.signer;
+  /** The store's signing key (store.yaml's signing_key); call after `await watch.settled()`. */
+  function signer(): Signer | undefined {
+    const stamp = watch.stamp([storeDir, ...(signerCache?.value.keyDirs ?? [])]);
+    if (signerCache && signerCache.stamp === stamp) return signerCache.value.signer;
+    const keyPath = signingKeyPath(storeDir);
     let value: Signer | undefined;
+    const keyDirs: string[] = [];
     if (keyPath) {
+      // Watched before it is read, so a new key (keygen --force) is used at once; where a link
+      // leads too, as the key may be outside the store.
+      keyDirs.push(dirname(keyPath));
+      try {
+        keyDirs.push(dirname(realpathSync(keyPath)));
+      } catch {
+        // unreadable: said below
+      }
+      for (const dir of keyDirs) watch.add(dir);
       let pem: Buffer;
       try {
         pem = readFileSync(keyPath);
@@ -138,13 +168,14 @@ export function createRoutes(storeDir: string, now: () => Date): Routes {
         });
       }
       const key = parsePrivateKey(pem, `signing_key ${keyPath}`);
-      value = {
-        key,
-        keyId: keyIdOf(key),
-        publicKeyPem: keyPublicPem(key),
-      };
+      value = { key, keyId: keyIdOf(key), publicKeyPem: keyPublicPem(key) };
     }
-    signerCache = { stamp, signer: value };
+    // Stamped over the key's directories as they are watched now.
+    const now = watch.stamp([storeDir, ...keyDirs]);
+    signerCache =
+      stamp === undefined || now === undefined
+        ? undefined
+        : { stamp: now, value: { signer: value, keyDirs } };
     return value;
   }
 
@@ -154,52 +185,35 @@ export function createRoutes(storeDir: string, now: () => Date): Routes {
     if (format !== 'plan' && format !== 'signed')
       throw new HttpError(400, 'USAGE', "format is 'plan' (the default) or 'signed'");
     const systemKey = q.one('system');
-    let system: string | undefined;
     let image = q.name('image', 'image');
-    const memo = turnMemo();
-    if (systemKey !== undefined) {
-      const found = await lookupSystem(systemKey, memo);
-      system = found.name;
-      image ??= found.image;
-    }
-    if (image === undefined)
-      throw new HttpError(400, 'USAGE', 'the plan needs image=NAME or system=NAME|MAC|HOSTNAME');
     const record = q.name('record', 'record');
     const vmName = q.name('vm_name', 'VM');
     const sets = q.all('set');
-    const deps = planDeps(image, system);
-    const sign = signer(memo);
-    const key = JSON.stringify([image, record, system, vmName, sets, request.authed, sign?.keyId]);
-    const base = stampOf(storeDir, deps, memo);
-    let entry = planCache.get(key);
-    if (!entry || entry.base !== base || !recordUnchanged(entry, image, memo)) {
-      // Stamped before anything is read: a file changed during resolution is seen as changed
-      // by the next request, which resolves again.
-      const records = recordStamps(image, memo);
-      const fresh: PlanEntry = { base, records, result: Promise.resolve(undefined as never) };
-      fresh.result = (async () => {
-        const resolved = await resolvePlan(storeDir, { image, record, system, sets, vmName });
-        const shown = request.authed ? resolved : redactPlan(resolved);
-        // From now on only the record the plan used is checked.
-        fresh.record = `${resolved.record}.yaml`;
-        return {
-          plan: shown,
-          body: `${JSON.stringify(shown, null, 2)}\n`,
-          signature: sign ? signPlan(shown, sign.key) : undefined,
-        };
-      })();
-      entry = fresh;
-      planCache.delete(key);
-      planCache.set(key, fresh);
-      if (planCache.size > PLAN_CACHE_SIZE) planCache.delete(planCache.keys().next().value!);
-      // A failed resolution is not kept: the next request tries again.
-      fresh.result.catch(() => {
-        if (planCache.get(key) === fresh) planCache.delete(key);
-      });
+    if (image === undefined && systemKey === undefined)
+      throw new HttpError(400, 'USAGE', 'the plan needs image=NAME or system=NAME|MAC|HOSTNAME');
+    await watch.settled();
+    let system: string | undefined;
+    if (systemKey !== undefined) {
+      const found = await lookupSystem(systemKey);
+      system = found.name;
+      image ??= found.image;
     }
-    const { plan: shown, body, signature } = await entry.result;
+    const sign = signer();
+    const imageDir = join(dirs.images, image!);
+    const stamp = watch.stamp([
+      storeDir,
+      dirs.images,
+      imageDir,
+      join(imageDir, 'records'),
+      ...(system === undefined ? [] : [dirs.systems]),
+    ]);
+    const key = JSON.stringify([image, record, system, vmName, sets, request.authed, sign?.keyId]);
+    const result = kept(planCache, key, stamp, () =>
+      resolveServed(image!, { record, system, sets, vmName }, request.authed, sign),
+    );
+    const { plan: shown, body, signature, signatureHeader } = await result;
     const headers: Record<string, string> = { 'cache-control': 'no-store', vary: 'authorization' };
-    if (signature) headers[SIGNATURE_HEADER] = formatSignatureHeader(signature);
+    if (signatureHeader) headers[SIGNATURE_HEADER] = signatureHeader;
     if (format === 'signed') {
       if (!signature) {
         throw new HttpError(
@@ -222,73 +236,51 @@ export function createRoutes(storeDir: string, now: () => Date): Routes {
     return { status: 200, body, type: 'application/json', headers };
   }
 
-  function planDeps(image: string, system: string | undefined): string[][] {
-    const deps = [
-      ['store.yaml'],
-      ['images'],
-      ['images', image],
-      ['images', image, 'image.yaml'],
-      ['images', image, 'records'],
-    ];
-    if (system !== undefined) deps.push(['systems'], ['systems', `${system}.yaml`]);
-    return deps;
+  /** The plan as served (redacted unless `authed`), refusing a symlink on the way to any file. */
+  async function resolveServed(
+    image: string,
+    options: { record?: string; system?: string; sets: string[]; vmName?: string },
+    authed: boolean,
+    sign: Signer | undefined,
+  ): Promise<ResolvedPlan> {
+    const deps = [['store.yaml'], ['images', image, 'image.yaml'], ['images', image, 'records']];
+    if (options.system !== undefined) deps.push(['systems', `${options.system}.yaml`]);
+    for (const segments of deps) lstatInStore(storeDir, segments);
+    // The plan reads whichever record applies, which only resolution knows: all are checked.
+    const records = ['images', image, 'records'];
+    for (const name of listDir(join(storeDir, ...records)))
+      lstatInStore(storeDir, [...records, name]);
+    const resolved = await resolvePlan(storeDir, { image, ...options });
+    const shown = authed ? resolved : redactPlan(resolved);
+    const signature = sign ? signPlan(shown, sign.key) : undefined;
+    return {
+      plan: shown,
+      body: Buffer.from(`${JSON.stringify(shown, null, 2)}\n`),
+      signature,
+      signatureHeader: signature && formatSignatureHeader(signature),
+    };
   }
-
-  /** Every record file of an image, stamped: the plan reads whichever one applies. */
-  /** The stamp of every record file of an image: the plan reads whichever one applies. */
-  function recordStamps(image: string, memo: StatMemo): Map<string, string> {
-    const dir = ['images', image, 'records'];
-    const names = listDir(join(storeDir, ...dir)).filter((n) => n.endsWith('.yaml'));
-    return new Map(names.map((n) => [n, stampOf(storeDir, [[...dir, n]], memo)]));
-  }
-
-  function recordUnchanged(entry: PlanEntry, image: string, memo: StatMemo): boolean {
-    if (entry.record === undefined) {
-      const now = recordStamps(image, memo);
-      return (
-        now.size === entry.records.size && [...now].every(([n, st]) => entry.records.get(n) === st)
-      );
-    }
-    const then = entry.records.get(entry.record) ?? '-';
-    return stampOf(storeDir, [['images', image, 'records', entry.record]], memo) === then;
-  }
-
-  const lookupCache = new Map<string, { stamp: string; result: Promise<SystemRef> }>();
 
   /**
-   * A system by name, MAC or hostname; its file must not be a symlink. Remembered until a file
-   * it depends on changes: the named file, or for a MAC or hostname every system file.
+   * A system by name, MAC or hostname; its file must not be a symlink (nor, for a MAC or
+   * hostname, any system file). Call after `await watch.settled()`.
    */
-  async function lookupSystem(key: string, memo: StatMemo = turnMemo()): Promise<SystemRef> {
+  function lookupSystem(key: string): Promise<SystemRef> {
     if (!SYSTEM_KEY.test(key) || key.includes('..'))
       throw new HttpError(
         400,
         'USAGE',
         `invalid system '${printable(key)}': give a name, a MAC address or a hostname`,
       );
-    const byName =
-      isValidName(key) && lstatInStore(storeDir, ['systems', `${key}.yaml`], memo) !== undefined;
-    const stamp = byName
-      ? stampOf(storeDir, [['systems'], ['systems', `${key}.yaml`]], memo)
-      : stampOf(
-          storeDir,
-          [['systems'], ...listDir(join(storeDir, 'systems')).map((n) => ['systems', n])],
-          memo,
-        );
-    const cacheKey = `${byName ? 'name' : 'find'}:${key}`;
-    const hit = lookupCache.get(cacheKey);
-    if (hit && hit.stamp === stamp) return hit.result;
-    const result = (async () => {
+    return kept(lookupCache, key, watch.stamp([storeDir, dirs.systems]), async () => {
+      const byName =
+        isValidName(key) && lstatInStore(storeDir, ['systems', `${key}.yaml`]) !== undefined;
+      if (!byName) {
+        for (const name of listDir(dirs.systems)) lstatInStore(storeDir, ['systems', name]);
+      }
       const doc = byName ? await showSystem(storeDir, key) : await findSystem(storeDir, key);
-      lstatInStore(storeDir, ['systems', `${doc.name}.yaml`]);
       return { name: doc.name, image: doc.image };
-    })();
-    lookupCache.set(cacheKey, { stamp, result });
-    if (lookupCache.size > PLAN_CACHE_SIZE) lookupCache.delete(lookupCache.keys().next().value!);
-    result.catch(() => {
-      if (lookupCache.get(cacheKey)?.result === result) lookupCache.delete(cacheKey);
     });
-    return result;
   }
 
   async function file(request: RouteRequest, image: string, path: string[]): Promise<Reply> {
@@ -296,6 +288,7 @@ export function createRoutes(storeDir: string, now: () => Date): Routes {
     if (path.length === 1 && path[0] === 'kickstart') {
       const q = queryOf(request.query, ['record', 'system', 'vm_name', 'set']);
       const systemKey = q.one('system');
+      await watch.settled();
       const system = systemKey === undefined ? undefined : (await lookupSystem(systemKey)).name;
       const resolved = await resolvePlan(storeDir, {
         image,
@@ -403,6 +396,7 @@ export function createRoutes(storeDir: string, now: () => Date): Routes {
     const method = request.method === 'HEAD' ? 'GET' : request.method;
     if (s.length === 0 || (s.length === 1 && s[0] === 'v1')) {
       queryOf(request.query, []);
+      await watch.settled();
       const sign = signer();
       const store = storeDoc(storeDir);
       return json(200, {
@@ -474,6 +468,7 @@ export function createRoutes(storeDir: string, now: () => Date): Routes {
             (!SYSTEM_KEY.test(hostname) || hostname.includes('..') || hostname.includes(':'))
           )
             throw new HttpError(400, 'USAGE', `invalid hostname '${printable(hostname)}'`);
+          await watch.settled();
           const { name } = await lookupSystem(key);
           return json(200, await showSystem(storeDir, name));
         }
@@ -544,7 +539,7 @@ export function createRoutes(storeDir: string, now: () => Date): Routes {
     return [];
   }
 
-  return { handle, methodsFor };
+  return { handle, methodsFor, close: () => watch.close() };
 }
 
 const noStore = { 'cache-control': 'no-store' };
@@ -617,15 +612,6 @@ function listDir(path: string): string[] {
 
 function sha256(content: Buffer): string {
   return createHash('sha256').update(content).digest('hex');
-}
-
-function fileStamp(path: string): string {
-  try {
-    const st = statSync(path);
-    return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-  } catch {
-    return 'missing';
-  }
 }
 
 function keyPublicPem(key: KeyObject): string {

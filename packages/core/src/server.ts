@@ -76,7 +76,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const storeDir = resolve(options.storeDir);
   const log = options.log ?? (() => undefined);
   const now = options.now ?? (() => new Date());
-  const routes = createRoutes(storeDir, now);
+  const routes = createRoutes(storeDir, now, log);
   const readToken = options.readToken === undefined ? undefined : tokenDigest(options.readToken);
   const writeToken = options.writeToken === undefined ? undefined : tokenDigest(options.writeToken);
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY;
@@ -216,6 +216,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       return new Promise<void>((done) => {
         const timer = setTimeout(() => server.closeAllConnections(), graceMs);
         timer.unref();
+        routes.close();
         server.close(() => {
           clearTimeout(timer);
           done();
@@ -354,7 +355,10 @@ function errorReply(error: unknown, log: (line: string) => void): Reply {
   };
 }
 
+const PLAIN_URL = /^[\x21-\x7e]*$/;
+
 function printableUrl(url: string): string {
+  if (url.length <= 200 && PLAIN_URL.test(url)) return url;
   const clipped = url.length > 200 ? `${url.slice(0, 200)}…` : url;
   return clipped.replace(
     /[^\x21-\x7e]/g,

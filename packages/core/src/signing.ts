@@ -278,28 +278,104 @@ export async function setStoreSigningKey(storeDir: string, keyFile: string): Pro
   return value;
 }
 
+/** store.yaml's signing_key and trusted_keys, as written (not validated beyond their types). */
+async function readStoreKeys(
+  storeDir: string,
+): Promise<{ signingKey?: string; trustedKeys: string[] }> {
+  const { parseYamlValue } = await import('./quick-yaml.ts');
+  const doc = parseYamlValue(await readFile(storePaths.storeFile(storeDir), 'utf8')) as {
+    signing_key?: unknown;
+    trusted_keys?: unknown;
+  } | null;
+  const signingKey = doc?.signing_key;
+  const trusted = doc?.trusted_keys ?? [];
+  if (!Array.isArray(trusted) || trusted.some((k) => typeof k !== 'string' || k === '')) {
+    throw new ImgctlError('VALIDATION', 'store.yaml: trusted_keys must be a list of file names', {
+      hint: 'e.g. trusted_keys: [keys/2025.pub] — public key files, relative to the store',
+    });
+  }
+  return {
+    signingKey: typeof signingKey === 'string' && signingKey !== '' ? signingKey : undefined,
+    trustedKeys: trusted as string[],
+  };
+}
+
+async function readKeyFile(storeDir: string, configured: string, field: string): Promise<Buffer> {
+  const file = isAbsolute(configured) ? configured : resolve(storeDir, configured);
+  try {
+    return await readFile(file);
+  } catch (error) {
+    throw new ImgctlError('NOT_FOUND', `${field} ${configured} cannot be read`, {
+      cause: error,
+    });
+  }
+}
+
 /** The private key store.yaml's `signing_key` names; NOT_FOUND when there is none. */
 export async function readStoreSigningKey(
   storeDir: string,
 ): Promise<{ key: KeyObject; file: string }> {
-  const { parseYamlValue } = await import('./quick-yaml.ts');
-  const doc = parseYamlValue(await readFile(storePaths.storeFile(storeDir), 'utf8')) as {
-    signing_key?: unknown;
-  } | null;
-  const configured = doc?.signing_key;
-  if (typeof configured !== 'string' || configured === '') {
+  const { signingKey: configured } = await readStoreKeys(storeDir);
+  if (configured === undefined) {
     throw new ImgctlError('NOT_FOUND', 'store.yaml has no signing_key', {
       hint: "make one with 'imgctl keygen', or pass --key FILE",
     });
   }
+  const pem = await readKeyFile(storeDir, configured, 'signing_key');
   const file = isAbsolute(configured) ? configured : resolve(storeDir, configured);
-  let pem: Buffer;
-  try {
-    pem = await readFile(file);
-  } catch (error) {
-    throw new ImgctlError('NOT_FOUND', `signing_key ${configured} cannot be read`, {
-      cause: error,
+  return { key: parsePrivateKey(pem, `signing_key ${configured}`), file };
+}
+
+/** A public key a signature is checked against, and where it came from (for messages). */
+export interface TrustedKey {
+  key: KeyObject;
+  keyId: string;
+  source: string;
+}
+
+/**
+ * The public keys a store trusts plans from: the public half of its `signing_key`, and each
+ * file `trusted_keys` names (PEM public keys, relative to the store or absolute) — e.g. the key
+ * it signed with before a `keygen --force`, or another store's. NOT_FOUND when there are none.
+ */
+export async function readStoreTrustedKeys(storeDir: string): Promise<TrustedKey[]> {
+  const { signingKey, trustedKeys } = await readStoreKeys(storeDir);
+  const keys: TrustedKey[] = [];
+  if (signingKey !== undefined) {
+    const pem = await readKeyFile(storeDir, signingKey, 'signing_key');
+    const key = parsePublicKey(parsePrivateKey(pem, `signing_key ${signingKey}`), signingKey);
+    keys.push({ key, keyId: keyIdOf(key), source: `signing_key ${signingKey}` });
+  }
+  for (const file of trustedKeys) {
+    const source = `trusted_keys ${file}`;
+    const key = parsePublicKey(await readKeyFile(storeDir, file, 'trusted_keys'), source);
+    keys.push({ key, keyId: keyIdOf(key), source });
+  }
+  if (keys.length === 0) {
+    throw new ImgctlError('NOT_FOUND', 'store.yaml has neither signing_key nor trusted_keys', {
+      hint: "pass --key FILE.pub, or list the key's .pub file in trusted_keys",
     });
   }
-  return { key: parsePrivateKey(pem, `signing_key ${configured}`), file };
+  return keys;
+}
+
+/**
+ * verifyPlan with the one of `keys` whose id the signature names; INTEGRITY when none does.
+ * Returns the key that verified it.
+ */
+export function verifyPlanWithAny(
+  plan: unknown,
+  signature: PlanSignature,
+  keys: readonly TrustedKey[],
+): TrustedKey {
+  const match = keys.find((k) => k.keyId === signature.key_id);
+  if (!match) {
+    throw new ImgctlError(
+      'INTEGRITY',
+      `the plan is signed by key ${String(signature.key_id)}, which is not trusted here (trusted: ${keys.map((k) => `${k.keyId} from ${k.source}`).join(', ')})`,
+      { hint: "verify with --key FILE.pub, or add that key's .pub file to trusted_keys" },
+    );
+  }
+  verifyPlan(plan, signature, match.key);
+  return match;
 }

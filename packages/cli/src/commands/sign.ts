@@ -8,9 +8,11 @@ import {
   parsePublicKey,
   parseSignedPlan,
   readStoreSigningKey,
+  readStoreTrustedKeys,
   type SignedPlan,
   signPlan,
-  verifyPlan,
+  type TrustedKey,
+  verifyPlanWithAny,
 } from '@imgctl/core/signing';
 import type { PlanDoc } from '@imgctl/core/types';
 import type { Handler } from '../command.ts';
@@ -21,10 +23,12 @@ export const run: Handler = async ([file], options, ctx) => {
   const keyFile = options.key as string | undefined;
   if (options.verify) {
     const signed = parseSignedPlan(text, file!);
-    const publicKey = keyFile
-      ? parsePublicKey(await readInput(resolve(ctx.io.cwd, keyFile), keyFile), keyFile)
-      : parsePublicKey((await readStoreSigningKey(await ctx.storeDir())).key, 'the store key');
-    verifyPlan(signed.plan, signed.signature, publicKey);
+    let keys: TrustedKey[];
+    if (keyFile) {
+      const key = parsePublicKey(await readInput(resolve(ctx.io.cwd, keyFile), keyFile), keyFile);
+      keys = [{ key, keyId: keyIdOf(key), source: keyFile }];
+    } else keys = await readStoreTrustedKeys(await ctx.storeDir());
+    const used = verifyPlanWithAny(signed.plan, signed.signature, keys);
     const plan = signed.plan;
     const blobs = (plan.disks ?? [])
       .filter((d) => d.sha256)
@@ -32,12 +36,13 @@ export const run: Handler = async ([file], options, ctx) => {
     return {
       data: {
         valid: true,
-        key_id: keyIdOf(publicKey),
+        key_id: used.keyId,
+        key: used.source,
         image: plan.image?.name,
         system: plan.system ?? null,
         blobs,
       },
-      text: `valid: signed by key ${keyIdOf(publicKey)}; plan of image ${plan.image?.name}${plan.system ? ` for system ${plan.system}` : ''}${blobs.length ? `; disks ${blobs.join(', ')}` : ''}`,
+      text: `valid: signed by key ${used.keyId} (${used.source}); plan of image ${plan.image?.name}${plan.system ? ` for system ${plan.system}` : ''}${blobs.length ? `; disks ${blobs.join(', ')}` : ''}`,
     };
   }
   const plan = planOf(text, file!);
