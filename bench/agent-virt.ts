@@ -17,7 +17,7 @@
  *
  *   node --import tsx bench/agent-virt.ts [--repeat N] [--vms N] [--out FILE]
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -26,6 +26,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { median, reportHead, writeReport } from './lib/report.ts';
+import { startServe } from './lib/serve.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
@@ -74,38 +75,6 @@ async function bundle(outdir: string): Promise<{ agent: string; pull: string }> 
     },
   });
   return { agent: join(outdir, 'imgagent.mjs'), pull };
-}
-
-async function startServe(
-  storeDir: string,
-  tokenFile: string,
-): Promise<{ url: string; proc: ChildProcess }> {
-  const proc = spawn(
-    process.execPath,
-    [
-      IMGCTL,
-      'serve',
-      '--store',
-      storeDir,
-      '--listen',
-      '127.0.0.1:0',
-      '--write-token-file',
-      tokenFile,
-    ],
-    {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
-  );
-  let log = '';
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    proc.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
-      log += chunk;
-      const m = /listening on (http:\/\/\S+)/.exec(log);
-      if (m) resolveUrl(m[1]!);
-    });
-    proc.once('exit', () => reject(new Error(`imgctl serve exited: ${log}`)));
-  });
-  return { url, proc };
 }
 
 /** Adds a blob to the store by hand: .blobs/sha256/ab/<hex>. */
@@ -185,7 +154,7 @@ async function main(): Promise<number> {
     const random = join(work, 'random.bin');
     await execa('dd', ['if=/dev/urandom', `of=${random}`, 'bs=4M', 'count=256', 'status=none']);
     const hex = await addBlob(store64, random);
-    const serve64 = await startServe(store64, tokenFile);
+    const serve64 = await startServe(store64, ['--write-token-file', tokenFile]);
     servers.push(serve64.proc);
     const blobUrl = `${serve64.url}/v1/blobs/sha256/${hex}`;
     const runs: Record<'agent' | 'curl_sha256sum' | 'curl', number[]> = {
@@ -235,7 +204,7 @@ async function main(): Promise<number> {
       await execa('ip', ['link', 'add', bridge, 'type', 'bridge']);
       bridgeMade = true;
       const store4g = await storeWithSystemDisk(work, 'store4g', 4 * GiB);
-      const serve4g = await startServe(store4g, tokenFile);
+      const serve4g = await startServe(store4g, ['--write-token-file', tokenFile]);
       servers.push(serve4g.proc);
       const agent = (url: string, name: string, cache: string) => {
         domains.push(name);

@@ -25,6 +25,8 @@ declare -A PACKAGES=(
   [openssl]=openssl
   # capture --from-domain (virsh with the test driver); .tar.zst archives; peak RSS of pack/import
   [libvirt-clients]=virsh
+  # virt-xml-validate (libvirt-clients) runs xmllint, which libvirt-clients only recommends
+  [libxml2-utils]=xmllint
   [zstd]=zstd
   [time]=/usr/bin/time
   [nginx]=/usr/sbin/nginx
@@ -33,6 +35,14 @@ declare -A PACKAGES=(
   [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
   [iproute2]=/sbin/ip
   [curl]=curl
+  # imgagent --replace-self e2e: loop devices and mounts (losetup), a mounted ext4 target,
+  # hole punching (fallocate), the config partition (sfdisk, mkfs.vfat and mtools above)
+  [mount]=losetup
+  [e2fsprogs]=mkfs.ext4
+  [util-linux]=fallocate
+  # imgctl provision e2e and bench/provision-fanout: a real sshd, ssh-keygen for its keys
+  [openssh-server]=/usr/sbin/sshd
+  [openssh-client]=ssh-keygen
 )
 
 missing=()

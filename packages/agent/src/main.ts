@@ -9,6 +9,7 @@ import { systemProbe } from '@imgctl/core/host-check';
 import { isValidName } from '@imgctl/core/names';
 import { redactPlan } from '@imgctl/core/plan';
 import { formatSize, parseSize } from '@imgctl/core/sizes';
+import { type BootAction, replaceSelf, type ReplaceSelfResult } from '@imgctl/core/replace-self';
 import {
   DEFAULT_CONNECT,
   DEFAULT_LOG_DIR,
@@ -61,6 +62,11 @@ interface Flags {
   json?: boolean;
   force?: boolean;
   keepOnFailure?: boolean;
+  targetDisk?: string;
+  dataDisk: string[];
+  reboot?: boolean;
+  kexec?: boolean;
+  progress?: boolean;
 }
 
 const EXAMPLES = `
@@ -70,9 +76,11 @@ Examples:
   imgagent --server http://imgsrv:8460 --virt --system tiny01 --virt-bridge br0
   imgagent --server http://imgsrv:8460 --virt --image tiny-linux --virt-name tiny02 \\
            --virt-type qemu --nogfx --token-file /etc/imgctl/token --trust /etc/imgctl/server.pub
+  imgagent --server http://imgsrv:8460 --replace-self --system tiny01 --target-disk /dev/sdb --dry-run
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 validation, 4 not found, 5 conflict (the VM exists),
-6 this host cannot run the image, 7 integrity (checksum or signature). See docs/agent.md.
+6 this host cannot run the image (or the target disk is too small), 7 integrity (checksum or
+signature). See docs/agent.md.
 `;
 
 /**
@@ -94,10 +102,23 @@ export async function main(argv: string[], io: AgentIo): Promise<number> {
     .option('--list <what>', 'list the images or systems the server has: images|systems')
     .option('--display', 'show an image (and its record) or, with --system, the resolved plan')
     .option('--virt', 'create a VM through libvirt from the image')
-    .option('--replace-self', 'write the image over a disk of this machine (not available yet)')
+    .option('--replace-self', 'write the image over a disk of this machine and configure it')
     .option('--image <name>', 'the image')
     .option('--record <name>', 'the record of the image (default: its default record)')
     .option('--system <name>', 'the system: a name, MAC address or hostname')
+    .option(
+      '--target-disk <dev|file>',
+      "--replace-self: the disk written over (default: the system's)",
+    )
+    .option(
+      '--data-disk <id=dev>',
+      "--replace-self: write the image's disk ID onto DEV (repeatable); others are skipped",
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
+    .option('--reboot', '--replace-self: reboot into the written disk when done')
+    .option('--no-reboot', '--replace-self: do not reboot (the default)')
+    .option('--kexec', "--replace-self: boot the written disk's kernel with kexec when done")
     .option('--virt-name <name>', 'the VM name (default: the system, else the image)')
     .option('--virt-path <dir>', 'where the VM disks and seed go', DEFAULT_VIRT_PATH)
     .addOption(
@@ -135,6 +156,10 @@ export async function main(argv: string[], io: AgentIo): Promise<number> {
     .option('--json', 'results as JSON on stdout; errors as {"error":{…}}')
     .option('--force', 'replace an existing VM of the same name (its disks are recreated)')
     .option('--keep-on-failure', 'leave what a failed run created, for debugging')
+    .option(
+      '--progress',
+      'progress lines on stderr also with --json (imgctl provision relays them)',
+    )
     .addHelpText('after', EXAMPLES)
     .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
     .exitOverride()
@@ -170,15 +195,10 @@ async function run(
     throw new ImgctlError(
       'USAGE',
       actions.length === 0
-        ? 'nothing to do: give one of --list, --display, --virt'
-        : `give only one of --list, --display, --virt (got ${actions.map((a) => `--${kebab(a)}`).join(', ')})`,
+        ? 'nothing to do: give one of --list, --display, --virt, --replace-self'
+        : `give only one of --list, --display, --virt, --replace-self (got ${actions.map((a) => `--${kebab(a)}`).join(', ')})`,
       { hint: 'imgagent --help' },
     );
-  }
-  if (flags.replaceSelf) {
-    throw new ImgctlError('USAGE', '--replace-self is not available in this version', {
-      hint: 'use --virt',
-    });
   }
   for (const [flag, value] of [
     ['--image', flags.image],
@@ -196,7 +216,7 @@ async function run(
       flags.json ? `${JSON.stringify(data, null, 2)}\n` : `${text.replace(/\n?$/, '\n')}`,
     );
   const log = (line: string) => {
-    if (!flags.json) io.stderr.write(`imgagent: ${line}\n`);
+    if (!flags.json || flags.progress) io.stderr.write(`imgagent: ${line}\n`);
   };
 
   if (flags.list !== undefined) {
@@ -235,6 +255,21 @@ async function run(
     return 0;
   }
 
+  const runner = processRunner();
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(cwd, p));
+  const agentDeps = {
+    runner,
+    now: () => Date.now(),
+    randomHex: (bytes: number) => randomBytes(bytes).toString('hex'),
+    log,
+    tmpDir: tmpdir(),
+    scriptEnv: {
+      PATH: env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+      HOME: env.HOME ?? '/root',
+      LANG: env.LANG ?? 'C',
+    },
+  };
+
   if (flags.display) {
     if (flags.system !== undefined || flags.set.length > 0 || flags.virtName !== undefined) {
       const { plan } = await client.getPlan(planQuery(flags));
@@ -265,11 +300,27 @@ async function run(
     return 0;
   }
 
+  if (flags.replaceSelf) {
+    const replaced = await replaceSelf(
+      {
+        ...planQuery(flags),
+        targetDisk: flags.targetDisk === undefined ? undefined : abs(flags.targetDisk),
+        dataDisks: dataDiskFlags(flags.dataDisk, abs),
+        cacheDir: abs(flags.cacheDir),
+        logDir: abs(flags.logDir),
+        boot: bootFlag(flags),
+        dryRun: flags.dryRun,
+        force: flags.force,
+      },
+      { ...agentDeps, client },
+    );
+    out(replaced, describeReplaced(replaced));
+    return 0;
+  }
+
   // --virt
   if (flags.image === undefined && flags.system === undefined)
     throw new ImgctlError('USAGE', '--virt needs --image or --system');
-  const runner = processRunner();
-  const abs = (p: string) => (isAbsolute(p) ? p : resolve(cwd, p));
   const virt = await provisionVirt(
     {
       ...planQuery(flags),
@@ -289,20 +340,7 @@ async function run(
       force: flags.force,
       keepOnFailure: flags.keepOnFailure,
     },
-    {
-      runner,
-      client,
-      probe: systemProbe((file, args) => runner.run(file, args)),
-      now: () => Date.now(),
-      randomHex: (bytes) => randomBytes(bytes).toString('hex'),
-      log,
-      tmpDir: tmpdir(),
-      scriptEnv: {
-        PATH: env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-        HOME: env.HOME ?? '/root',
-        LANG: env.LANG ?? 'C',
-      },
-    },
+    { ...agentDeps, client, probe: systemProbe((file, args) => runner.run(file, args)) },
   );
   if (flags.printXml && !flags.json) {
     io.stdout.write(virt.xml);
@@ -310,6 +348,55 @@ async function run(
   }
   out(virt, describe(virt));
   return 0;
+}
+
+function dataDiskFlags(values: string[], abs: (p: string) => string): Record<string, string> {
+  const disks: Record<string, string> = {};
+  for (const value of values) {
+    const eq = value.indexOf('=');
+    const id = value.slice(0, eq);
+    if (eq <= 0 || eq === value.length - 1 || !isValidName(id))
+      throw new ImgctlError('USAGE', `--data-disk: expected ID=DEV, got '${value.slice(0, 200)}'`, {
+        hint: 'e.g. --data-disk data=/dev/sdc',
+      });
+    if (disks[id] !== undefined) throw new ImgctlError('USAGE', `--data-disk ${id} given twice`);
+    disks[id] = abs(value.slice(eq + 1));
+  }
+  return disks;
+}
+
+function bootFlag(flags: Flags): BootAction {
+  if (flags.kexec && flags.reboot)
+    throw new ImgctlError('USAGE', 'give only one of --reboot, --kexec, --no-reboot');
+  if (flags.kexec) return 'kexec';
+  return flags.reboot ? 'reboot' : 'none';
+}
+
+function describeReplaced(r: ReplaceSelfResult): string {
+  const lines = [
+    `${r.target}: ${r.image} (record ${r.record}${r.system ? `, system ${r.system}` : ''}) ${r.dryRun ? 'would be written (dry run: nothing was changed)' : 'written and verified'}`,
+    `  hostname     ${r.hostname}`,
+    `  instance-id  ${r.dryRun ? '(new on every run)' : r.instanceId}`,
+  ];
+  for (const d of r.disks) {
+    if (d.skipped) {
+      lines.push(`  disk ${d.id.padEnd(7)} skipped: ${d.skipped}`);
+      continue;
+    }
+    const how = d.method === 'stream' ? 'streamed raw' : `${d.format}, converted to raw`;
+    lines.push(
+      `  disk ${d.id.padEnd(7)} ${d.target} (${formatSize(d.targetSize ?? 0)}): sha256:${d.sha256?.slice(0, 12)} ${formatSize(d.size)}, ${how}${d.skippedZeros ? `, ${formatSize(d.skippedZeros)} of zeros skipped` : ''}`,
+      `               on it ${r.dryRun ? 'now' : 'before'}: ${d.before?.length ? d.before.join('; ') : 'nothing recognisable'}`,
+    );
+  }
+  lines.push(
+    r.configPartition
+      ? `  config       partition ${r.configPartition.number} of the ${r.configPartition.table} table: vfat 'cidata', ${formatSize(r.configPartition.size)}, the NoCloud seed`
+      : `  config       a vfat 'cidata' partition after the image's, holding the NoCloud seed`,
+  );
+  if (!r.dryRun) lines.push(`  log          ${r.logFile}`);
+  lines.push(`  next boot    ${r.boot.message}`);
+  return lines.join('\n');
 }
 
 function planQuery(flags: Flags) {

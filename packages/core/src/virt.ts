@@ -7,13 +7,24 @@
  * Every side effect goes through `VirtDeps` (processes, the server, the host probe, the clock,
  * randomness), so unit tests run the whole flow with fakes.
  */
-import { access, appendFile, chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import {
+  asImgctlError,
+  assertPullable,
+  eventSender,
+  type ProcessRunner,
+  passwordHashes,
+  progressLogger,
+  publicParameters,
+  run,
+  runProvisioning,
+  short,
+} from './agent-steps.ts';
 import { openBlobCache } from './blob-cache.ts';
-import type { Client, DownloadProgress, PlanQuery } from './client.ts';
+import type { Client, PlanQuery } from './client.ts';
 import { type DomainDisk, type DomainNic, renderDomainXml } from './domain-xml.ts';
-import { type ErrorCode, ImgctlError, isImgctlError } from './errors.ts';
-import type { Phase } from './events.ts';
+import { ImgctlError } from './errors.ts';
 import { checkHost, type HostCheckResult, type HostProbe, type VirtType } from './host-check.ts';
 import { assertName } from './names.ts';
 import { renderSeed, writeSeedIso } from './seed.ts';
@@ -24,20 +35,7 @@ export const DEFAULT_VIRT_PATH = '/var/lib/libvirt/images';
 export const DEFAULT_LOG_DIR = '/var/log/imgctl';
 export const DEFAULT_CONNECT = 'qemu:///system';
 
-export interface RunOptions {
-  input?: string;
-  env?: Record<string, string>;
-  cwd?: string;
-}
-
-/** Runs a program with an argument array; rejects (with `stderr` on the error) when it fails. */
-export interface ProcessRunner {
-  run(
-    file: string,
-    args: string[],
-    options?: RunOptions,
-  ): Promise<{ stdout: string; stderr?: string }>;
-}
+export { humanSize, type ProcessRunner, type RunOptions, renderConfig } from './agent-steps.ts';
 
 export type VirtClient = Pick<
   Client,
@@ -113,7 +111,6 @@ export interface VirtResult {
 
 const OVERLAY_BYTES = 1024 * 1024;
 const SEED_BYTES = 1024 * 1024;
-const PROGRESS_EVERY_MS = 2000;
 
 /** The whole --virt flow. Throws ImgctlError with the code of design.md §4 on failure. */
 export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promise<VirtResult> {
@@ -166,25 +163,7 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
       hint: 'every reason is listed; nothing was changed',
     });
   }
-  for (const disk of plan.disks) {
-    if (disk.use === 'scratch') continue;
-    if (!disk.sha256)
-      throw new ImgctlError(
-        'VALIDATION',
-        `disk '${disk.id}' of ${plan.image.name} has no content`,
-        {
-          hint: `build or add it on the server (imgctl build ${plan.image.name}, imgctl disk add)`,
-        },
-      );
-    if (!disk.blob)
-      throw new ImgctlError(
-        'VALIDATION',
-        `disk '${disk.id}' is stored at a URL, not in the store`,
-        {
-          hint: 'the agent pulls blobs from the server only; import the disk into the store',
-        },
-      );
-  }
+  for (const disk of plan.disks) if (disk.use !== 'scratch') assertPullable(plan, disk);
 
   const instanceId = `${vm}-${deps.randomHex(4)}`;
   const disks = vmDisks(plan, layout, host.boot.drives, (hex) => cache.path(hex));
@@ -296,7 +275,11 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
       run: (file, args, opts) => run(runner, file, args, 'writing the seed ISO', opts),
     });
     await chmod(layout.seed, 0o644);
-    await runProvisioning(plan, layout, work, options, deps);
+    await runProvisioning(
+      plan,
+      { work, logFile: layout.logFile, env: { VIRT_PATH: options.virtPath } },
+      deps,
+    );
     await events.send('configured');
 
     // The domain.
@@ -490,262 +473,6 @@ async function makeDisk(
     );
   }
   await chmod(file, 0o600);
-}
-
-/**
- * crypt(3) hashes for the seed, from secret parameters named `root_password` (root) or
- * `login_password_<user>`; other secrets (a database password…) never enter the seed.
- */
-async function passwordHashes(
-  plan: PlanDoc,
-  runner: ProcessRunner,
-): Promise<Record<string, string>> {
-  const hashes: Record<string, string> = {};
-  for (const name of plan.secrets) {
-    const user =
-      name === 'root_password' ? 'root' : /^login_password_([a-z_][a-z0-9_-]*)$/.exec(name)?.[1];
-    const value = plan.parameters[name];
-    if (user === undefined || typeof value !== 'string' || value === '' || value === '<redacted>')
-      continue;
-    const { stdout } = await run(
-      runner,
-      'openssl',
-      ['passwd', '-6', '-stdin'],
-      `hashing the password of ${user}`,
-      { input: `${value}\n` },
-    );
-    hashes[user] = stdout.trim();
-  }
-  return hashes;
-}
-
-/** The plan's parameters without secrets: what the seed may carry in plain text. */
-function publicParameters(plan: PlanDoc): Record<string, unknown> {
-  return Object.fromEntries(
-    Object.entries(plan.parameters).filter(([name]) => !plan.secrets.includes(name)),
-  );
-}
-
-/** NAME=VALUE lines as common/functions.sh `config_get` reads them: values single-quoted. */
-export function renderConfig(values: Record<string, unknown>): string {
-  const lines: string[] = [];
-  for (const [name, value] of Object.entries(values)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) continue;
-    const text =
-      value === null || value === undefined
-        ? ''
-        : typeof value === 'string'
-          ? value
-          : JSON.stringify(value);
-    lines.push(`${name}='${text.replace(/\n/g, ' ').replace(/'/g, `'"'"'`)}'`);
-  }
-  return `${lines.join('\n')}\n`;
-}
-
-/**
- * provision.sh and the custom script sets, fetched from the server into `work/store/` (a
- * mirror of the store's layout, so `. "$IMAGE_STORE/common/functions.sh"` works) and run with
- * sh on this host; their output goes to LOG_FILE.
- */
-async function runProvisioning(
-  plan: PlanDoc,
-  layout: Layout,
-  work: string,
-  options: VirtOptions,
-  deps: VirtDeps,
-): Promise<void> {
-  const { client } = deps;
-  const image = plan.image.name;
-  const store = join(work, 'store');
-  const fetchTo = async (path: string, optional: boolean): Promise<string | undefined> => {
-    try {
-      const text = await client.getFile(image, path);
-      const file = join(store, ...path.split('/'));
-      await mkdir(join(file, '..'), { recursive: true });
-      await writeFile(file, text, { mode: 0o700 });
-      return file;
-    } catch (error) {
-      if (optional && isImgctlError(error) && error.code === 'NOT_FOUND') return undefined;
-      throw error;
-    }
-  };
-  await fetchTo('common/functions.sh', true);
-  await fetchTo('common/defs.sh', true);
-  const scripts: Array<{ name: string; file: string }> = [];
-  const script = plan.provision.script ?? 'provision.sh';
-  const provisionFile = await fetchTo(script, plan.provision.script === undefined);
-  if (provisionFile) scripts.push({ name: script, file: provisionFile });
-  for (const set of plan.provision.custom_scripts) {
-    const listing = JSON.parse(await client.getFile(image, `custom_scripts/${set}`)) as {
-      files: Array<{ name: string }>;
-    };
-    for (const entry of listing.files) {
-      const path = `custom_scripts/${set}/${entry.name}`;
-      scripts.push({ name: path, file: (await fetchTo(path, false))! });
-    }
-  }
-  if (scripts.length === 0) return;
-
-  const vmConfig = join(work, 'vm.conf');
-  const imageConfig = join(work, 'image.conf');
-  const variables = { ...plan.variables, IMAGE_STORE: store, IMAGE_STORE_URL: client.baseUrl };
-  await writeFile(vmConfig, renderConfig({ ...variables, ...plan.parameters }), { mode: 0o600 });
-  const defaults = await imageDefaults(client, image);
-  await writeFile(imageConfig, renderConfig(defaults), { mode: 0o600 });
-  await mkdir(join(layout.logFile, '..'), { recursive: true, mode: 0o755 });
-  const env: Record<string, string> = {
-    ...deps.scriptEnv,
-    IMAGE_STORE: store,
-    IMAGE_STORE_URL: client.baseUrl,
-    IMAGE_NAME: image,
-    VM_NAME: plan.vm_name,
-    VM_CONFIG: vmConfig,
-    IMAGE_CONFIG: imageConfig,
-    LOG_FILE: layout.logFile,
-    VIRT_PATH: options.virtPath,
-  };
-  await appendFile(
-    layout.logFile,
-    `${new Date(deps.now()).toISOString()} imgagent: provisioning ${plan.vm_name} from ${image}@${plan.image.revision}\n`,
-  );
-  for (const { name, file } of scripts) {
-    deps.log(`running ${name} (log: ${layout.logFile})`);
-    try {
-      const out = await deps.runner.run('sh', [file], { env, cwd: work });
-      if (out.stdout || out.stderr)
-        await appendFile(layout.logFile, `${out.stdout}${out.stderr ?? ''}`);
-    } catch (error) {
-      const e = error as { stdout?: string; stderr?: string; exitCode?: number };
-      await appendFile(layout.logFile, `${e.stdout ?? ''}${e.stderr ?? ''}`).catch(() => undefined);
-      throw new ImgctlError(
-        'FAILED',
-        `${name} failed${e.exitCode === undefined ? '' : ` (exit ${e.exitCode})`}: ${lastLine(e.stderr)}`,
-        { hint: `its output is in ${layout.logFile}`, cause: error },
-      );
-    }
-  }
-}
-
-async function imageDefaults(client: VirtClient, image: string): Promise<Record<string, unknown>> {
-  const details = await client.getImage(image);
-  return Object.fromEntries(
-    Object.entries(details.image.parameters ?? {})
-      .filter(([, p]) => p.default !== undefined && !p.secret)
-      .map(([name, p]) => [name, p.default]),
-  );
-}
-
-/** Events are best effort: a server that refuses them (read-only) does not stop provisioning. */
-function eventSender(deps: VirtDeps, plan: PlanDoc, vm: string) {
-  let disabled = false;
-  let started = false;
-  return {
-    async send(phase: Phase, extra: { code?: ErrorCode; message?: string } = {}) {
-      if (disabled || (phase === 'failed' && !started)) return;
-      if (phase === 'started') started = true;
-      try {
-        await deps.client.postEvent({
-          system: plan.system ?? vm,
-          phase,
-          image: plan.image.name,
-          record: plan.record,
-          vm_name: vm,
-          ...extra,
-        });
-      } catch (error) {
-        disabled = true;
-        deps.log(
-          `warning: events are not reported to the server: ${(error as Error).message} (give a write token with --token-file)`,
-        );
-      }
-    },
-  };
-}
-
-function progressLogger(deps: VirtDeps, disk: PlanDisk): (p: DownloadProgress) => void {
-  const start = deps.now();
-  let last = start;
-  let first = true;
-  return ({ bytes, total }) => {
-    const now = deps.now();
-    if (first) {
-      // The first call comes before any data: what the partial file already held.
-      first = false;
-      if (bytes > 0 && total !== undefined && bytes < total)
-        deps.log(`resuming disk ${disk.id} at ${humanSize(bytes)}`);
-      return;
-    }
-    const doneNow = total !== undefined && bytes >= total;
-    if (!doneNow && now - last < PROGRESS_EVERY_MS) return;
-    last = now;
-    const rate = now > start ? ` ${humanSize((bytes / (now - start)) * 1000)}/s` : '';
-    const pct = total ? ` ${Math.floor((bytes / total) * 100)}%` : '';
-    deps.log(
-      `pulling disk ${disk.id} sha256:${short(disk.sha256!)}: ${humanSize(bytes)}${total ? `/${humanSize(total)}` : ''}${pct}${rate}`,
-    );
-  };
-}
-
-async function run(
-  runner: ProcessRunner,
-  file: string,
-  args: string[],
-  what: string,
-  options?: RunOptions,
-): Promise<{ stdout: string }> {
-  try {
-    return await runner.run(file, args, options);
-  } catch (error) {
-    const e = error as { stderr?: string; message?: string; code?: string };
-    const text = lastLine(e.stderr) || e.message || String(error);
-    const noSpace = /No space left on device|ENOSPC/i.test(`${e.stderr ?? ''} ${e.message ?? ''}`);
-    throw new ImgctlError('FAILED', `${what}: ${noSpace ? 'no space left on device' : text}`, {
-      cause: error,
-      hint: noSpace
-        ? 'free some space where the VM disks go (--virt-path), or choose another'
-        : undefined,
-    });
-  }
-}
-
-/** The user-facing error for a failure; undefined for a bug (rethrown as it is). */
-function asImgctlError(error: unknown): ImgctlError | undefined {
-  if (isImgctlError(error)) return error;
-  const e = error as NodeJS.ErrnoException;
-  if (e?.code === 'ENOSPC')
-    return new ImgctlError('FAILED', `no space left on device: ${e.message}`, {
-      cause: error,
-      hint: 'free some space where the VM disks go (--virt-path), or choose another',
-    });
-  if (e?.code === 'EACCES' || e?.code === 'EPERM' || e?.code === 'EROFS')
-    return new ImgctlError('FAILED', e.message, { cause: error });
-  return undefined;
-}
-
-function lastLine(text: string | undefined): string {
-  return (text ?? '')
-    .trim()
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .slice(-2)
-    .join(' ')
-    .slice(0, 500);
-}
-
-/** 1.5GiB, 12.0MiB, 300KiB: rounded, for progress and messages. */
-export function humanSize(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${bytes}B` : `${value.toFixed(value < 10 ? 1 : 0)}${units[unit]}`;
-}
-
-function short(hex: string): string {
-  return hex.slice(0, 12);
 }
 
 function unique<T>(items: T[], key: (item: T) => string): T[] {

@@ -1,0 +1,560 @@
+/**
+ * The disk (or file) `imgagent --replace-self` writes over (docs/agent.md): what is on it now,
+ * whether it is in use by this machine, and the writer that puts a raw image on it.
+ *
+ * "In use" comes from the kernel's own tables: /proc/self/mountinfo (mounts, and which device
+ * holds `/`), /proc/swaps, /sys/class/block/<dev>/holders (LVM, md, dm-crypt) and the loop
+ * devices' backing files. Their locations are injectable (`HostTables`) so unit tests can fake
+ * a mount table; a test never points at the machine's real disks.
+ */
+import { createHash } from 'node:crypto';
+import { type FileHandle, open, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { type ProcessRunner, run } from './agent-steps.ts';
+import { ImgctlError } from './errors.ts';
+import { formatSize } from './sizes.ts';
+
+/** Where the kernel's tables are read from; the real ones by default. */
+export interface HostTables {
+  mountinfo: string;
+  swaps: string;
+  sysfs: string;
+}
+
+export const HOST_TABLES: HostTables = {
+  mountinfo: '/proc/self/mountinfo',
+  swaps: '/proc/swaps',
+  sysfs: '/sys',
+};
+
+export interface TargetPartition {
+  /** 1-based, in table order */
+  number: number;
+  /** bytes from the start of the disk */
+  start: number;
+  size: number;
+  type: string;
+  filesystem?: string;
+  label?: string;
+}
+
+export interface TargetInfo {
+  /** as given */
+  path: string;
+  /** symlinks resolved (/dev/disk/by-id/… → /dev/sdb) */
+  realPath: string;
+  kind: 'file' | 'block';
+  size: number;
+  /** the kernel's name and major:minor of a block device (loop3, 7:3) */
+  device?: string;
+  devno?: string;
+  /** `dos` or `gpt`, when the target holds a partition table */
+  partitionTable?: string;
+  partitions: TargetPartition[];
+  /** a signature on the whole target (a filesystem, swap, LVM PV, md member…) */
+  filesystem?: string;
+  label?: string;
+  /** why the target is in use by this machine; empty when it is not */
+  inUse: string[];
+}
+
+/** The two filesystem calls that tell a device from a file; fakes in unit tests. */
+export interface TargetFs {
+  realpath(path: string): Promise<string>;
+  stat(
+    path: string,
+  ): Promise<{ isBlockDevice(): boolean; isFile(): boolean; rdev: number; size: number }>;
+}
+
+export interface InspectDeps {
+  runner: ProcessRunner;
+  tables?: HostTables;
+  fs?: TargetFs;
+}
+
+/**
+ * What is on `path` now and whether this machine uses it. Throws NOT_FOUND when it does not
+ * exist (a mistyped /dev/sdX must not become a new file) and USAGE when it is neither a block
+ * device nor a regular file.
+ */
+export async function inspectTarget(path: string, deps: InspectDeps): Promise<TargetInfo> {
+  const tables = deps.tables ?? HOST_TABLES;
+  const fs = deps.fs ?? { realpath, stat };
+  let realPath: string;
+  try {
+    realPath = await fs.realpath(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new ImgctlError('NOT_FOUND', `target disk ${path} does not exist`, {
+        hint: 'give an existing block device, or a file made beforehand (e.g. truncate -s 8G FILE)',
+      });
+    throw error;
+  }
+  const st = await fs.stat(realPath);
+  let info: TargetInfo;
+  if (st.isBlockDevice()) {
+    const { stdout } = await run(
+      deps.runner,
+      'blockdev',
+      ['--getsize64', realPath],
+      `reading the size of ${realPath}`,
+    );
+    const devno = devNumber(st.rdev);
+    const dir = await sysfsDir(tables, devno);
+    info = {
+      path,
+      realPath,
+      kind: 'block',
+      size: Number(stdout.trim()),
+      devno,
+      device: dir ? basename(dir) : basename(realPath),
+      partitions: [],
+      inUse: dir ? await blockDeviceUse(dir, tables, fs) : [],
+    };
+  } else if (st.isFile()) {
+    info = {
+      path,
+      realPath,
+      kind: 'file',
+      size: st.size,
+      partitions: [],
+      inUse: await fileUse(realPath, tables),
+    };
+  } else {
+    throw new ImgctlError('USAGE', `target disk ${path} is neither a block device nor a file`);
+  }
+  await readContent(info, deps.runner);
+  return info;
+}
+
+export interface TargetRequirements {
+  /** bytes the target must hold (the image, plus room for the config partition) */
+  needBytes: number;
+  /** what needs them, for the message: "the image's 64MiB and a 4MiB config partition" */
+  needWhat: string;
+  /** the system record names this target as its disk */
+  namedBySystem: boolean;
+  force: boolean;
+}
+
+/**
+ * Throws when the target must not be written: in use (CONFLICT, even with --force), too small
+ * (HOST), or holding a partition table or filesystem that neither the system record nor
+ * --force says may go (CONFLICT). Every reason is in the error's details.
+ */
+export function checkTarget(info: TargetInfo, req: TargetRequirements): void {
+  const name = info.path === info.realPath ? info.path : `${info.path} (${info.realPath})`;
+  if (info.inUse.length > 0) {
+    throw new ImgctlError('CONFLICT', `target disk ${name} is in use by this machine`, {
+      details: info.inUse,
+      hint: 'nothing was written; unmount it, stop what holds it, or choose another disk (--force does not override this)',
+    });
+  }
+  if (info.size < req.needBytes) {
+    throw new ImgctlError(
+      'HOST',
+      `target disk ${name} is too small: ${formatSize(info.size)}, ${req.needWhat} need ${formatSize(req.needBytes)}`,
+      { hint: 'nothing was written; choose a larger disk' },
+    );
+  }
+  const content = describeContent(info);
+  if (content.length > 0 && !req.namedBySystem && !req.force) {
+    throw new ImgctlError('CONFLICT', `target disk ${name} is not empty: ${content.join('; ')}`, {
+      hint: "nothing was written; give --force to overwrite it, or name it as the system's target_disk",
+    });
+  }
+}
+
+/** What a person would want to know is on the target before it is overwritten. */
+export function describeContent(info: TargetInfo): string[] {
+  const lines: string[] = [];
+  if (info.partitionTable) {
+    lines.push(`${info.partitionTable} partition table, ${info.partitions.length} partition(s)`);
+    for (const p of info.partitions) {
+      const fs = p.filesystem ? ` ${p.filesystem}${p.label ? ` '${p.label}'` : ''}` : '';
+      lines.push(`partition ${p.number}: ${formatSize(p.size)} at ${formatSize(p.start)}${fs}`);
+    }
+  }
+  if (info.filesystem)
+    lines.push(`${info.filesystem}${info.label ? ` '${info.label}'` : ''} on the whole disk`);
+  return lines;
+}
+
+/** "7:3" from a stat rdev (glibc's major()/minor() encoding). */
+export function devNumber(rdev: number): string {
+  const dev = BigInt(rdev);
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+  return `${major}:${minor}`;
+}
+
+async function sysfsDir(tables: HostTables, devno: string): Promise<string | undefined> {
+  try {
+    return await realpath(join(tables.sysfs, 'dev/block', devno));
+  } catch {
+    return undefined;
+  }
+}
+
+async function readText(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+async function listDir(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch {
+    return [];
+  }
+}
+
+interface Mount {
+  devno: string;
+  mountPoint: string;
+  source: string;
+}
+
+/** /proc/self/mountinfo: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS…] - FSTYPE SOURCE …`. */
+export function parseMountinfo(text: string): Mount[] {
+  const mounts: Mount[] = [];
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    const dash = fields.indexOf('-');
+    if (fields.length < 5 || dash < 0) continue;
+    mounts.push({
+      devno: fields[2]!,
+      mountPoint: unescapeOctal(fields[4]!),
+      source: unescapeOctal(fields[dash + 2] ?? ''),
+    });
+  }
+  return mounts;
+}
+
+function unescapeOctal(text: string): string {
+  return text.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** The swap areas of /proc/swaps (first column, after the header). */
+export function parseSwaps(text: string): string[] {
+  return text
+    .split('\n')
+    .slice(1)
+    .map((line) => line.split(/\s+/)[0] ?? '')
+    .filter((f) => f !== '')
+    .map(unescapeOctal);
+}
+
+/** A block device and its partitions: their sysfs directories and major:minor numbers. */
+async function deviceFamily(
+  dir: string,
+): Promise<Array<{ name: string; dir: string; devno: string }>> {
+  const family = [
+    { name: basename(dir), dir, devno: (await readText(join(dir, 'dev')))?.trim() ?? '' },
+  ];
+  for (const entry of await listDir(dir)) {
+    const sub = join(dir, entry);
+    if ((await readText(join(sub, 'partition'))) === undefined) continue;
+    family.push({ name: entry, dir: sub, devno: (await readText(join(sub, 'dev')))?.trim() ?? '' });
+  }
+  return family;
+}
+
+/** The whole disks a device lives on: itself, or its parent for a partition, through dm/md slaves. */
+async function underlyingDisks(dir: string, seen = new Set<string>()): Promise<Set<string>> {
+  if (seen.has(dir)) return seen;
+  const disk = (await readText(join(dir, 'partition'))) === undefined ? dir : dirname(dir);
+  seen.add(disk);
+  for (const slave of await listDir(join(disk, 'slaves'))) {
+    const next = await realpath(join(disk, 'slaves', slave)).catch(() => undefined);
+    if (next) await underlyingDisks(next, seen);
+  }
+  return seen;
+}
+
+async function blockDeviceUse(dir: string, tables: HostTables, fs: TargetFs): Promise<string[]> {
+  const reasons: string[] = [];
+  const family = await deviceFamily(dir);
+  const byDevno = new Map(family.map((m) => [m.devno, m]));
+  const mounts = parseMountinfo((await readText(tables.mountinfo)) ?? '');
+  for (const mount of mounts) {
+    const member = byDevno.get(mount.devno);
+    if (member)
+      reasons.push(`/dev/${member.name} is mounted at ${mount.mountPoint} (${mount.source})`);
+  }
+  const root = mounts.filter((m) => m.mountPoint === '/').at(-1);
+  if (root) {
+    const rootDir = await sysfsDir(tables, root.devno);
+    if (rootDir && (await underlyingDisks(rootDir)).has(dir))
+      reasons.push(`it carries the running root filesystem (/ is ${root.source})`);
+  }
+  for (const area of parseSwaps((await readText(tables.swaps)) ?? '')) {
+    const st = await fs.stat(area).catch(() => undefined);
+    if (st?.isBlockDevice() && byDevno.has(devNumber(st.rdev)))
+      reasons.push(`/dev/${byDevno.get(devNumber(st.rdev))!.name} is in use as swap`);
+  }
+  for (const member of family) {
+    const holders = await listDir(join(member.dir, 'holders'));
+    if (holders.length > 0)
+      reasons.push(
+        `/dev/${member.name} is held by ${holders.map((h) => `/dev/${h}`).join(', ')} (LVM, md RAID or device-mapper)`,
+      );
+  }
+  return reasons;
+}
+
+async function fileUse(realPath: string, tables: HostTables): Promise<string[]> {
+  const reasons: string[] = [];
+  for (const dev of await listDir(join(tables.sysfs, 'block'))) {
+    const backing = (await readText(join(tables.sysfs, 'block', dev, 'loop/backing_file')))?.trim();
+    if (backing === realPath) reasons.push(`it backs the loop device /dev/${dev}`);
+  }
+  for (const area of parseSwaps((await readText(tables.swaps)) ?? ''))
+    if (area === realPath) reasons.push('it is in use as a swap file');
+  return reasons;
+}
+
+/** The partition table (sfdisk --json) and the signatures (blkid -p) of the target. */
+async function readContent(info: TargetInfo, runner: ProcessRunner): Promise<void> {
+  const table = await readPartitionTable(info.realPath, runner);
+  if (table) {
+    info.partitionTable = table.label;
+    info.partitions = table.partitions;
+    for (const p of info.partitions) {
+      const probe = await probeSignature(runner, info.realPath, p.start, p.size);
+      p.filesystem = probe.TYPE;
+      p.label = probe.LABEL;
+    }
+  } else {
+    const probe = await probeSignature(runner, info.realPath);
+    info.filesystem = probe.TYPE;
+    info.label = probe.LABEL;
+  }
+}
+
+export interface PartitionTable {
+  label: string;
+  /** the table's own bounds for partitions (GPT), bytes */
+  firstUsable?: number;
+  lastUsable?: number;
+  sectorSize: number;
+  partitions: TargetPartition[];
+}
+
+/** `sfdisk --json`, in bytes; undefined when the target holds no partition table. */
+export async function readPartitionTable(
+  path: string,
+  runner: ProcessRunner,
+): Promise<PartitionTable | undefined> {
+  let stdout: string;
+  try {
+    ({ stdout } = await runner.run('sfdisk', ['--json', path]));
+  } catch {
+    return undefined;
+  }
+  if (stdout.trim() === '') return undefined;
+  const table = (
+    JSON.parse(stdout) as {
+      partitiontable: {
+        label: string;
+        sectorsize?: number;
+        firstlba?: number;
+        lastlba?: number;
+        partitions?: Array<{ start: number; size: number; type: string }>;
+      };
+    }
+  ).partitiontable;
+  const sector = table.sectorsize ?? 512;
+  return {
+    label: table.label,
+    sectorSize: sector,
+    firstUsable: table.firstlba === undefined ? undefined : table.firstlba * sector,
+    lastUsable: table.lastlba === undefined ? undefined : (table.lastlba + 1) * sector,
+    partitions: (table.partitions ?? []).map((p, i) => ({
+      number: i + 1,
+      start: p.start * sector,
+      size: p.size * sector,
+      type: p.type,
+    })),
+  };
+}
+
+/** blkid's TYPE and LABEL at a region of the target (the whole of it by default). */
+async function probeSignature(
+  runner: ProcessRunner,
+  path: string,
+  offset?: number,
+  size?: number,
+): Promise<{ TYPE?: string; LABEL?: string }> {
+  const region = offset === undefined ? [] : ['--offset', String(offset), '--size', String(size)];
+  try {
+    const { stdout } = await runner.run('blkid', ['-p', '-o', 'export', ...region, path]);
+    const values: Record<string, string> = {};
+    for (const line of stdout.split('\n')) {
+      const eq = line.indexOf('=');
+      if (eq > 0) values[line.slice(0, eq)] = line.slice(eq + 1);
+    }
+    // A partition table alone (PTTYPE) is reported by sfdisk, not as a filesystem.
+    return { TYPE: values.TYPE, LABEL: values.LABEL };
+  } catch {
+    return {}; // exit 2: nothing recognised
+  }
+}
+
+/** The sink a raw image is streamed into (client.streamBlob's BlobSink), and how it went. */
+export interface TargetWriter {
+  write(data: Buffer, offset: number): Promise<void>;
+  /**
+   * Writes what was held back (the first MiB), then fsyncs and reads the region back, both at
+   * once; resolves with the sha256 of what the target now holds there.
+   */
+  finish(): Promise<string>;
+  /** closes without writing what was held back: the target stays unbootable */
+  abort(): Promise<void>;
+  readonly stats: { written: number; skipped: number };
+  /** whether all-zero blocks are skipped (the target reads back zeros there) */
+  readonly skipsZeros: boolean;
+}
+
+/** The first MiB (partition table, boot code) is written last, so a cut-off write never boots. */
+export const HEAD_BYTES = 1024 * 1024;
+const ZERO_BLOCK = 64 * 1024;
+const ZEROS = Buffer.alloc(ZERO_BLOCK);
+
+/**
+ * Opens the target to receive `length` bytes of a raw image at offset 0.
+ *
+ * - A file: the region is punched into a hole first (`fallocate --punch-hole`), so all-zero
+ *   blocks need not be written; where punching is not supported every byte is written.
+ * - A block device: every byte is written. Whether a discarded region reads back as zeros is
+ *   not something the kernel promises any more (discard_zeroes_data is always 0), so nothing
+ *   is skipped. The head is zeroed first instead, so a cut-off write leaves no partition table.
+ *
+ * The first HEAD_BYTES are held in memory and written by finish(): until then the target has
+ * no partition table and no boot code.
+ */
+export async function openTargetWriter(
+  info: TargetInfo,
+  length: number,
+  runner: ProcessRunner,
+): Promise<TargetWriter> {
+  let skipsZeros = false;
+  if (info.kind === 'file') {
+    try {
+      await runner.run('fallocate', [
+        '--punch-hole',
+        '--offset',
+        '0',
+        '--length',
+        String(length),
+        info.realPath,
+      ]);
+      skipsZeros = true;
+    } catch {
+      // no hole punching on this filesystem: zeros are written like everything else
+    }
+  }
+  const handle = await open(info.realPath, 'r+');
+  const head = Buffer.alloc(Math.min(HEAD_BYTES, length));
+  const stats = { written: 0, skipped: 0 };
+  try {
+    if (!skipsZeros) {
+      await writeAt(handle, head, 0);
+      await handle.sync();
+    }
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+  let closed = false;
+  const writeRegion = async (data: Buffer, offset: number) => {
+    if (!skipsZeros) {
+      await writeAt(handle, data, offset);
+      stats.written += data.length;
+      return;
+    }
+    // Coalesce runs of non-zero blocks into one write each.
+    let runStart = -1;
+    for (let at = 0; at <= data.length; at += ZERO_BLOCK) {
+      const end = Math.min(at + ZERO_BLOCK, data.length);
+      const zero = at >= data.length || isZero(data, at, end);
+      if (!zero && runStart < 0) runStart = at;
+      if ((zero || end === data.length) && runStart >= 0) {
+        const stop = zero ? at : end;
+        await writeAt(handle, data.subarray(runStart, stop), offset + runStart);
+        stats.written += stop - runStart;
+        runStart = -1;
+      }
+      if (zero && at < data.length) stats.skipped += end - at;
+    }
+  };
+  return {
+    skipsZeros,
+    stats,
+    async write(data, offset) {
+      if (offset + data.length > length)
+        throw new ImgctlError('INTEGRITY', `the image is longer than its size ${length}`);
+      if (offset < head.length) {
+        const n = Math.min(head.length - offset, data.length);
+        data.copy(head, offset, 0, n);
+        data = data.subarray(n);
+        offset += n;
+        if (data.length === 0) return;
+      }
+      await writeRegion(data, offset);
+    },
+    async finish() {
+      await writeRegion(head, 0);
+      const [readBack] = await Promise.all([hashRegion(info.realPath, length), handle.sync()]);
+      closed = true;
+      await handle.close();
+      return readBack;
+    },
+    async abort() {
+      if (closed) return;
+      closed = true;
+      await handle.sync().catch(() => undefined);
+      await handle.close();
+    },
+  };
+}
+
+function isZero(data: Buffer, start: number, end: number): boolean {
+  return end - start === ZERO_BLOCK
+    ? data.subarray(start, end).equals(ZEROS)
+    : data.subarray(start, end).equals(ZEROS.subarray(0, end - start));
+}
+
+async function writeAt(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  for (let off = 0; off < data.length;) {
+    const { bytesWritten } = await handle.write(data, off, data.length - off, position + off);
+    off += bytesWritten;
+  }
+}
+
+/** sha256 of the first `length` bytes of the target, read back after the write. */
+export async function hashRegion(path: string, length: number): Promise<string> {
+  const hash = createHash('sha256');
+  const handle = await open(path, 'r');
+  const buffer = Buffer.allocUnsafe(4 * 1024 * 1024);
+  try {
+    for (let pos = 0; pos < length;) {
+      const { bytesRead } = await handle.read(
+        buffer,
+        0,
+        Math.min(buffer.length, length - pos),
+        pos,
+      );
+      if (bytesRead === 0)
+        throw new ImgctlError('FAILED', `${path} ended at ${pos} of ${length} bytes`);
+      hash.update(buffer.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await handle.close();
+  }
+  return hash.digest('hex');
+}

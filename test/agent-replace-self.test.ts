@@ -1,0 +1,430 @@
+/**
+ * imgagent --replace-self end to end, all real: the tiny appliance built with imgctl build,
+ * served by imgctl serve on 127.0.0.1, written by the agent binary onto a raw file and onto a
+ * loop device, then booted with qemu (software emulation) to read its serial console. The
+ * targets are only files and loop devices this test makes; loop devices are always detached.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { chmod, cp, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import {
+  copyExampleStore,
+  execImgctl,
+  makeTempDir,
+  REPO_ROOT,
+  startServer,
+  type TempDir,
+  type TestServer,
+  writeRandomFile,
+} from './helpers/index.ts';
+import { applianceReport, bootAppliance, buildAppliance } from './helpers/seed.ts';
+
+const AGENT_BIN = join(REPO_ROOT, 'packages/agent/bin/imgagent.js');
+const MiB = 1024 * 1024;
+
+interface AgentRun {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * MiB }))
+    hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+async function makeFile(path: string, size: number): Promise<string> {
+  await execa('truncate', ['-s', String(size), path]);
+  return path;
+}
+
+describe('slow: imgagent --replace-self writes an image over a disk and makes it boot', () => {
+  let store: TempDir;
+  let work: TempDir;
+  let server: TestServer;
+  let tokenFile: string;
+  let rootSha: string;
+  const loops: string[] = [];
+  const mounts: string[] = [];
+  const servers: TestServer[] = [];
+
+  /** The real agent binary against a server, with this test's cache and log dirs. */
+  function agent(args: string[], url = server.url): Promise<AgentRun> {
+    return execa(
+      process.execPath,
+      [
+        AGENT_BIN,
+        '--server',
+        url,
+        '--token-file',
+        tokenFile,
+        '--cache-dir',
+        join(work.dir, 'cache'),
+        '--log-dir',
+        join(work.dir, 'logs'),
+        ...args,
+      ],
+      { reject: false, env: { PATH: process.env.PATH, HOME: process.env.HOME, LANG: 'C' } },
+    ).then((r): AgentRun => ({ exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr }));
+  }
+
+  async function attachLoop(file: string): Promise<string> {
+    const { stdout } = await execa('losetup', ['--find', '--show', file]);
+    loops.push(stdout.trim());
+    return stdout.trim();
+  }
+
+  async function bootReport(disk: string, name: string) {
+    const serial = await bootAppliance({
+      disks: [{ file: disk, format: 'raw' }],
+      serialLog: join(work.dir, `${name}.serial.log`),
+    });
+    return applianceReport(serial);
+  }
+
+  async function writeSystem(name: string, targetDisk?: string) {
+    await writeFile(
+      join(store.dir, 'systems', `${name}.yaml`),
+      `apiVersion: imgctl/v1\nkind: System\nname: ${name}\nhostname: ${name}\nimage: tiny-linux\nrecord: default\n${targetDisk ? `target_disk: ${targetDisk}\n` : ''}`,
+    );
+  }
+
+  beforeAll(async () => {
+    store = await copyExampleStore();
+    const build = await buildAppliance(store.dir);
+    expect(build.exitCode, build.stderr).toBe(0);
+    const image = parse(
+      await readFile(join(store.dir, 'images/tiny-linux/image.yaml'), 'utf8'),
+    ) as { disks: Array<{ id: string; sha256: string }> };
+    rootSha = image.disks.find((d) => d.id === 'root')!.sha256;
+    work = await makeTempDir('imgagent-replace-');
+    tokenFile = join(work.dir, 'token');
+    await writeFile(tokenFile, `${'t0k3n'.repeat(8)}\n`, { mode: 0o600 });
+    server = await startServer({ storeDir: store.dir, args: ['--write-token-file', tokenFile] });
+  }, 600_000);
+
+  afterAll(async () => {
+    for (const dir of mounts) await execa('umount', [dir], { reject: false });
+    for (const loop of loops) await execa('losetup', ['-d', loop], { reject: false });
+    for (const s of servers) await s.stop('SIGKILL');
+    await server?.stop();
+    await work?.cleanup();
+    await store?.cleanup();
+  });
+
+  it('writes the appliance onto a raw file; qemu boots it with the hostname and instance-id of the system', async () => {
+    const target = await makeFile(join(work.dir, 'file-target.raw'), 80 * MiB);
+    const run = await agent([
+      '--replace-self',
+      '--system',
+      'tiny01',
+      '--target-disk',
+      target,
+      '--json',
+    ]);
+    expect(run.exitCode, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout) as {
+      instanceId: string;
+      disks: Array<{ id: string; verified?: boolean; skippedZeros?: number; skipped?: string }>;
+      configPartition: { table: string; number: number; start: number };
+      boot: { action: string; done: boolean; message: string };
+    };
+    expect(result.instanceId).toMatch(/^tiny01-[0-9a-f]{8}$/);
+    expect(result.disks[0]).toMatchObject({ id: 'root', verified: true });
+    // The appliance's disk is mostly zeros: they were left as holes, not written.
+    expect(result.disks[0]!.skippedZeros).toBeGreaterThan(16 * MiB);
+    expect(result.disks[1]).toMatchObject({ id: 'data', skipped: 'no --data-disk data=DEV given' });
+    expect(result.configPartition).toMatchObject({ table: 'dos', number: 2, start: 64 * MiB });
+    expect(result.boot).toMatchObject({ action: 'none', done: false });
+    expect(result.boot.message).toMatch(/is a file/);
+
+    // The image region is the image, byte for byte (the config partition only changed the MBR).
+    const sfdisk = JSON.parse((await execa('sfdisk', ['--json', target])).stdout) as {
+      partitiontable: { partitions: Array<{ start: number }> };
+    };
+    expect(sfdisk.partitiontable.partitions.map((p) => p.start)).toEqual([2048, 131072]);
+
+    const report = await bootReport(target, 'file');
+    expect(report).toMatchObject({ hostname: 'tiny01', 'instance-id': result.instanceId });
+
+    // provision.sh ran with TARGET_DISK, logged as --virt logs; the server saw every phase.
+    const log = await readFile(join(work.dir, 'logs/tiny-linux/tiny-linux_tiny01.log'), 'utf8');
+    expect(log).toMatch(/provisioned tiny01 \(hostname tiny01\) from tiny-linux/);
+    const status = await execImgctl([
+      '--store',
+      store.dir,
+      'status',
+      '--system',
+      'tiny01',
+      '--json',
+    ]);
+    expect(status.exitCode, status.stderr).toBe(0);
+    const state = (
+      JSON.parse(status.stdout) as Array<{ state: string; phases: Array<{ phase: string }> }>
+    )[0]!;
+    expect(state.state).toBe('done');
+    expect(state.phases.map((p) => p.phase).slice(-4)).toEqual([
+      'started',
+      'disks-ready',
+      'configured',
+      'done',
+    ]);
+
+    // Again without --force: the file now holds a partition table the system does not name.
+    const before = await sha256File(target);
+    const again = await agent(['--replace-self', '--system', 'tiny01', '--target-disk', target]);
+    expect(again.exitCode, again.stderr).toBe(5);
+    expect(again.stderr).toMatch(
+      /error\[CONFLICT\]: target disk .* is not empty: dos partition table/,
+    );
+    expect(await sha256File(target)).toBe(before);
+  });
+
+  it('writes onto a loop device named by the system record, over its old partition table; qemu boots it', async () => {
+    const backing = await makeFile(join(work.dir, 'loop-target.raw'), 96 * MiB);
+    await execa('sfdisk', ['--quiet', backing], { input: 'label: gpt\nstart=2048, size=100000\n' });
+    const loop = await attachLoop(backing);
+    await writeSystem('tinyloop', loop);
+    // --dry-run shows what is there and changes nothing.
+    const before = await sha256File(loop);
+    const dry = await agent(['--replace-self', '--system', 'tinyloop', '--dry-run']);
+    expect(dry.exitCode, dry.stderr).toBe(0);
+    expect(dry.stdout).toContain(`${loop}: tiny-linux`);
+    expect(dry.stdout).toMatch(/would be written \(dry run: nothing was changed\)/);
+    expect(dry.stdout).toMatch(/on it now: gpt partition table, 1 partition\(s\); partition 1: /);
+    expect(await sha256File(loop)).toBe(before);
+
+    const run = await agent(['--replace-self', '--system', 'tinyloop', '--json']);
+    expect(run.exitCode, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout) as {
+      instanceId: string;
+      target: string;
+      disks: Array<{ verified?: boolean; skippedZeros?: number; written?: number }>;
+    };
+    expect(result.target).toBe(loop);
+    // A block device is written in full: nothing promises its discarded blocks read as zeros.
+    expect(result.disks[0]).toMatchObject({ verified: true, skippedZeros: 0, written: 64 * MiB });
+    const report = await bootReport(loop, 'loop');
+    expect(report).toMatchObject({ hostname: 'tinyloop', 'instance-id': result.instanceId });
+  });
+
+  it('refuses a mounted loop device, a too-small target and a foreign partition table, changing nothing', async () => {
+    // A mounted loop device: exit 5, even with --force.
+    const fsFile = await makeFile(join(work.dir, 'mounted.raw'), 80 * MiB);
+    await execa('mkfs.ext4', [
+      '-q',
+      '-L',
+      'inuse',
+      '-E',
+      'lazy_itable_init=0,lazy_journal_init=0',
+      fsFile,
+    ]);
+    const loop = await attachLoop(fsFile);
+    const mnt = join(work.dir, 'mnt');
+    await execa('mkdir', ['-p', mnt]);
+    // Read-only, so the filesystem itself writes nothing while the hashes are taken.
+    await execa('mount', ['-t', 'ext4', '-o', 'ro,noload', loop, mnt]);
+    mounts.push(mnt);
+    const mountedBefore = await sha256File(loop);
+    const mounted = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-linux',
+      '--target-disk',
+      loop,
+      '--force',
+    ]);
+    expect(mounted.exitCode, mounted.stderr).toBe(5);
+    expect(mounted.stderr).toMatch(/is in use by this machine/);
+    expect(mounted.stderr).toContain(`is mounted at ${mnt}`);
+    expect(await sha256File(loop)).toBe(mountedBefore);
+
+    // Too small for the image and its config partition: exit 6.
+    const small = await makeFile(join(work.dir, 'small.raw'), 64 * MiB);
+    await writeRandomFile(small, 64 * MiB);
+    const smallBefore = await sha256File(small);
+    const tooSmall = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-linux',
+      '--target-disk',
+      small,
+    ]);
+    expect(tooSmall.exitCode, tooSmall.stderr).toBe(6);
+    expect(tooSmall.stderr).toMatch(/is too small: 64MiB, .* need/);
+    expect(await sha256File(small)).toBe(smallBefore);
+
+    // A partition table, not named by any system, no --force: exit 5.
+    const foreign = await makeFile(join(work.dir, 'foreign.raw'), 96 * MiB);
+    await execa('sfdisk', ['--quiet', foreign], {
+      input: 'label: dos\nstart=2048, size=20000, type=83\n',
+    });
+    const foreignBefore = await sha256File(foreign);
+    const refused = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-linux',
+      '--target-disk',
+      foreign,
+    ]);
+    expect(refused.exitCode, refused.stderr).toBe(5);
+    expect(refused.stderr).toMatch(/is not empty: dos partition table, 1 partition/);
+    expect(refused.stderr).toMatch(/give --force/);
+    expect(await sha256File(foreign)).toBe(foreignBefore);
+
+    // --kexec (or --reboot) cannot boot a file: refused before anything is written.
+    const kexec = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-linux',
+      '--target-disk',
+      foreign,
+      '--force',
+      '--kexec',
+    ]);
+    expect(kexec.exitCode, kexec.stderr).toBe(2);
+    expect(kexec.stderr).toMatch(/--kexec: the target .* is a file/);
+    expect(await sha256File(foreign)).toBe(foreignBefore);
+
+    // A target that does not exist is never created (a mistyped /dev/sdX).
+    const missing = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-linux',
+      '--target-disk',
+      join(work.dir, 'nope'),
+    ]);
+    expect(missing.exitCode, missing.stderr).toBe(4);
+  });
+
+  it('a corrupted blob: exit 7, the target left without a partition table, never reported done', async () => {
+    const bad = await makeTempDir('imgagent-replace-bad-');
+    await cp(store.dir, bad.dir, { recursive: true });
+    const blob = join(bad.dir, '.blobs/sha256', rootSha.slice(0, 2), rootSha);
+    await chmod(blob, 0o644);
+    const handle = await open(blob, 'r+');
+    await handle.write(Buffer.from('corrupted'), 0, 9, 8 * MiB);
+    await handle.close();
+    const badServer = await startServer({
+      storeDir: bad.dir,
+      args: ['--write-token-file', tokenFile],
+    });
+    servers.push(badServer);
+    await writeSystem('tinybad');
+    await cp(join(store.dir, 'systems/tinybad.yaml'), join(bad.dir, 'systems/tinybad.yaml'));
+    const target = await makeFile(join(work.dir, 'bad-target.raw'), 80 * MiB);
+    const run = await agent(
+      ['--replace-self', '--system', 'tinybad', '--target-disk', target],
+      badServer.url,
+    );
+    expect(run.exitCode, run.stderr).toBe(7);
+    expect(run.stderr).toMatch(/error\[INTEGRITY\]/);
+    expect(run.stderr).toMatch(/is incomplete/);
+    const table = await execa('sfdisk', ['--json', target], { reject: false });
+    expect(table.exitCode, 'no partition table on a disk that failed its check').not.toBe(0);
+    const status = (await (
+      await fetch(`${badServer.url}/v1/status?system=tinybad`)
+    ).json()) as Array<{
+      state: string;
+      error: { code: string };
+      phases: Array<{ phase: string }>;
+    }>;
+    expect(status[0]).toMatchObject({ state: 'failed', error: { code: 'INTEGRITY' } });
+    expect(status[0]!.phases.map((p) => p.phase)).not.toContain('done');
+  });
+
+  it('the server killed mid-write: exit 1 saying the disk is incomplete; a rerun completes and verifies', async () => {
+    // A bigger system disk, so the write takes long enough to be cut: the appliance's disk
+    // followed by random filler, in an image of its own.
+    const big = join(work.dir, 'big-root.raw');
+    await writeRandomFile(big, 384 * MiB);
+    const root = join(store.dir, '.blobs/sha256', rootSha.slice(0, 2), rootSha);
+    await execa('dd', [`if=${root}`, `of=${big}`, 'bs=1M', 'conv=notrunc', 'status=none']);
+    const copy = await execImgctl([
+      '--store',
+      store.dir,
+      'image',
+      'copy',
+      'tiny-linux',
+      'tiny-big',
+    ]);
+    expect(copy.exitCode, copy.stderr).toBe(0);
+    const add = await execImgctl([
+      '--store',
+      store.dir,
+      'disk',
+      'add',
+      'tiny-big',
+      '--id',
+      'root',
+      '--use',
+      'system',
+      big,
+    ]);
+    expect(add.exitCode, add.stderr).toBe(0);
+    const bigSha = await sha256File(big);
+
+    const cutServer = await startServer({
+      storeDir: store.dir,
+      args: ['--write-token-file', tokenFile],
+    });
+    servers.push(cutServer);
+    const target = await makeFile(join(work.dir, 'cut-target.raw'), 400 * MiB);
+    const args = [
+      AGENT_BIN,
+      '--server',
+      cutServer.url,
+      '--cache-dir',
+      join(work.dir, 'cache'),
+      '--log-dir',
+      join(work.dir, 'logs'),
+      '--replace-self',
+      '--image',
+      'tiny-big',
+      '--target-disk',
+      target,
+    ];
+    const child: ChildProcess = spawn(process.execPath, args, {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    const exited = new Promise<number>((resolve) =>
+      child.once('exit', (code) => resolve(code ?? -1)),
+    );
+    // Kill the server once part of the disk is on the target.
+    for (;;) {
+      const blocks = (await stat(target)).blocks * 512;
+      if (blocks > 64 * MiB) {
+        cutServer.proc.kill('SIGKILL');
+        break;
+      }
+      if (child.exitCode !== null) break;
+      await sleep(5);
+    }
+    const code = await exited;
+    expect(code, stderr).toBe(1);
+    expect(stderr).toMatch(/target disk .* is incomplete/);
+    expect((await execa('sfdisk', ['--json', target], { reject: false })).exitCode).not.toBe(0);
+
+    // The rerun writes it from the start (the target holds nothing recognisable now).
+    const rerun = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-big',
+      '--target-disk',
+      target,
+      '--json',
+    ]);
+    expect(rerun.exitCode, rerun.stderr).toBe(0);
+    expect(JSON.parse(rerun.stdout).disks[0]).toMatchObject({ verified: true, sha256: bigSha });
+  });
+});
