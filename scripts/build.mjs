@@ -13,6 +13,9 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const outdirFlag = process.argv.indexOf('--outdir');
 const outdir =
   outdirFlag > 0 ? resolve(process.argv[outdirFlag + 1] ?? 'dist') : join(root, 'dist');
+// `--only imgagent`: one binary (imgctl provision builds the agent on demand this way)
+const onlyFlag = process.argv.indexOf('--only');
+const only = onlyFlag > 0 ? process.argv[onlyFlag + 1] : undefined;
 
 const BANNER = [
   '#!/usr/bin/env node',
@@ -27,7 +30,7 @@ const binaries = [
 ];
 
 mkdirSync(outdir, { recursive: true });
-for (const bin of binaries) {
+for (const bin of binaries.filter((b) => only === undefined || b.name === only)) {
   const entry = join(root, bin.entry);
   if (!existsSync(entry)) {
     if (bin.optional) continue;
@@ -50,6 +53,9 @@ for (const bin of binaries) {
     outfile,
     banner: { js: BANNER },
     loader: { '.json': 'json' },
+    // ssh2's native add-ons are optional (required inside try/catch): the bundle runs without
+    // them on its pure-JS crypto, so they stay out of it.
+    external: ['cpu-features', '*.node'],
     legalComments: 'none',
     logLevel: 'warning',
     write: false,
@@ -62,6 +68,7 @@ for (const bin of binaries) {
   console.error(`built ${relative(root, outfile)}`);
 }
 
+if (only !== undefined && only !== 'imgctl') process.exit(0);
 const version = execFileSync(process.execPath, [join(outdir, 'imgctl.mjs'), '--version'], {
   encoding: 'utf8',
 }).trim();

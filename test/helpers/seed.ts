@@ -6,6 +6,7 @@
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { execImgctl, REPO_ROOT } from './index.ts';
 
@@ -83,6 +84,22 @@ export function applianceReport(serial: string): Record<string, string> | undefi
       .slice(1)
       .map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]),
   );
+}
+
+/** Waits for the appliance's report line in a serial log file (a VM libvirt runs). */
+export async function waitForApplianceReport(
+  serialLog: string,
+  timeoutMs = 240_000,
+): Promise<Record<string, string>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = await readFile(serialLog, 'utf8').catch(() => '');
+    const report = applianceReport(text);
+    if (report) return report;
+    if (Date.now() > deadline)
+      throw new Error(`no appliance report in ${serialLog} after ${timeoutMs} ms:\n${text}`);
+    await sleep(250);
+  }
 }
 
 export interface BootOptions {

@@ -4,6 +4,8 @@ import type { Io } from './io.ts';
 export interface Result {
   data: unknown;
   text: string;
+  /** the exit code once the result is printed (default 0): a partly failed run still reports */
+  exitCode?: number;
 }
 
 export interface Context {

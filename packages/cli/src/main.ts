@@ -142,7 +142,7 @@ async function runCommand(
     const { run } = await spec.load();
     const result = await run(args, options, ctx);
     renderResult(io, json, result);
-    return 0;
+    return result.exitCode ?? 0;
   } catch (error) {
     return reportError(io, json, error);
   }

@@ -1,6 +1,7 @@
 import type { CommandSpec } from '../command.ts';
 import { diskCommands } from './disk.ts';
 import { imageCommands } from './image.ts';
+import { provisionCommands } from './provision-spec.ts';
 import { recordCommands } from './record.ts';
 import { serverCommands } from './server.ts';
 import { systemCommands } from './system.ts';
@@ -13,4 +14,5 @@ export const allCommands: CommandSpec[] = [
   ...systemCommands,
   ...diskCommands,
   ...serverCommands,
+  ...provisionCommands,
 ];

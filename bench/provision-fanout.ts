@@ -1,0 +1,215 @@
+/**
+ * bench/provision-fanout: what fanning out costs. `imgctl provision --virt --dry-run` against
+ * one local sshd, then against 20 (each its own sshd on 127.0.0.1, so 20 distinct targets; all
+ * are this machine as root), in the same run. Each agent really runs: SSH handshake, node
+ * check, agent hash check, the agent's plan, host check and domain XML against a real libvirtd.
+ *
+ * Limit: the 20-target run (default --parallel 10) takes under 3× the one-target run (medians
+ * of --repeat runs, default 3). Reported, no limit: the same with --parallel 20.
+ * Needs root (sshd, libvirt, a bridge).
+ *
+ * Writes bench/results/provision-fanout.json, prints a summary, exits 1 when the limit is missed.
+ *
+ *   node --import tsx bench/provision-fanout.ts [--repeat N] [--targets N] [--out FILE]
+ */
+import type { ChildProcess } from 'node:child_process';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { startSshd, type TestSshd } from '../test/helpers/sshd.ts';
+import { median, reportHead, writeReport } from './lib/report.ts';
+import { startServe } from './lib/serve.ts';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
+const LIMITS = { max_ratio_many_to_one: 3 };
+
+interface Args {
+  repeat: number;
+  targets: number;
+  out: string;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = {
+    repeat: 3,
+    targets: 20,
+    out: join(ROOT, 'bench/results/provision-fanout.json'),
+  };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--repeat') args.repeat = Number(argv[++i]);
+    else if (argv[i] === '--targets') args.targets = Number(argv[++i]);
+    else if (argv[i] === '--out') args.out = resolve(argv[++i] ?? '');
+    else throw new Error(`unknown argument ${argv[i]}`);
+  }
+  return args;
+}
+
+/** A copy of the example store whose tiny-linux disks are small files (a dry run reads none). */
+async function makeStore(work: string): Promise<string> {
+  const store = join(work, 'store');
+  await execa('cp', ['-r', join(ROOT, 'image-store'), store]);
+  await rm(join(store, '.blobs'), { recursive: true, force: true });
+  for (const [id, use] of [
+    ['root', 'system'],
+    ['data', 'data'],
+  ] as const) {
+    const file = join(work, `${id}.raw`);
+    await execa('truncate', ['-s', '1M', file]);
+    await execa(process.execPath, [
+      IMGCTL,
+      '--store',
+      store,
+      'disk',
+      'add',
+      'tiny-linux',
+      '--id',
+      id,
+      '--use',
+      use,
+      file,
+    ]);
+  }
+  return store;
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('provision-fanout: needs root (sshd, libvirt, a bridge)\n');
+    return 1;
+  }
+  const work = await mkdtemp(join(tmpdir(), 'bench-provision-'));
+  await chmod(work, 0o755);
+  const bridge = `imgpf${process.pid % 100000}`;
+  let bridgeMade = false;
+  const sshds: TestSshd[] = [];
+  let serve: ChildProcess | undefined;
+  try {
+    await execa('bash', [join(ROOT, 'scripts/start-libvirt.sh')]);
+    await execa('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    bridgeMade = true;
+    // The agent bundle, built once (as `imgctl provision` would on demand).
+    await execa(process.execPath, [
+      join(ROOT, 'scripts/build.mjs'),
+      '--outdir',
+      join(work, 'dist'),
+      '--only',
+      'imgagent',
+    ]);
+    const store = await makeStore(work);
+    const server = await startServe(store);
+    serve = server.proc;
+    const first = await startSshd();
+    sshds.push(first);
+    for (let i = 1; i < args.targets; i++)
+      sshds.push(await startSshd({ clientKey: first.clientKey }));
+    const knownHosts = join(work, 'known_hosts');
+    await writeFile(knownHosts, sshds.map((s) => `${s.knownHostsLine}\n`).join(''));
+
+    const provision = async (targets: string[], extra: string[] = []) => {
+      const start = performance.now();
+      const run = await execa(
+        process.execPath,
+        [
+          IMGCTL,
+          'provision',
+          ...targets,
+          '--virt',
+          '--image',
+          'tiny-linux',
+          '--dry-run',
+          '--server',
+          server.url,
+          '--identity',
+          first.clientKey,
+          '--known-hosts',
+          knownHosts,
+          '--virt-type',
+          'qemu',
+          '--virt-bridge',
+          bridge,
+          '--virt-path',
+          join(work, 'vms'),
+          '--cache-dir',
+          join(work, 'cache'),
+          '--log-dir',
+          join(work, 'logs'),
+          '--json',
+          ...extra,
+        ],
+        {
+          reject: false,
+          env: { IMGCTL_AGENT_BUNDLE: join(work, 'dist/imgagent.mjs'), SSH_AUTH_SOCK: '' },
+        },
+      );
+      const seconds = (performance.now() - start) / 1000;
+      const summary = JSON.parse(run.stdout) as {
+        ok: boolean;
+        targets: Array<{ status: string; seconds: number; error?: { message: string } }>;
+      };
+      if (!summary.ok)
+        throw new Error(
+          `provision failed: ${summary.targets.map((t) => t.error?.message).join('; ')}`,
+        );
+      return { seconds, perTarget: summary.targets.map((t) => t.seconds) };
+    };
+
+    // Warm-up: the agent is copied to ~/.cache/imgctl once; later runs find it up to date.
+    await provision([first.target]);
+    const all = sshds.map((s) => s.target);
+    const runs: Record<'one' | 'many' | 'many_parallel_all', number[]> = {
+      one: [],
+      many: [],
+      many_parallel_all: [],
+    };
+    const perTarget: number[][] = [];
+    for (let i = 0; i < args.repeat; i++) {
+      runs.one.push((await provision([first.target])).seconds);
+      const many = await provision(all);
+      runs.many.push(many.seconds);
+      perTarget.push(many.perTarget);
+      runs.many_parallel_all.push(
+        (await provision(all, ['--parallel', String(args.targets)])).seconds,
+      );
+    }
+    const ratio = median(runs.many) / median(runs.one);
+    const failures: string[] = [];
+    if (ratio >= LIMITS.max_ratio_many_to_one)
+      failures.push(
+        `${args.targets} targets took ${ratio.toFixed(2)}× one, limit ${LIMITS.max_ratio_many_to_one}×`,
+      );
+    const report = {
+      ...reportHead('provision-fanout'),
+      limits: LIMITS,
+      targets: args.targets,
+      default_parallel: 10,
+      seconds: runs,
+      median_s: {
+        one: median(runs.one),
+        many: median(runs.many),
+        many_parallel_all: median(runs.many_parallel_all),
+      },
+      ratio_many_to_one: ratio,
+      ratio_many_parallel_all_to_one: median(runs.many_parallel_all) / median(runs.one),
+      per_target_seconds_of_many: perTarget,
+      failures,
+      ok: failures.length === 0,
+    };
+    await writeReport(args.out, report);
+    process.stdout.write(
+      `${JSON.stringify({ median_s: report.median_s, ratio_many_to_one: ratio, ratio_many_parallel_all_to_one: report.ratio_many_parallel_all_to_one, failures }, null, 2)}\n`,
+    );
+    return failures.length === 0 ? 0 : 1;
+  } finally {
+    serve?.kill('SIGTERM');
+    for (const s of sshds) await s.stop();
+    if (bridgeMade) await execa('ip', ['link', 'del', bridge], { reject: false });
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+process.exitCode = await main();

@@ -1,0 +1,448 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ImgctlError, isImgctlError } from '@imgctl/core/errors';
+import { isValidName, printable } from '@imgctl/core/names';
+import { renderTable } from '@imgctl/core/output';
+import {
+  type ProvisionEvent,
+  type ProvisionSummary,
+  type ProvisionTarget,
+  provisionTargets,
+  summaryExitCode,
+  type TargetResult,
+} from '@imgctl/core/provision';
+import {
+  connectSsh,
+  loadIdentity,
+  openKnownHosts,
+  parseSshAddress,
+  type RemoteShell,
+} from '@imgctl/core/ssh';
+import { execa } from 'execa';
+import type { Context, Handler, Options } from '../command.ts';
+import { integerOption } from './options.ts';
+import { AGENT_OPTIONS } from './provision-spec.ts';
+
+const DEFAULT_USER = 'root';
+
+export const run: Handler = async (args, options, ctx) => {
+  const env = ctx.io.env;
+  const agentArgs = agentArguments(options);
+  const actions = ['--virt', '--replace-self'].filter((a) => agentArgs.includes(a));
+  if (actions.length !== 1)
+    throw new ImgctlError('USAGE', 'give one of --virt or --replace-self', {
+      hint: 'imgctl provision --help',
+    });
+  for (const flag of ['image', 'record', 'system', 'virtName'] as const) {
+    const value = options[flag] as string | undefined;
+    if (value !== undefined && !isValidName(value))
+      throw new ImgctlError('USAGE', `--${kebab(flag)}: invalid name '${printable(value)}'`, {
+        hint: 'names are [a-z0-9][a-z0-9._-]{0,62}',
+      });
+  }
+  const parallel = integerOption(options.parallel, '--parallel') ?? 10;
+  const timeoutS = integerOption(options.connectTimeout, '--connect-timeout') ?? 15;
+
+  const specs = [...args];
+  if (options.targets !== undefined)
+    specs.push(...(await readTargetsFile(resolve(ctx.io.cwd, options.targets as string))));
+  if (specs.length === 0)
+    throw new ImgctlError('USAGE', 'no targets: give [user@]host[:port] or system names', {
+      hint: 'imgctl provision root@hv1 --virt --image web (or --targets FILE)',
+    });
+  const storeDir = await ctx.storeDir().catch((error: unknown) => {
+    if (isImgctlError(error) && error.code === 'NOT_FOUND') return undefined;
+    throw error;
+  });
+  const targets = await resolveTargets(specs, storeDir);
+  if (
+    options.image === undefined &&
+    options.system === undefined &&
+    targets.some((t) => t.system === undefined)
+  )
+    throw new ImgctlError('USAGE', 'say what to provision: --image NAME or --system NAME', {
+      hint: 'a target that is a system name brings its own --system',
+    });
+  const server = await serverUrl(options, env, storeDir);
+  const token = await readToken(options, ctx.io.cwd);
+  const agentBundle = await locateAgentBundle(ctx);
+
+  const home = env.HOME ?? '/root';
+  const knownHostsFile = options.knownHosts
+    ? resolve(ctx.io.cwd, options.knownHosts as string)
+    : join(home, '.ssh/known_hosts');
+  const knownHosts = await openKnownHosts(
+    options.knownHosts ? [knownHostsFile] : [knownHostsFile, '/etc/ssh/ssh_known_hosts'],
+    knownHostsFile,
+  );
+  const identities = await loadIdentities(options, home, ctx.io.cwd);
+  const agentSocket = env.SSH_AUTH_SOCK || undefined;
+
+  // Ctrl-C (or SIGTERM): no new target, running agents get SIGTERM; twice: connections dropped.
+  const controller = new AbortController();
+  const open = new Set<RemoteShell>();
+  const onSignal = () => {
+    if (controller.signal.aborted) {
+      for (const shell of open) shell.close();
+      return;
+    }
+    ctx.io.stderr.write(
+      'imgctl: interrupted: no new target starts; stopping the running agents (again to drop the connections)\n',
+    );
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const reporter = await makeReporter(ctx, targets);
+  let summary: ProvisionSummary;
+  try {
+    summary = await provisionTargets(
+      { targets, agentBundle, server, token, agentArgs, parallel, signal: controller.signal },
+      {
+        async connect(ssh, signal) {
+          const shell = await connectSsh({
+            target: ssh,
+            knownHosts,
+            acceptNew: Boolean(options.acceptNew),
+            identities,
+            agentSocket,
+            connectTimeoutMs: timeoutS * 1000,
+            signal,
+          });
+          open.add(shell);
+          return {
+            exec: (argv, o) => shell.exec(argv, o),
+            upload: (l, r, m) => shell.upload(l, r, m),
+            close() {
+              open.delete(shell);
+              shell.close();
+            },
+          };
+        },
+        sha256File,
+        now: () => Date.now(),
+        onEvent: reporter.onEvent,
+      },
+    );
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await reporter.finish();
+  }
+  return { data: summary, text: summaryTable(summary), exitCode: summaryExitCode(summary) };
+};
+
+/** The agent's arguments from the pass-through options, in their table order. */
+export function agentArguments(options: Options): string[] {
+  const argv: string[] = [];
+  for (const o of AGENT_OPTIONS) {
+    const flag = o.flags.split(/[ ,]+/).find((f) => f.startsWith('--'))!;
+    const value = options[o.key];
+    if (o.key === 'agentArg') continue;
+    if (o.negated) {
+      if (value === false) argv.push(flag);
+    } else if (o.value === 'repeat') {
+      for (const v of (value as string[] | undefined) ?? []) argv.push(flag, v);
+    } else if (o.value === true) {
+      if (value !== undefined) argv.push(flag, String(value));
+    } else if (value === true) argv.push(flag);
+  }
+  argv.push(...((options.agentArg as string[] | undefined) ?? []));
+  return argv;
+}
+
+async function readTargetsFile(file: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new ImgctlError(
+      'USAGE',
+      `--targets: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+    );
+  }
+  return text
+    .split('\n')
+    .map((l) => l.replace(/#.*/, '').trim())
+    .filter((l) => l !== '');
+}
+
+/**
+ * `[user@]host[:port]` is an address; a bare word naming a system of the store is that system
+ * (its `address`, and `--system` for its agent); any other bare word is a host name.
+ */
+async function resolveTargets(
+  specs: string[],
+  storeDir: string | undefined,
+): Promise<ProvisionTarget[]> {
+  const seen = new Set<string>();
+  const targets: ProvisionTarget[] = [];
+  for (const spec of specs) {
+    if (seen.has(spec)) continue;
+    seen.add(spec);
+    const bare = !/[@:[]/.test(spec);
+    if (bare && storeDir !== undefined && isValidName(spec)) {
+      const file = join(storeDir, 'systems', `${spec}.yaml`);
+      if (existsSync(file)) {
+        const { showSystem } = await import('@imgctl/core/systems');
+        const system = await showSystem(storeDir, spec);
+        if (!system.address)
+          throw new ImgctlError('USAGE', `system '${spec}' has no address to reach it over SSH`, {
+            hint: `imgctl system set ${spec} address=root@HOST, or give the target as [user@]host[:port]`,
+          });
+        targets.push({
+          label: spec,
+          ssh: parseSshAddress(system.address, DEFAULT_USER),
+          system: spec,
+        });
+        continue;
+      }
+    }
+    targets.push({ label: spec, ssh: parseSshAddress(spec, DEFAULT_USER) });
+  }
+  return targets;
+}
+
+async function serverUrl(
+  options: Options,
+  env: Record<string, string | undefined>,
+  storeDir: string | undefined,
+): Promise<string> {
+  let server = (options.server as string | undefined) ?? env.IMGCTL_SERVER;
+  if (server === undefined && storeDir !== undefined) {
+    const { parse } = await import('yaml');
+    const doc = parse(await readFile(join(storeDir, 'store.yaml'), 'utf8')) as {
+      server?: { url?: string };
+    };
+    server = doc.server?.url;
+  }
+  if (server === undefined)
+    throw new ImgctlError('USAGE', 'no server: give --server URL (as the targets reach it)', {
+      hint: "or set $IMGCTL_SERVER, or server.url in store.yaml (e.g. 'imgctl serve' on 0.0.0.0:8460)",
+    });
+  let url: URL;
+  try {
+    url = new URL(server);
+  } catch {
+    throw new ImgctlError('USAGE', `--server: not a URL: '${printable(server)}'`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new ImgctlError('USAGE', '--server: only http:// and https:// URLs are supported');
+  return server;
+}
+
+async function readToken(options: Options, cwd: string): Promise<string | undefined> {
+  if (options.tokenFile === undefined) return undefined;
+  const file = resolve(cwd, options.tokenFile as string);
+  let token: string;
+  try {
+    token = (await readFile(file, 'utf8')).trim();
+  } catch (error) {
+    throw new ImgctlError(
+      'USAGE',
+      `--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+    );
+  }
+  if (token === '' || /[\r\n\0]/.test(token))
+    throw new ImgctlError('USAGE', `--token-file: ${file} must hold one line`);
+  return token;
+}
+
+/** --identity files (errors are fatal); else the usual ~/.ssh keys that load, silently. */
+async function loadIdentities(options: Options, home: string, cwd: string): Promise<Buffer[]> {
+  const given = (options.identity as string[] | undefined) ?? [];
+  if (given.length > 0) return Promise.all(given.map((f) => loadIdentity(resolve(cwd, f))));
+  const keys: Buffer[] = [];
+  for (const name of ['id_ed25519', 'id_ecdsa', 'id_rsa']) {
+    const file = join(home, '.ssh', name);
+    if (!existsSync(file)) continue;
+    keys.push(
+      ...(await loadIdentity(file).then(
+        (k) => [k],
+        () => [],
+      )),
+    );
+  }
+  return keys;
+}
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+
+/**
+ * The single-file agent copied to the targets: $IMGCTL_AGENT_BUNDLE; else imgagent.mjs beside
+ * the running imgctl bundle; else, from a source checkout, dist/imgagent.mjs when it is newer
+ * than the sources, or a fresh build of it into node_modules/.cache/imgctl-agent/.
+ */
+async function locateAgentBundle(ctx: Context): Promise<string> {
+  const fromEnv = ctx.io.env.IMGCTL_AGENT_BUNDLE;
+  if (fromEnv) {
+    const file = resolve(ctx.io.cwd, fromEnv);
+    if (!existsSync(file))
+      throw new ImgctlError('NOT_FOUND', `IMGCTL_AGENT_BUNDLE: no such file ${file}`);
+    return file;
+  }
+  if (basename(HERE) === 'dist' || !HERE.endsWith(join('packages', 'cli', 'src', 'commands'))) {
+    const beside = join(HERE, 'imgagent.mjs');
+    if (existsSync(beside)) return beside;
+    throw new ImgctlError('NOT_FOUND', `the agent bundle ${beside} is missing`, {
+      hint: 'install imgagent.mjs beside imgctl.mjs (npm run build writes both), or set IMGCTL_AGENT_BUNDLE',
+    });
+  }
+  const root = resolve(HERE, '../../../..');
+  const built = join(root, 'dist/imgagent.mjs');
+  const newest = await newestSource(root);
+  if (existsSync(built) && (await stat(built)).mtimeMs >= newest) return built;
+  const outdir = join(root, 'node_modules/.cache/imgctl-agent');
+  const cached = join(outdir, 'imgagent.mjs');
+  if (existsSync(cached) && (await stat(cached)).mtimeMs >= newest) return cached;
+  ctx.log(
+    'imgctl: building the agent bundle (dist/imgagent.mjs is missing or older than the sources)',
+  );
+  const build = await execa(
+    process.execPath,
+    [join(root, 'scripts/build.mjs'), '--outdir', outdir, '--only', 'imgagent'],
+    {
+      cwd: root,
+      reject: false,
+    },
+  );
+  if (build.exitCode !== 0 || !existsSync(cached))
+    throw new ImgctlError('FAILED', `building the agent bundle failed: ${build.stderr.trim()}`, {
+      hint: 'run npm run build and look at its errors',
+    });
+  return cached;
+}
+
+/** The newest modification time of the sources the agent bundle is built from. */
+async function newestSource(root: string): Promise<number> {
+  let newest = 0;
+  for (const pkg of ['core', 'agent']) {
+    const dir = join(root, 'packages', pkg, 'src');
+    for (const rel of await readdir(dir, { recursive: true })) {
+      if (!String(rel).endsWith('.ts')) continue;
+      newest = Math.max(newest, (await stat(join(dir, String(rel)))).mtimeMs);
+    }
+  }
+  return newest;
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+interface Reporter {
+  onEvent(event: ProvisionEvent): void;
+  finish(): Promise<void>;
+}
+
+/**
+ * Progress on stderr: a listr2 line per target on a terminal; otherwise plain lines prefixed
+ * by the target (the agent's own lines relayed as they come). Nothing with --json.
+ */
+async function makeReporter(ctx: Context, targets: ProvisionTarget[]): Promise<Reporter> {
+  if (ctx.json) return { onEvent() {}, finish: async () => {} };
+  if (!ctx.io.isTTY) {
+    return {
+      onEvent(event) {
+        if (event.kind === 'line') ctx.log(`${event.target}: ${event.line}`);
+        else if (event.kind === 'phase') ctx.log(`${event.target}: ${event.phase}`);
+        else {
+          ctx.log(`${event.target}: ${describeDone(event.result)}`);
+          const error = event.result.error;
+          for (const d of error?.details ?? []) ctx.log(`${event.target}:   ${d}`);
+          if (error?.hint) ctx.log(`${event.target}: hint: ${error.hint}`);
+        }
+      },
+      finish: async () => {},
+    };
+  }
+  const { Listr, ListrLogger, ProcessOutput } = await import('listr2');
+  type Task = { title: string | undefined; output: string | undefined };
+  const waiting = new Map<
+    string,
+    { task?: Task; done?: TargetResult; settle?: (r: TargetResult) => void }
+  >(targets.map((t) => [t.label, {}]));
+  const settleTask = (label: string, result: TargetResult) => {
+    const entry = waiting.get(label)!;
+    entry.done = result;
+    entry.settle?.(result);
+  };
+  const list = new Listr(
+    targets.map((t) => ({
+      title: `${t.label}: waiting`,
+      task: (_: unknown, task: Task) =>
+        new Promise<void>((resolvePromise, reject) => {
+          const entry = waiting.get(t.label)!;
+          entry.task = task;
+          const settle = (r: TargetResult) => {
+            task.title = `${t.label}: ${describeDone(r)}`;
+            if (r.status === 'ok') resolvePromise();
+            else reject(new Error(r.error?.message ?? r.status));
+          };
+          if (entry.done) settle(entry.done);
+          else entry.settle = settle;
+        }),
+    })),
+    {
+      concurrent: true,
+      exitOnError: false,
+      registerSignalListeners: false,
+      rendererOptions: {
+        collapseErrors: false,
+        logger: new ListrLogger({
+          processOutput: new ProcessOutput(process.stderr, process.stderr),
+        }),
+      },
+    },
+  );
+  const running = list.run().catch(() => undefined);
+  return {
+    onEvent(event) {
+      const task = waiting.get(event.target)?.task;
+      if (event.kind === 'done') settleTask(event.target, event.result);
+      else if (task && event.kind === 'phase') task.title = `${event.target}: ${event.phase}`;
+      else if (task && event.kind === 'line') task.output = event.line;
+    },
+    finish: async () => {
+      await running;
+    },
+  };
+}
+
+function describeDone(r: TargetResult): string {
+  if (r.status === 'ok') return `ok in ${r.seconds}s${detail(r) ? ` (${detail(r)})` : ''}`;
+  if (r.status === 'not-started') return 'not started';
+  if (r.status === 'cancelled') return 'cancelled';
+  return `failed: ${r.error?.message ?? 'unknown error'}`;
+}
+
+function detail(r: TargetResult): string {
+  if (r.status !== 'ok') return r.error?.message ?? '';
+  const result = r.result as { vm?: string; dryRun?: boolean } | undefined;
+  const parts = [];
+  if (result?.vm) parts.push(`vm ${result.vm}${result.dryRun ? ' (dry run)' : ''}`);
+  parts.push(r.agentCopied ? 'agent copied' : 'agent up to date');
+  return parts.join(', ');
+}
+
+function summaryTable(summary: ProvisionSummary): string {
+  const table = renderTable(
+    ['target', 'address', 'status', 'seconds', 'detail'],
+    summary.targets.map((t) => [t.target, t.address, t.status, String(t.seconds), detail(t)]),
+  );
+  const failed = summary.targets.filter((t) => t.status !== 'ok').length;
+  const tail = summary.ok
+    ? `all ${summary.targets.length} target(s) provisioned`
+    : `${failed} of ${summary.targets.length} target(s) not provisioned${summary.cancelled ? ' (interrupted)' : ''}`;
+  return `${table}\n${tail}`;
+}
+
+function kebab(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
