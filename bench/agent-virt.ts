@@ -22,14 +22,13 @@ import { createHash } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { median, reportHead, writeReport } from './lib/report.ts';
+import { median, reportHead, timeIt, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
+import { exampleStoreWith } from './lib/store.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
 const LIMITS = { min_ratio_to_curl_sha256sum: 1.5, vm_time_spread: 0.2, max_rss_mb: 150 };
 const GiB = 1024 ** 3;
 
@@ -94,8 +93,6 @@ async function addBlob(storeDir: string, file: string): Promise<string> {
 /** A copy of the example store whose tiny-linux has a sparse raw system disk of `size`. */
 async function storeWithSystemDisk(work: string, name: string, size: number): Promise<string> {
   const store = join(work, name);
-  await execa('cp', ['-r', join(ROOT, 'image-store'), store]);
-  await rm(join(store, '.blobs'), { recursive: true, force: true });
   const root = join(work, `${name}-root.raw`);
   const data = join(work, `${name}-data.raw`);
   await execa('truncate', ['-s', String(size), root]);
@@ -108,30 +105,10 @@ async function storeWithSystemDisk(work: string, name: string, size: number): Pr
     'status=none',
   ]);
   await execa('truncate', ['-s', '1M', data]);
-  for (const [id, use, file] of [
-    ['root', 'system', root],
-    ['data', 'data', data],
-  ] as const)
-    await execa(process.execPath, [
-      IMGCTL,
-      '--store',
-      store,
-      'disk',
-      'add',
-      'tiny-linux',
-      '--id',
-      id,
-      '--use',
-      use,
-      file,
-    ]);
-  return store;
-}
-
-async function timeIt(fn: () => Promise<unknown>): Promise<number> {
-  const start = performance.now();
-  await fn();
-  return (performance.now() - start) / 1000;
+  return exampleStoreWith(store, [
+    { id: 'root', use: 'system', file: root },
+    { id: 'data', use: 'data', file: data },
+  ]);
 }
 
 async function main(): Promise<number> {

@@ -22,6 +22,7 @@ import { execa } from 'execa';
 import { startSshd, type TestSshd } from '../test/helpers/sshd.ts';
 import { median, reportHead, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
+import { type BenchDisk, exampleStoreWith } from './lib/store.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
@@ -50,30 +51,16 @@ function parseArgs(argv: string[]): Args {
 
 /** A copy of the example store whose tiny-linux disks are small files (a dry run reads none). */
 async function makeStore(work: string): Promise<string> {
-  const store = join(work, 'store');
-  await execa('cp', ['-r', join(ROOT, 'image-store'), store]);
-  await rm(join(store, '.blobs'), { recursive: true, force: true });
+  const disks: BenchDisk[] = [];
   for (const [id, use] of [
     ['root', 'system'],
     ['data', 'data'],
   ] as const) {
     const file = join(work, `${id}.raw`);
     await execa('truncate', ['-s', '1M', file]);
-    await execa(process.execPath, [
-      IMGCTL,
-      '--store',
-      store,
-      'disk',
-      'add',
-      'tiny-linux',
-      '--id',
-      id,
-      '--use',
-      use,
-      file,
-    ]);
+    disks.push({ id, use, file });
   }
-  return store;
+  return exampleStoreWith(join(work, 'store'), disks);
 }
 
 async function main(): Promise<number> {

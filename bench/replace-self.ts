@@ -24,11 +24,10 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { writeRandomFile } from '../test/helpers/index.ts';
-import { median, reportHead, writeReport } from './lib/report.ts';
+import { median, reportHead, timeIt, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -85,12 +84,6 @@ async function addImage(
   ]);
   const { disk } = JSON.parse(added.stdout) as { disk: { sha256: string; format: string } };
   return disk;
-}
-
-async function timeIt(fn: () => Promise<unknown>): Promise<number> {
-  const start = performance.now();
-  await fn();
-  return (performance.now() - start) / 1000;
 }
 
 async function main(): Promise<number> {

@@ -12,27 +12,24 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse } from 'yaml';
 import {
-  copyExampleStore,
+  AGENT_BIN,
+  type AgentRig,
+  type AgentRun,
+  runAgent,
+  startAgentRig,
+} from './helpers/agent-rig.ts';
+import {
   execImgctl,
   makeTempDir,
-  REPO_ROOT,
   startServer,
   type TempDir,
   type TestServer,
   writeRandomFile,
 } from './helpers/index.ts';
-import { applianceReport, bootAppliance, buildAppliance } from './helpers/seed.ts';
+import { applianceReport, bootAppliance } from './helpers/seed.ts';
 
-const AGENT_BIN = join(REPO_ROOT, 'packages/agent/bin/imgagent.js');
 const MiB = 1024 * 1024;
-
-interface AgentRun {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
 
 async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -47,6 +44,7 @@ async function makeFile(path: string, size: number): Promise<string> {
 }
 
 describe('slow: imgagent --replace-self writes an image over a disk and makes it boot', () => {
+  let rig: AgentRig;
   let store: TempDir;
   let work: TempDir;
   let server: TestServer;
@@ -58,22 +56,17 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
 
   /** The real agent binary against a server, with this test's cache and log dirs. */
   function agent(args: string[], url = server.url): Promise<AgentRun> {
-    return execa(
-      process.execPath,
-      [
-        AGENT_BIN,
-        '--server',
-        url,
-        '--token-file',
-        tokenFile,
-        '--cache-dir',
-        join(work.dir, 'cache'),
-        '--log-dir',
-        join(work.dir, 'logs'),
-        ...args,
-      ],
-      { reject: false, env: { PATH: process.env.PATH, HOME: process.env.HOME, LANG: 'C' } },
-    ).then((r): AgentRun => ({ exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr }));
+    return runAgent([
+      '--server',
+      url,
+      '--token-file',
+      tokenFile,
+      '--cache-dir',
+      rig.paths.cache,
+      '--log-dir',
+      rig.paths.logs,
+      ...args,
+    ]);
   }
 
   async function attachLoop(file: string): Promise<string> {
@@ -98,26 +91,15 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
   }
 
   beforeAll(async () => {
-    store = await copyExampleStore();
-    const build = await buildAppliance(store.dir);
-    expect(build.exitCode, build.stderr).toBe(0);
-    const image = parse(
-      await readFile(join(store.dir, 'images/tiny-linux/image.yaml'), 'utf8'),
-    ) as { disks: Array<{ id: string; sha256: string }> };
-    rootSha = image.disks.find((d) => d.id === 'root')!.sha256;
-    work = await makeTempDir('imgagent-replace-');
-    tokenFile = join(work.dir, 'token');
-    await writeFile(tokenFile, `${'t0k3n'.repeat(8)}\n`, { mode: 0o600 });
-    server = await startServer({ storeDir: store.dir, args: ['--write-token-file', tokenFile] });
+    rig = await startAgentRig('imgagent-replace-');
+    ({ store, work, server, tokenFile, rootSha } = rig);
   }, 600_000);
 
   afterAll(async () => {
     for (const dir of mounts) await execa('umount', [dir], { reject: false });
     for (const loop of loops) await execa('losetup', ['-d', loop], { reject: false });
     for (const s of servers) await s.stop('SIGKILL');
-    await server?.stop();
-    await work?.cleanup();
-    await store?.cleanup();
+    await rig?.stop();
   });
 
   it('writes the appliance onto a raw file; qemu boots it with the hostname and instance-id of the system', async () => {
@@ -383,9 +365,9 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
       '--server',
       cutServer.url,
       '--cache-dir',
-      join(work.dir, 'cache'),
+      rig.paths.cache,
       '--log-dir',
-      join(work.dir, 'logs'),
+      rig.paths.logs,
       '--replace-self',
       '--image',
       'tiny-big',

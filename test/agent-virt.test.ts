@@ -9,32 +9,24 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { parse } from 'yaml';
+import { AGENT_BIN, type AgentRig, runAgent, startAgentRig } from './helpers/agent-rig.ts';
 import {
-  copyExampleStore,
   hashTree,
   makeTempDir,
-  REPO_ROOT,
   startServer,
   type TempDir,
   type TestServer,
 } from './helpers/index.ts';
 import { domainExists, makeBridge, removeDomain, startLibvirt, virsh } from './helpers/libvirt.ts';
-import { applianceReport, buildAppliance } from './helpers/seed.ts';
+import { waitForApplianceReport } from './helpers/seed.ts';
 
-const AGENT_BIN = join(REPO_ROOT, 'packages/agent/bin/imgagent.js');
 const BRIDGE = `imgbr${process.pid % 100000}`;
-
-interface AgentRun {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
 
 describe('slow: imgagent --virt from the server to a running, configured VM', () => {
   let store: TempDir;
   let work: TempDir;
   let server: TestServer;
+  let rig: AgentRig;
   let removeBridge: () => Promise<void>;
   let tokenFile: string;
   let rootSha: string;
@@ -42,83 +34,51 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
 
   /** The real agent binary against the test server, with this test's dirs and bridge. */
   function agent(args: string[], options: { server?: string; cache?: string } = {}) {
-    return execa(
-      process.execPath,
-      [
-        AGENT_BIN,
-        '--server',
-        options.server ?? server.url,
-        '--token-file',
-        tokenFile,
-        '--virt-type',
-        'qemu',
-        '--connect',
-        'qemu:///system',
-        '--virt-path',
-        paths.virt,
-        '--cache-dir',
-        options.cache ?? paths.cache,
-        '--log-dir',
-        paths.logs,
-        '--virt-bridge',
-        BRIDGE,
-        '--nogfx',
-        ...args,
-      ],
-      { reject: false, env: { PATH: process.env.PATH, HOME: process.env.HOME, LANG: 'C' } },
-    ).then((r): AgentRun => ({ exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr }));
+    return runAgent([
+      '--server',
+      options.server ?? server.url,
+      '--token-file',
+      tokenFile,
+      '--virt-type',
+      'qemu',
+      '--connect',
+      'qemu:///system',
+      '--virt-path',
+      paths.virt,
+      '--cache-dir',
+      options.cache ?? paths.cache,
+      '--log-dir',
+      paths.logs,
+      '--virt-bridge',
+      BRIDGE,
+      '--nogfx',
+      ...args,
+    ]);
   }
 
   /** Waits for the appliance's report line in a VM's serial log. */
-  async function serialReport(vm: string, timeoutMs = 240_000) {
-    const file = join(paths.virt, `${vm}.serial.log`);
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const text = await readFile(file, 'utf8').catch(() => '');
-      const report = applianceReport(text);
-      if (report) return report;
-      if (Date.now() > deadline)
-        throw new Error(`no report from ${vm} in ${timeoutMs} ms:\n${text}`);
-      await sleep(250);
-    }
+  function serialReport(vm: string) {
+    return waitForApplianceReport(join(paths.virt, `${vm}.serial.log`));
   }
 
   beforeAll(async () => {
     await startLibvirt();
-    store = await copyExampleStore();
-    const build = await buildAppliance(store.dir);
-    expect(build.exitCode, build.stderr).toBe(0);
-    const image = parse(
-      await readFile(join(store.dir, 'images/tiny-linux/image.yaml'), 'utf8'),
-    ) as { disks: Array<{ id: string; sha256: string }> };
-    rootSha = image.disks.find((d) => d.id === 'root')!.sha256;
+    rig = await startAgentRig('imgagent-virt-');
+    ({ store, work, server, tokenFile, rootSha } = rig);
+    Object.assign(paths, rig.paths);
     // A record asking for more memory than any test machine has.
     await writeFile(
       join(store.dir, 'images/tiny-linux/records/huge.yaml'),
       'apiVersion: imgctl/v1\nkind: ImageRecord\nname: huge\nimage: tiny-linux\nprovision:\n  memory: 64TiB\n',
     );
-    work = await makeTempDir('imgagent-virt-');
-    // qemu runs as libvirt-qemu: it must reach the disks through world-traversable dirs.
-    await chmod(work.dir, 0o755);
-    paths.virt = join(work.dir, 'vms');
-    paths.cache = join(work.dir, 'cache');
-    paths.logs = join(work.dir, 'logs');
-    tokenFile = join(work.dir, 'token');
-    await writeFile(tokenFile, `${'t0k3n'.repeat(8)}\n`, { mode: 0o600 });
-    server = await startServer({
-      storeDir: store.dir,
-      args: ['--write-token-file', tokenFile],
-    });
     removeBridge = await makeBridge(BRIDGE);
   }, 600_000);
 
   afterAll(async () => {
     for (const vm of ['tiny01', 'tiny02', 'tinymem', 'tinyfull', 'tinybad', 'tinykill'])
       await removeDomain(vm);
-    await server?.stop();
     await removeBridge?.();
-    await work?.cleanup();
-    await store?.cleanup();
+    await rig?.stop();
   });
 
   it('provisions tiny01: the VM boots with the hostname and instance-id of the plan and its data disk', async () => {

@@ -6,23 +6,21 @@
  * unreachable target is reported while the others carry on, and a target without a recent
  * enough Node.js is told exactly what is missing.
  */
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { type AgentRig, startAgentRig } from './helpers/agent-rig.ts';
 import {
-  copyExampleStore,
   execImgctl,
   IMGCTL_BIN,
-  makeTempDir,
   REPO_ROOT,
-  startServer,
   type TempDir,
   type TestServer,
 } from './helpers/index.ts';
 import { makeBridge, removeDomain, startLibvirt } from './helpers/libvirt.ts';
-import { buildAppliance, waitForApplianceReport } from './helpers/seed.ts';
+import { waitForApplianceReport } from './helpers/seed.ts';
 import { makeSshKey, startSshd, type TestSshd } from './helpers/sshd.ts';
 
 const BRIDGE = `imgpb${process.pid % 100000}`;
@@ -40,6 +38,7 @@ interface Summary {
 }
 
 describe('slow: imgctl provision over SSH', () => {
+  let rig: AgentRig;
   let store: TempDir;
   let work: TempDir;
   let server: TestServer;
@@ -86,18 +85,9 @@ describe('slow: imgctl provision over SSH', () => {
 
   beforeAll(async () => {
     await startLibvirt();
-    store = await copyExampleStore();
-    const build = await buildAppliance(store.dir);
-    expect(build.exitCode, build.stderr).toBe(0);
-    work = await makeTempDir('imgctl-provision-');
-    // qemu runs as libvirt-qemu: it must reach the disks through world-traversable dirs.
-    await chmod(work.dir, 0o755);
-    paths.virt = join(work.dir, 'vms');
-    paths.cache = join(work.dir, 'cache');
-    paths.logs = join(work.dir, 'logs');
-    tokenFile = join(work.dir, 'token');
-    await writeFile(tokenFile, `${'pr0v1s10n'.repeat(4)}\n`, { mode: 0o600 });
-    server = await startServer({ storeDir: store.dir, args: ['--write-token-file', tokenFile] });
+    rig = await startAgentRig('imgctl-provision-');
+    ({ store, work, server, tokenFile } = rig);
+    Object.assign(paths, rig.paths);
     removeBridge = await makeBridge(BRIDGE);
     // The agent bundle, built once: the sources may change under a running test (imgctl
     // provision from a checkout rebuilds it when they do).
@@ -117,10 +107,8 @@ describe('slow: imgctl provision over SSH', () => {
   afterAll(async () => {
     for (const vm of ['tiny01', 'tinyssh']) await removeDomain(vm);
     await sshd?.stop();
-    await server?.stop();
     await removeBridge?.();
-    await work?.cleanup();
-    await store?.cleanup();
+    await rig?.stop();
   });
 
   it('provisions tiny01 through the agent over SSH: the appliance boots with its hostname', async () => {

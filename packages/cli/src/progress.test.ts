@@ -38,10 +38,10 @@ describe('progress', () => {
     expect(lines.slice(0, 3)).toEqual([
       'build: adding disk root',
       'build: from build.sh',
-      'build: adding disk root: 12% (12.0 MiB of 100.0 MiB)',
+      'build: adding disk root: 12% (12MiB of 100MiB)',
     ]);
     expect(lines).toHaveLength(2 + 10); // one line per 10% step crossed, not per chunk
-    expect(lines.at(-1)).toBe('build: adding disk root: 100% (100.0 MiB of 100.0 MiB)');
+    expect(lines.at(-1)).toBe('build: adding disk root: 100% (100MiB of 100MiB)');
     expect(output()).not.toContain('\u001b'); // no terminal control codes in a log
   });
 
@@ -73,7 +73,7 @@ describe('progress', () => {
     progress.step('adding disk data');
     await progress.end(new Error('broken'));
     const text = output();
-    expect(text).toContain('✔ adding disk root: 50% (512.0 MiB of 1.0 GiB)');
+    expect(text).toContain('✔ adding disk root: 50% (512MiB of 1.0GiB)');
     expect(text).toContain('last line of the step');
     expect(text).toContain('✖ adding disk data');
   });

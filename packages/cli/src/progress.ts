@@ -5,6 +5,7 @@
  */
 import type { DefaultRenderer } from 'listr2';
 import { Listr, ListrLogger, type ListrTaskWrapper, ProcessOutput } from 'listr2';
+import { humanSize } from '@imgctl/core/sizes';
 import type { Context } from './command.ts';
 import type { Io, Writer } from './io.ts';
 
@@ -160,19 +161,8 @@ function listrProgress(stderr: Writer, options: ProgressOptions): Progress {
 
 function describeBytes(done: number, total: number): string {
   return Number.isFinite(total) && total > 0
-    ? `${Math.floor((done / total) * 100)}% (${human(done)} of ${human(total)})`
-    : human(done);
-}
-
-export function human(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+    ? `${Math.floor((done / total) * 100)}% (${humanSize(done)} of ${humanSize(total)})`
+    : humanSize(done);
 }
 
 /** Runs `work` with a progress reporter (see createProgress) and ends it however work ends. */

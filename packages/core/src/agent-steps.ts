@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { Client, DownloadProgress } from './client.ts';
 import { type ErrorCode, ImgctlError, isImgctlError } from './errors.ts';
 import type { Phase } from './events.ts';
+import { humanSize } from './sizes.ts';
 import type { PlanDisk, PlanDoc } from './types.ts';
 
 export interface RunOptions {
@@ -227,6 +228,14 @@ export function eventSender(deps: Pick<StepDeps, 'client' | 'log'>, plan: PlanDo
         );
       }
     },
+    /** Reports `failure` (the user-facing form of `error`, if any) and returns what to throw. */
+    async failed(error: unknown, failure: ImgctlError | undefined): Promise<unknown> {
+      await this.send('failed', {
+        code: failure?.code ?? 'FAILED',
+        message: (failure?.message ?? `internal error: ${String(error)}`).slice(0, 4096),
+      });
+      return failure ?? error;
+    },
   };
 }
 
@@ -307,18 +316,6 @@ export function lastLine(text: string | undefined): string {
     .slice(-2)
     .join(' ')
     .slice(0, 500);
-}
-
-/** 1.5GiB, 12.0MiB, 300KiB: rounded, for progress and messages. */
-export function humanSize(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${bytes}B` : `${value.toFixed(value < 10 ? 1 : 0)}${units[unit]}`;
 }
 
 /** The first 12 hex digits of a sha256, for messages. */

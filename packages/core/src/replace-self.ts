@@ -12,7 +12,6 @@ import {
   asImgctlError,
   assertPullable,
   eventSender,
-  humanSize,
   passwordHashes,
   progressLogger,
   publicParameters,
@@ -32,7 +31,7 @@ import {
 import { ImgctlError } from './errors.ts';
 import { assertName } from './names.ts';
 import { renderSeed } from './seed.ts';
-import { formatSize } from './sizes.ts';
+import { formatSize, humanSize } from './sizes.ts';
 import {
   checkTarget,
   describeContent,
@@ -128,13 +127,8 @@ export async function replaceSelf(
   deps: ReplaceSelfDeps,
 ): Promise<ReplaceSelfResult> {
   const { runner, client } = deps;
-  const { plan } = await client.getPlan({
-    image: options.image,
-    record: options.record,
-    system: options.system,
-    vmName: options.vmName,
-    sets: options.sets,
-  });
+  // getPlan reads only the PlanQuery fields of the options
+  const { plan } = await client.getPlan(options);
   const vm = assertName('system', plan.vm_name);
   const targetPath = options.targetDisk ?? plan.target_disk;
   if (targetPath === undefined)
@@ -264,11 +258,7 @@ export async function replaceSelf(
     return result;
   } catch (error) {
     const failure = asImgctlError(error, spaceHint);
-    await events.send('failed', {
-      code: failure?.code ?? 'FAILED',
-      message: (failure?.message ?? `internal error: ${String(error)}`).slice(0, 4096),
-    });
-    throw failure ?? error;
+    throw await events.failed(error, failure);
   } finally {
     if (work) await rm(work, { recursive: true, force: true });
   }

@@ -42,3 +42,15 @@ export function formatSize(bytes: number): string {
   }
   return String(bytes);
 }
+
+/** 1.5GiB, 12MiB, 300KiB: rounded, for progress and messages. */
+export function humanSize(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${bytes}B` : `${value.toFixed(value < 10 ? 1 : 0)}${units[unit]}`;
+}

@@ -35,7 +35,7 @@ export const DEFAULT_VIRT_PATH = '/var/lib/libvirt/images';
 export const DEFAULT_LOG_DIR = '/var/log/imgctl';
 export const DEFAULT_CONNECT = 'qemu:///system';
 
-export { humanSize, type ProcessRunner, type RunOptions, renderConfig } from './agent-steps.ts';
+export { type ProcessRunner, type RunOptions, renderConfig } from './agent-steps.ts';
 
 export type VirtClient = Pick<
   Client,
@@ -115,13 +115,8 @@ const SEED_BYTES = 1024 * 1024;
 /** The whole --virt flow. Throws ImgctlError with the code of design.md §4 on failure. */
 export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promise<VirtResult> {
   const { runner, client } = deps;
-  const { plan } = await client.getPlan({
-    image: options.image,
-    record: options.record,
-    system: options.system,
-    vmName: options.vmName,
-    sets: options.sets,
-  });
+  // getPlan reads only the PlanQuery fields of the options
+  const { plan } = await client.getPlan(options);
   const vm = assertName('VM', plan.vm_name);
   const layout = planLayout(plan, options);
   const cache = openBlobCache(options.cacheDir);
@@ -321,11 +316,7 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
         `kept (--keep-on-failure): ${[...(defined ? [`domain ${vm}`] : []), ...created].join(', ')}`,
       );
     }
-    await events.send('failed', {
-      code: failure?.code ?? 'FAILED',
-      message: (failure?.message ?? `internal error: ${String(error)}`).slice(0, 4096),
-    });
-    throw failure ?? error;
+    throw await events.failed(error, failure);
   } finally {
     if (work) await rm(work, { recursive: true, force: true });
   }
