@@ -6,6 +6,10 @@
  *
  * Limit: the 20-target run (default --parallel 10) takes under 3× the one-target run (medians
  * of --repeat runs, default 3). Reported, no limit: the same with --parallel 20.
+ * Also reported: the whole machine's CPU seconds of each run (/proc/stat, every process: sshd,
+ * the agents, libvirtd, the server, imgctl) and how close the 20-target run comes to the floor
+ * that CPU sets on this machine (CPU seconds / cores). Here every target is this machine, so
+ * 20 targets' work shares its cores; on a real fleet each target brings its own.
  * Needs root (sshd, libvirt, a bridge).
  *
  * Writes bench/results/provision-fanout.json, prints a summary, exits 1 when the limit is missed.
@@ -13,8 +17,8 @@
  *   node --import tsx bench/provision-fanout.ts [--repeat N] [--targets N] [--out FILE]
  */
 import type { ChildProcess } from 'node:child_process';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -63,6 +67,13 @@ async function makeStore(work: string): Promise<string> {
   return exampleStoreWith(join(work, 'store'), disks);
 }
 
+/** CPU seconds the whole machine has spent so far (user, nice, system, irq, softirq). */
+async function machineCpuSeconds(): Promise<number> {
+  const fields = (await readFile('/proc/stat', 'utf8')).split('\n')[0]!.trim().split(/\s+/);
+  const ticks = [1, 2, 3, 6, 7].reduce((sum, i) => sum + Number(fields[i]), 0);
+  return ticks / 100; // USER_HZ
+}
+
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) {
@@ -98,6 +109,7 @@ async function main(): Promise<number> {
     await writeFile(knownHosts, sshds.map((s) => `${s.knownHostsLine}\n`).join(''));
 
     const provision = async (targets: string[], extra: string[] = []) => {
+      const cpuStart = await machineCpuSeconds();
       const start = performance.now();
       const run = await execa(
         process.execPath,
@@ -134,6 +146,7 @@ async function main(): Promise<number> {
         },
       );
       const seconds = (performance.now() - start) / 1000;
+      const cpu = (await machineCpuSeconds()) - cpuStart;
       const summary = JSON.parse(run.stdout) as {
         ok: boolean;
         targets: Array<{ status: string; seconds: number; error?: { message: string } }>;
@@ -142,7 +155,7 @@ async function main(): Promise<number> {
         throw new Error(
           `provision failed: ${summary.targets.map((t) => t.error?.message).join('; ')}`,
         );
-      return { seconds, perTarget: summary.targets.map((t) => t.seconds) };
+      return { seconds, cpu, perTarget: summary.targets.map((t) => t.seconds) };
     };
 
     // Warm-up: the agent is copied to ~/.cache/imgctl once; later runs find it up to date.
@@ -153,11 +166,15 @@ async function main(): Promise<number> {
       many: [],
       many_parallel_all: [],
     };
+    const cpu: Record<'one' | 'many', number[]> = { one: [], many: [] };
     const perTarget: number[][] = [];
     for (let i = 0; i < args.repeat; i++) {
-      runs.one.push((await provision([first.target])).seconds);
+      const one = await provision([first.target]);
+      runs.one.push(one.seconds);
+      cpu.one.push(one.cpu);
       const many = await provision(all);
       runs.many.push(many.seconds);
+      cpu.many.push(many.cpu);
       perTarget.push(many.perTarget);
       runs.many_parallel_all.push(
         (await provision(all, ['--parallel', String(args.targets)])).seconds,
@@ -181,6 +198,10 @@ async function main(): Promise<number> {
         many_parallel_all: median(runs.many_parallel_all),
       },
       ratio_many_to_one: ratio,
+      machine_cpu_s: cpu,
+      cores: cpus().length,
+      /** wall time of the 20-target run over the least this machine's cores allow for its CPU */
+      ratio_many_to_cpu_floor: median(runs.many) / (median(cpu.many) / cpus().length),
       ratio_many_parallel_all_to_one: median(runs.many_parallel_all) / median(runs.one),
       per_target_seconds_of_many: perTarget,
       failures,
@@ -188,7 +209,7 @@ async function main(): Promise<number> {
     };
     await writeReport(args.out, report);
     process.stdout.write(
-      `${JSON.stringify({ median_s: report.median_s, ratio_many_to_one: ratio, ratio_many_parallel_all_to_one: report.ratio_many_parallel_all_to_one, failures }, null, 2)}\n`,
+      `${JSON.stringify({ median_s: report.median_s, ratio_many_to_one: ratio, ratio_many_parallel_all_to_one: report.ratio_many_parallel_all_to_one, machine_cpu_s: cpu, ratio_many_to_cpu_floor: report.ratio_many_to_cpu_floor, failures }, null, 2)}\n`,
     );
     return failures.length === 0 ? 0 : 1;
   } finally {
