@@ -251,6 +251,68 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
     expect(status[0]).toMatchObject({ state: 'failed', error: { code: 'INTEGRITY' } });
   });
 
+  it('on SIGTERM mid-download stops, removes what it made and reports the failure', async () => {
+    onTestFinished(() => removeDomain('tinyterm'));
+    const cache = join(work.dir, 'cache-term');
+    const partial = join(cache, 'sha256', rootSha.slice(0, 2), `${rootSha}.partial`);
+    const child: ChildProcess = spawn(
+      process.execPath,
+      [
+        AGENT_BIN,
+        '--server',
+        server.url,
+        '--token-file',
+        tokenFile,
+        '--virt',
+        '--image',
+        'tiny-linux',
+        '--virt-name',
+        'tinyterm',
+        '--virt-type',
+        'qemu',
+        '--virt-path',
+        paths.virt,
+        '--cache-dir',
+        cache,
+        '--log-dir',
+        paths.logs,
+        '--virt-bridge',
+        BRIDGE,
+        '--no-start',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    const exited = new Promise<number | null>((resolve) =>
+      child.once('exit', (code) => resolve(code)),
+    );
+    let signalled = false;
+    while (child.exitCode === null) {
+      if (((await stat(partial).catch(() => undefined))?.size ?? 0) > 0) {
+        child.kill('SIGTERM');
+        signalled = true;
+        break;
+      }
+      await sleep(2);
+    }
+    const code = await exited;
+    expect(signalled, 'SIGTERM was sent while the blob was arriving').toBe(true);
+    expect(code, stderr).toBe(1);
+    expect(stderr).toContain('imgagent: SIGTERM: stopping and removing what this run made');
+    expect(stderr).toMatch(/error\[FAILED\]: interrupted by SIGTERM/);
+    expect(await domainExists('tinyterm')).toBe(false);
+    const left = await readdir(paths.virt).catch(() => []);
+    expect(left.filter((f) => f.startsWith('tinyterm'))).toEqual([]);
+    const status = (await (
+      await fetch(`${server.url}/v1/status?system=tinyterm`)
+    ).json()) as Array<{ state: string; error: { message: string } }>;
+    expect(status[0]).toMatchObject({
+      state: 'failed',
+      error: { message: 'interrupted by SIGTERM' },
+    });
+  });
+
   it('completes after being SIGKILLed mid-download', async () => {
     onTestFinished(() => removeDomain('tinykill'));
     const cache = join(work.dir, 'cache-kill');

@@ -1,11 +1,35 @@
+import { ImgctlError } from '@imgctl/core/errors';
 import { main } from './main.ts';
 
-/** The only place that exits the process. */
+/**
+ * The only place that exits the process. The first SIGINT or SIGTERM interrupts the run, which
+ * stops and removes what it made (as after any failure); a second one exits at once.
+ */
 export async function runBin(): Promise<void> {
-  process.exitCode = await main(process.argv.slice(2), {
-    stdout: process.stdout,
-    stderr: process.stderr,
-    env: process.env,
-    cwd: process.cwd(),
-  });
+  const controller = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(signal === 'SIGINT' ? 130 : 143);
+    process.stderr.write(
+      `imgagent: ${signal}: stopping and removing what this run made (again to exit at once)\n`,
+    );
+    controller.abort(
+      new ImgctlError('FAILED', `interrupted by ${signal}`, {
+        hint: 'run the same command again: disks already in the cache are not pulled again',
+      }),
+    );
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    process.exitCode = await main(process.argv.slice(2), {
+      stdout: process.stdout,
+      stderr: process.stderr,
+      env: process.env,
+      cwd: process.cwd(),
+      signal: controller.signal,
+    });
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
 }

@@ -29,6 +29,8 @@ export interface AgentIo {
   env?: Record<string, string | undefined>;
   /** default process.cwd() */
   cwd?: string;
+  /** aborted when the run is interrupted: --virt and --replace-self stop and clean up */
+  signal?: AbortSignal;
 }
 
 const VERSION = '0.1.0';
@@ -262,6 +264,7 @@ async function run(
     now: () => Date.now(),
     randomHex: (bytes: number) => randomBytes(bytes).toString('hex'),
     log,
+    signal: io.signal,
     tmpDir: tmpdir(),
     scriptEnv: {
       PATH: env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',

@@ -36,6 +36,11 @@ export interface StepDeps {
   log(line: string): void;
   /** the environment provisioning scripts start from (PATH, HOME, LANG) */
   scriptEnv: Record<string, string>;
+  /**
+   * aborted when the run is interrupted (SIGINT, SIGTERM): downloads stop at once, other steps
+   * at the next phase or script, and the flow cleans up as after any failure
+   */
+  signal?: AbortSignal;
 }
 
 const PROGRESS_EVERY_MS = 2000;
@@ -176,6 +181,7 @@ export async function runProvisioning(
     `${new Date(deps.now()).toISOString()} imgagent: provisioning ${plan.vm_name} from ${image}@${plan.image.revision}\n`,
   );
   for (const { name, file } of scripts) {
+    deps.signal?.throwIfAborted();
     deps.log(`running ${name} (log: ${logFile})`);
     try {
       const out = await deps.runner.run('sh', [file], { env, cwd: work });
@@ -205,11 +211,17 @@ async function imageDefaults(
 }
 
 /** Events are best effort: a server that refuses them (read-only) does not stop provisioning. */
-export function eventSender(deps: Pick<StepDeps, 'client' | 'log'>, plan: PlanDoc, vm: string) {
+export function eventSender(
+  deps: Pick<StepDeps, 'client' | 'log' | 'signal'>,
+  plan: PlanDoc,
+  vm: string,
+) {
   let disabled = false;
   let started = false;
   return {
+    /** Reports reaching `phase`; an interrupted run stops here instead (all but 'failed'). */
     async send(phase: Phase, extra: { code?: ErrorCode; message?: string } = {}) {
+      if (phase !== 'failed') deps.signal?.throwIfAborted();
       if (disabled || (phase === 'failed' && !started)) return;
       if (phase === 'started') started = true;
       try {

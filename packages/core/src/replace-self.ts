@@ -203,6 +203,7 @@ export async function replaceSelf(
     await events.send('started');
     for (const d of disks) {
       if (d.target === undefined) continue;
+      deps.signal?.throwIfAborted();
       const info = inspected.get(d.id)!;
       const disk = plan.disks.find((p) => p.id === d.id)!;
       await writeDisk(d, disk, info, options, deps);
@@ -341,6 +342,7 @@ async function writeDisk(
         `writing disk ${d.id} sha256:${short(hex)} (${humanSize(disk.image_size)}) onto ${where}${writer.skipsZeros ? ', skipping zero blocks' : ''}`,
       );
       const streamed = await deps.client.streamBlob(hex, writer, {
+        signal: deps.signal,
         onProgress: progressLogger(deps, disk, 'writing'),
       });
       if (streamed.size !== disk.image_size)
@@ -360,6 +362,7 @@ async function writeDisk(
     } else {
       const cache = openBlobCache(options.cacheDir);
       const pulled = await cache.ensure(hex, deps.client, {
+        signal: deps.signal,
         onProgress: progressLogger(deps, disk),
         onWait: (pid) =>
           deps.log(`waiting for agent ${pid}, which is pulling sha256:${short(hex)}`),

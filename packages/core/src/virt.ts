@@ -56,6 +56,8 @@ export interface VirtDeps {
   tmpDir: string;
   /** the environment provisioning scripts start from (PATH, HOME, LANG) */
   scriptEnv: Record<string, string>;
+  /** see StepDeps.signal */
+  signal?: AbortSignal;
 }
 
 export interface VirtOptions extends PlanQuery {
@@ -223,6 +225,7 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
       refs.push([disk.sha256, vmDisk.path]);
       if (result.blobs.some((b) => b.sha256 === disk.sha256)) continue;
       const pulled = await cache.ensure(disk.sha256, client, {
+        signal: deps.signal,
         onProgress: progressLogger(deps, disk),
         onWait: (pid) =>
           deps.log(`waiting for agent ${pid}, which is pulling sha256:${short(disk.sha256!)}`),
@@ -246,6 +249,7 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
     // Per-VM disks, each made under a temporary name and renamed into place.
     await mkdir(options.virtPath, { recursive: true, mode: 0o755 });
     for (const disk of disks) {
+      deps.signal?.throwIfAborted();
       const tmp = `${disk.path}.tmp-${deps.randomHex(4)}`;
       created.push(tmp);
       await makeDisk(
