@@ -147,6 +147,32 @@ describe('inspectTarget: in use by this machine', () => {
     );
   });
 
+  it('sees a btrfs mount and root by their source device (mountinfo says 0:N)', async () => {
+    const btrfs = (mountPoint: string, source: string) =>
+      `40 1 0:45 / ${mountPoint} rw,relatime shared:1 - btrfs ${source} rw,subvol=/@\n`;
+    const host = await fakeHost(btrfs('/', '/dev/sdz2') + btrfs('/home', '/dev/sdz2'));
+    expect((await inspectTarget('/dev/sdz', host)).inUse).toEqual([
+      '/dev/sdz2 is mounted at / (/dev/sdz2)',
+      '/dev/sdz2 is mounted at /home (/dev/sdz2)',
+      'it carries the running root filesystem (/ is /dev/sdz2)',
+    ]);
+  });
+
+  it('refuses a target without a sysfs entry: nothing tells whether it is in use', async () => {
+    const host = await fakeHost(line('254:16', '/', '/dev/vdq'));
+    const tables = { ...host.tables, sysfs: join(dir, 'nosys') };
+    await expect(inspectTarget('/dev/sdz', { ...host, tables })).rejects.toThrowError(
+      /cannot tell whether target disk \/dev\/sdz is in use/,
+    );
+  });
+
+  it('refuses every disk while the root device cannot be resolved', async () => {
+    const host = await fakeHost('40 1 0:45 / / rw - btrfs /dev/nvme9n1p2 rw\n');
+    expect((await inspectTarget('/dev/sdz', host)).inUse).toEqual([
+      'cannot tell which disk carries the running root filesystem (/ is /dev/nvme9n1p2)',
+    ]);
+  });
+
   it('a missing target is NOT_FOUND, never created', async () => {
     const host = await fakeHost('');
     await expect(inspectTarget('/dev/sdx', host)).rejects.toMatchObject({ code: 'NOT_FOUND' });

@@ -101,15 +101,22 @@ export async function inspectTarget(path: string, deps: InspectDeps): Promise<Ta
     );
     const devno = devNumber(st.rdev);
     const dir = await sysfsDir(tables, devno);
+    // Without sysfs nothing tells whether the device, or a partition of it, is in use.
+    if (dir === undefined)
+      throw new ImgctlError(
+        'CONFLICT',
+        `cannot tell whether target disk ${path} is in use: ${join(tables.sysfs, 'dev/block', devno)} does not exist`,
+        { hint: 'nothing was written; mount sysfs (mount -t sysfs sysfs /sys) and run again' },
+      );
     info = {
       path,
       realPath,
       kind: 'block',
       size: Number(stdout.trim()),
       devno,
-      device: dir ? basename(dir) : basename(realPath),
+      device: basename(dir),
       partitions: [],
-      inUse: dir ? await blockDeviceUse(dir, tables, fs) : [],
+      inUse: await blockDeviceUse(dir, tables, fs),
     };
   } else if (st.isFile()) {
     info = {
@@ -280,15 +287,27 @@ async function blockDeviceUse(dir: string, tables: HostTables, fs: TargetFs): Pr
   const family = await deviceFamily(dir);
   const byDevno = new Map(family.map((m) => [m.devno, m]));
   const mounts = parseMountinfo((await readText(tables.mountinfo)) ?? '');
+  // btrfs (and others) report an anonymous 0:N in mountinfo: their source device tells.
+  const sourceDevno = async (mount: Mount) => {
+    if (!mount.source.startsWith('/dev/')) return undefined;
+    const st = await fs.stat(mount.source).catch(() => undefined);
+    return st?.isBlockDevice() ? devNumber(st.rdev) : undefined;
+  };
   for (const mount of mounts) {
-    const member = byDevno.get(mount.devno);
+    const member = byDevno.get(mount.devno) ?? byDevno.get((await sourceDevno(mount)) ?? 'none');
     if (member)
       reasons.push(`/dev/${member.name} is mounted at ${mount.mountPoint} (${mount.source})`);
   }
   const root = mounts.filter((m) => m.mountPoint === '/').at(-1);
   if (root) {
-    const rootDir = await sysfsDir(tables, root.devno);
-    if (rootDir && (await underlyingDisks(rootDir)).has(dir))
+    let rootDir = await sysfsDir(tables, root.devno);
+    const rootSource = rootDir === undefined ? await sourceDevno(root) : undefined;
+    if (rootSource !== undefined) rootDir = await sysfsDir(tables, rootSource);
+    if (rootDir === undefined && root.source.startsWith('/dev/'))
+      reasons.push(
+        `cannot tell which disk carries the running root filesystem (/ is ${root.source})`,
+      );
+    else if (rootDir && (await underlyingDisks(rootDir)).has(dir))
       reasons.push(`it carries the running root filesystem (/ is ${root.source})`);
   }
   for (const area of parseSwaps((await readText(tables.swaps)) ?? '')) {
