@@ -323,6 +323,34 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     expect(status[0]!.phases.map((p) => p.phase)).not.toContain('done');
   });
 
+  it('a provisioning script failing after the write: exit 1, the disk made unbootable again', async () => {
+    const copy = await execImgctl([
+      '--store',
+      store.dir,
+      'image',
+      'copy',
+      'tiny-linux',
+      'tiny-fail',
+    ]);
+    expect(copy.exitCode, copy.stderr).toBe(0);
+    await writeFile(
+      join(store.dir, 'images/tiny-fail/provision.sh'),
+      '#!/bin/sh\necho "failing on purpose" >&2\nexit 3\n',
+    );
+    const target = await makeFile(join(work.dir, 'fail-target.raw'), 80 * MiB);
+    const run = await agent(['--replace-self', '--image', 'tiny-fail', '--target-disk', target]);
+    expect(run.exitCode, run.stderr).toBe(1);
+    expect(run.stderr).toMatch(/provision\.sh/);
+    expect(run.stderr).toMatch(
+      /the system disk was written but not configured: its first MiB was zeroed again/,
+    );
+    const head = Buffer.alloc(MiB);
+    const handle = await open(target, 'r');
+    await handle.read(head, 0, MiB, 0);
+    await handle.close();
+    expect(head.equals(Buffer.alloc(MiB)), 'the first MiB is zeros').toBe(true);
+  });
+
   it('the server killed mid-write: exit 1 saying the disk is incomplete; a rerun completes and verifies', async () => {
     // A bigger system disk, so the write takes long enough to be cut: the appliance's disk
     // followed by random filler, in an image of its own.

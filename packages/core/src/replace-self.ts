@@ -35,6 +35,7 @@ import { formatSize, humanSize } from './sizes.ts';
 import {
   checkTarget,
   describeContent,
+  eraseHead,
   type HostTables,
   inspectTarget,
   openTargetWriter,
@@ -199,6 +200,9 @@ export async function replaceSelf(
   const events = eventSender(deps, plan, vm);
   const spaceHint = 'the target disk is full: choose a larger one';
   let work: string | undefined;
+  // Set once the system disk is written, until it is configured: a failure in between makes it
+  // unbootable again, so it never boots the image without its configuration.
+  let unconfigured = false;
   try {
     await events.send('started');
     for (const d of disks) {
@@ -207,6 +211,7 @@ export async function replaceSelf(
       const info = inspected.get(d.id)!;
       const disk = plan.disks.find((p) => p.id === d.id)!;
       await writeDisk(d, disk, info, options, deps);
+      if (d === disks[0]) unconfigured = true;
     }
     await events.send('disks-ready');
 
@@ -235,6 +240,7 @@ export async function replaceSelf(
       deps,
     );
     await events.send('configured');
+    unconfigured = false;
 
     result.boot.message = nextBootNotice(plan, systemTarget, options.boot);
     if (options.boot === 'kexec') {
@@ -259,6 +265,14 @@ export async function replaceSelf(
     return result;
   } catch (error) {
     const failure = asImgctlError(error, spaceHint);
+    if (unconfigured) {
+      const erased = await eraseHead(systemTarget.realPath, systemTarget.size).then(
+        () => `its first MiB was zeroed again, so ${targetPath} does not boot half-configured`,
+        (e: unknown) =>
+          `zeroing its first MiB again failed (${(e as Error).message}): ${targetPath} may boot without its configuration`,
+      );
+      failure?.details.push(`the system disk was written but not configured: ${erased}`);
+    }
     throw await events.failed(error, failure);
   } finally {
     if (work) await rm(work, { recursive: true, force: true });

@@ -541,6 +541,17 @@ export async function openTargetWriter(
   };
 }
 
+/** Zeroes the first MiB (partition table, boot code) of a target and syncs it: it no longer boots. */
+export async function eraseHead(path: string, size: number): Promise<void> {
+  const handle = await open(path, 'r+');
+  try {
+    await writeAt(handle, Buffer.alloc(Math.min(HEAD_BYTES, size)), 0);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 function isZero(data: Buffer, start: number, end: number): boolean {
   return end - start === ZERO_BLOCK
     ? data.subarray(start, end).equals(ZEROS)
