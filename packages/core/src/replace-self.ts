@@ -33,6 +33,7 @@ import { assertName } from './names.ts';
 import { renderSeed } from './seed.ts';
 import { formatSize, humanSize } from './sizes.ts';
 import {
+  checkSeparate,
   checkTarget,
   describeContent,
   eraseHead,
@@ -150,9 +151,7 @@ export async function replaceSelf(
   for (const d of disks) {
     if (d.target === undefined) continue;
     const info = await inspectTarget(d.target, { runner, tables: deps.tables, fs: deps.fs });
-    for (const [id, other] of inspected)
-      if (other.realPath === info.realPath)
-        throw new ImgctlError('USAGE', `disks '${id}' and '${d.id}' both go to ${info.realPath}`);
+    for (const [id, other] of inspected) checkSeparate([id, other], [d.id, info]);
     inspected.set(d.id, info);
     const system = d.use === 'system';
     checkTarget(info, {

@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ProcessRunner } from './agent-steps.ts';
 import { ImgctlError } from './errors.ts';
 import {
+  checkSeparate,
   checkTarget,
   devNumber,
   HEAD_BYTES,
@@ -129,9 +130,19 @@ describe('inspectTarget: in use by this machine', () => {
     ]);
   });
 
-  it('accepts a disk nothing of this machine uses', async () => {
+  it('accepts a disk nothing of this machine uses; two disks never go into one another', async () => {
     const host = await fakeHost(line('254:16', '/', '/dev/vdq'));
-    expect((await inspectTarget('/dev/sdz', host)).inUse).toEqual([]);
+    const sdz = await inspectTarget('/dev/sdz', host);
+    const sdz1 = await inspectTarget('/dev/sdz1', host);
+    const sdz2 = await inspectTarget('/dev/sdz2', host);
+    expect(sdz).toMatchObject({ inUse: [], wholeDisk: 'sdz' });
+    expect(sdz1).toMatchObject({ device: 'sdz1', wholeDisk: 'sdz' });
+    expect(() => checkSeparate(['root', sdz], ['data', sdz2])).toThrowError(
+      /disks 'root' and 'data' overlap: \/dev\/sdz2 is a partition of \/dev\/sdz/,
+    );
+    expect(() => checkSeparate(['root', sdz2], ['data', sdz])).toThrowError(/overlap/);
+    expect(() => checkSeparate(['root', sdz], ['data', sdz])).toThrowError(/both go to/);
+    expect(() => checkSeparate(['a', sdz1], ['b', sdz2])).not.toThrow();
   });
 
   it('refuses a root on a device-mapper volume whose slave is a partition of the target', async () => {

@@ -48,6 +48,8 @@ export interface TargetInfo {
   /** the kernel's name and major:minor of a block device (loop3, 7:3) */
   device?: string;
   devno?: string;
+  /** the kernel's name of the whole disk a block device is (itself) or is a partition of */
+  wholeDisk?: string;
   /** `dos` or `gpt`, when the target holds a partition table */
   partitionTable?: string;
   partitions: TargetPartition[];
@@ -115,6 +117,9 @@ export async function inspectTarget(path: string, deps: InspectDeps): Promise<Ta
       size: Number(stdout.trim()),
       devno,
       device: basename(dir),
+      wholeDisk: basename(
+        (await readText(join(dir, 'partition'))) === undefined ? dir : dirname(dir),
+      ),
       partitions: [],
       inUse: await blockDeviceUse(dir, tables, fs),
     };
@@ -170,6 +175,22 @@ export function checkTarget(info: TargetInfo, req: TargetRequirements): void {
       hint: "nothing was written; give --force to overwrite it, or name it as the system's target_disk",
     });
   }
+}
+
+/** Throws USAGE when two disks of the image would go to the same target, or one into the other. */
+export function checkSeparate(
+  [idA, a]: [string, TargetInfo],
+  [idB, b]: [string, TargetInfo],
+): void {
+  if (a.realPath === b.realPath)
+    throw new ImgctlError('USAGE', `disks '${idA}' and '${idB}' both go to ${a.realPath}`);
+  const [whole, part] = a.device === b.wholeDisk ? [a, b] : [b, a];
+  if (whole.device !== undefined && whole.device === part.wholeDisk)
+    throw new ImgctlError(
+      'USAGE',
+      `disks '${idA}' and '${idB}' overlap: ${part.realPath} is a partition of ${whole.realPath}`,
+      { hint: 'give each disk of the image a device of its own' },
+    );
 }
 
 /** What a person would want to know is on the target before it is overwritten. */
