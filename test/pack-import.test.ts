@@ -139,6 +139,14 @@ describe('pack and import', () => {
     const archive = join(dir, 'web.tar.gz');
     await cli(['pack', 'web', '-o', archive], store);
     const server = createServer((req, res) => {
+      if (req.url === '/cut.tar.gz') {
+        // the whole archive announced, half of it sent, then the connection dropped
+        void readFile(archive).then((bytes) => {
+          res.writeHead(200, { 'content-length': bytes.length });
+          res.write(bytes.subarray(0, bytes.length >> 1), () => res.destroy());
+        });
+        return;
+      }
       if (req.url !== '/web.tar.gz') {
         res.writeHead(404).end();
         return;
@@ -167,6 +175,18 @@ describe('pack and import', () => {
         other,
       ]);
       expect(missing.exitCode).toBe(4);
+      const before = await hashTree(other);
+      const cut = await execImgctl([
+        'import',
+        `http://127.0.0.1:${port}/cut.tar.gz`,
+        '--store',
+        other,
+        '--as',
+        'webcut',
+      ]);
+      expect(cut.exitCode, cut.stderr).toBe(1);
+      expect(cut.stderr).toMatch(/error\[FAILED\]: the download of .*cut\.tar\.gz broke off/);
+      expect(await hashTree(other)).toBe(before);
       const ftp = await execImgctl(['import', 'ftp://127.0.0.1/x.tar', '--store', other]);
       expect(ftp.exitCode).toBe(2);
     } finally {

@@ -228,7 +228,20 @@ async function openSource(source: string, options: ImportOptions): Promise<Sourc
         `fetching ${url.href} failed: HTTP ${response.status} ${response.statusText}`,
       );
     }
-    return { stream: Readable.fromWeb(response.body as WebReadableStream) };
+    const body = Readable.fromWeb(response.body as WebReadableStream);
+    // A connection that breaks off mid-archive is a failed download, not a bad archive.
+    async function* download(): AsyncGenerator<Buffer> {
+      try {
+        yield* body;
+      } catch (error) {
+        throw new ImgctlError(
+          'FAILED',
+          `the download of ${url.href} broke off: ${(error as Error).message}`,
+          { cause: error, hint: 'nothing was imported; run the same import again' },
+        );
+      }
+    }
+    return { stream: Readable.from(download(), { objectMode: false }) };
   }
   const path = resolve(source);
   let st;
@@ -384,14 +397,22 @@ async function* decompress(
     );
   });
   done.catch(() => undefined);
+  // A failed download ends the program's input; the download's own error is then what is
+  // reported, not the truncated compressed data the program complains about.
+  let inputError: unknown;
   if (!native) {
-    // a failed download ends the program's input: the tar parser then reports the truncation
-    input.on('error', () => child.stdin!.end());
+    input.on('error', (error) => {
+      inputError = error;
+      child.stdin!.end();
+    });
     input.pipe(child.stdin!).on('error', () => undefined);
   }
   try {
     yield* readRing(readEnd, options.beforeRead);
-    await done;
+    await done.catch((error: unknown) => {
+      throw inputError ?? error;
+    });
+    if (inputError !== undefined) throw inputError;
   } finally {
     child.kill();
     await done.catch(() => undefined);
@@ -551,12 +572,17 @@ async function extractArchive(
     if (failure !== undefined) throw failure;
   } catch (error) {
     if ('stream' in input) input.stream.destroy();
+    // Recorded as the failure before waiting: a member cut off mid-way waits for it, not for
+    // data that will never come.
+    fail(
+      error instanceof ImgctlError
+        ? error
+        : new ImgctlError('FAILED', `reading the archive failed: ${(error as Error).message}`, {
+            cause: error,
+          }),
+    );
     await Promise.allSettled(work);
-    if (failure !== undefined) throw failure;
-    if (error instanceof ImgctlError) throw error;
-    throw new ImgctlError('FAILED', `reading the archive failed: ${(error as Error).message}`, {
-      cause: error,
-    });
+    throw failure;
   }
   if (!manifest) throw malformed('the archive is empty');
   const missing = [...expected.keys()].filter((name) => !seen.has(name));
