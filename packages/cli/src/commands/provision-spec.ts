@@ -93,7 +93,13 @@ export const AGENT_OPTIONS: Array<
     value: true,
   },
   { flags: '--log-dir <dir>', description: 'provisioning logs', key: 'logDir', value: true },
-  { flags: '--force', description: 'replace an existing VM', key: 'force', value: false },
+  {
+    flags: '--force',
+    description:
+      '--virt: replace an existing VM; --replace-self: overwrite a target disk that holds a partition table or filesystem (never one in use)',
+    key: 'force',
+    value: false,
+  },
   {
     flags: '--keep-on-failure',
     description: 'leave what a failed run created',
