@@ -32,9 +32,9 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
   let rootSha: string;
   const paths = { virt: '', cache: '', logs: '' };
 
-  /** The real agent binary against the test server, with this test's dirs and bridge. */
-  function agent(args: string[], options: { server?: string; cache?: string } = {}) {
-    return runAgent([
+  /** The agent's flags for the test server, with this test's dirs and bridge, then `args`. */
+  function agentArgs(args: string[], options: { server?: string; cache?: string } = {}) {
+    return [
       '--server',
       options.server ?? server.url,
       '--token-file',
@@ -53,7 +53,12 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
       BRIDGE,
       '--nogfx',
       ...args,
-    ]);
+    ];
+  }
+
+  /** The real agent binary with agentArgs. */
+  function agent(args: string[], options: { server?: string; cache?: string } = {}) {
+    return runAgent(agentArgs(args, options));
   }
 
   /** Waits for the appliance's report line in a VM's serial log. */
@@ -259,26 +264,9 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
       process.execPath,
       [
         AGENT_BIN,
-        '--server',
-        server.url,
-        '--token-file',
-        tokenFile,
-        '--virt',
-        '--image',
-        'tiny-linux',
-        '--virt-name',
-        'tinyterm',
-        '--virt-type',
-        'qemu',
-        '--virt-path',
-        paths.virt,
-        '--cache-dir',
-        cache,
-        '--log-dir',
-        paths.logs,
-        '--virt-bridge',
-        BRIDGE,
-        '--no-start',
+        ...agentArgs(['--virt', '--image', 'tiny-linux', '--virt-name', 'tinyterm', '--no-start'], {
+          cache,
+        }),
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
@@ -319,26 +307,9 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
     const partial = join(cache, 'sha256', rootSha.slice(0, 2), `${rootSha}.partial`);
     const args = [
       AGENT_BIN,
-      '--server',
-      server.url,
-      '--token-file',
-      tokenFile,
-      '--virt',
-      '--image',
-      'tiny-linux',
-      '--virt-name',
-      'tinykill',
-      '--virt-type',
-      'qemu',
-      '--virt-path',
-      paths.virt,
-      '--cache-dir',
-      cache,
-      '--log-dir',
-      paths.logs,
-      '--virt-bridge',
-      BRIDGE,
-      '--no-start',
+      ...agentArgs(['--virt', '--image', 'tiny-linux', '--virt-name', 'tinykill', '--no-start'], {
+        cache,
+      }),
     ];
     const child: ChildProcess = spawn(process.execPath, args, { stdio: 'ignore' });
     const exited = new Promise((resolve) => child.once('exit', resolve));
