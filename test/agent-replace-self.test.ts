@@ -198,6 +198,35 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     expect(report).toMatchObject({ hostname: 'tinyloop', 'instance-id': result.instanceId });
   });
 
+  it('converts a qcow2 system disk onto a file, the first MiB last; qemu boots it', async () => {
+    const qcow2 = join(work.dir, 'root.qcow2');
+    const rootBlob = join(store.dir, '.blobs/sha256', rootSha.slice(0, 2), rootSha);
+    await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', rootBlob, qcow2]);
+    const imgctl = (args: string[]) => execImgctl(['--store', store.dir, ...args]);
+    expect((await imgctl(['image', 'copy', 'tiny-linux', 'tiny-q'])).exitCode).toBe(0);
+    const add = await imgctl(['disk', 'add', 'tiny-q', '--id', 'root', '--use', 'system', qcow2]);
+    expect(add.exitCode, add.stderr).toBe(0);
+    const target = await makeFile(join(work.dir, 'qcow2-target.raw'), 80 * MiB);
+    const run = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-q',
+      '--target-disk',
+      target,
+      '--virt-name',
+      'tinyq',
+      '--json',
+    ]);
+    expect(run.exitCode, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout) as {
+      instanceId: string;
+      disks: Array<{ id: string; verified?: boolean; method?: string }>;
+    };
+    expect(result.disks[0]).toMatchObject({ id: 'root', verified: true, method: 'convert' });
+    const report = await bootReport(target, 'qcow2');
+    expect(report).toMatchObject({ hostname: 'tinyq', 'instance-id': result.instanceId });
+  });
+
   it('refuses a mounted loop device, a too-small target and a foreign partition table, changing nothing', async () => {
     // A mounted loop device: exit 5, even with --force.
     const fsFile = await makeFile(join(work.dir, 'mounted.raw'), 80 * MiB);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { main } from './main.ts';
+import { main, setsFromEnv } from './main.ts';
 
 async function agent(argv: string[]) {
   let stdout = '';
@@ -81,5 +81,12 @@ describe('imgagent', () => {
     ]);
     expect(run.exitCode).toBe(2);
     expect(run.stderr + run.stdout).not.toContain('SECRET-TOKEN-1234');
+  });
+
+  it('takes --set values from $IMGAGENT_SETS (a JSON array), as imgctl provision sends them', () => {
+    expect(setsFromEnv(undefined)).toEqual([]);
+    expect(setsFromEnv('["a=1","db_password=x y"]')).toEqual(['a=1', 'db_password=x y']);
+    for (const bad of ['a=1', '{"a":1}', '[1]'])
+      expect(() => setsFromEnv(bad)).toThrowError(/IMGAGENT_SETS must be a JSON array/);
   });
 });

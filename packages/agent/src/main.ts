@@ -212,6 +212,7 @@ async function run(
         hint: 'names are [a-z0-9][a-z0-9._-]{0,62}',
       });
   }
+  flags.set = [...setsFromEnv(env.IMGAGENT_SETS), ...flags.set];
   const client = await makeClient(flags, env, cwd);
   const out = (data: unknown, text: string) =>
     io.stdout.write(
@@ -402,6 +403,20 @@ function describeReplaced(r: ReplaceSelfResult): string {
   return lines.join('\n');
 }
 
+/** $IMGAGENT_SETS: a JSON array of NAME=VALUE, as imgctl provision sends --set (on stdin). */
+export function setsFromEnv(value: string | undefined): string[] {
+  if (value === undefined || value === '') return [];
+  let sets: unknown;
+  try {
+    sets = JSON.parse(value);
+  } catch {
+    sets = undefined;
+  }
+  if (!Array.isArray(sets) || !sets.every((s) => typeof s === 'string'))
+    throw new ImgctlError('USAGE', 'IMGAGENT_SETS must be a JSON array of NAME=VALUE strings');
+  return sets as string[];
+}
+
 function planQuery(flags: Flags) {
   return {
     image: flags.image,
@@ -499,6 +514,7 @@ function processRunner(): ProcessRunner {
         extendEnv: options.env === undefined,
         cwd: options.cwd,
         stdin: options.input === undefined ? 'ignore' : undefined,
+        cancelSignal: options.signal,
       });
       return { stdout: String(result.stdout), stderr: String(result.stderr) };
     },

@@ -15,6 +15,8 @@ export interface RunOptions {
   input?: string;
   env?: Record<string, string>;
   cwd?: string;
+  /** aborted: the program is terminated (for long ones: a conversion, a script) */
+  signal?: AbortSignal;
 }
 
 /** Runs a program with an argument array; rejects (with `stderr` on the error) when it fails. */
@@ -184,7 +186,7 @@ export async function runProvisioning(
     deps.signal?.throwIfAborted();
     deps.log(`running ${name} (log: ${logFile})`);
     try {
-      const out = await deps.runner.run('sh', [file], { env, cwd: work });
+      const out = await deps.runner.run('sh', [file], { env, cwd: work, signal: deps.signal });
       if (out.stdout || out.stderr) await appendFile(logFile, `${out.stdout}${out.stderr ?? ''}`);
     } catch (error) {
       const e = error as { stdout?: string; stderr?: string; exitCode?: number };

@@ -80,10 +80,15 @@ const base = {
 };
 
 describe('provisionTargets', () => {
-  it('copies the agent only where it differs, runs it with --json, the token only on stdin', async () => {
+  it('copies the agent only where it differs, runs it with --json, the token and sets only on stdin', async () => {
     const fake = fakeDeps({ hv1: {}, hv2: { remoteSha: SHA } });
     const summary = await provisionTargets(
-      { ...base, targets: [target('hv1', 'web01'), target('hv2')], token: 's3cr3t' },
+      {
+        ...base,
+        targets: [target('hv1', 'web01'), target('hv2')],
+        token: 's3cr3t',
+        sets: ['db_password=hunter2'],
+      },
       fake.deps,
     );
     expect(summary.ok).toBe(true);
@@ -107,8 +112,11 @@ describe('provisionTargets', () => {
       '--system',
       'web01',
     ]);
-    for (const c of fake.calls) expect(c.argv.join(' ')).not.toContain('s3cr3t');
-    expect(agentRuns[0]!.options?.secretEnv).toEqual({ name: 'IMGAGENT_TOKEN', value: 's3cr3t' });
+    for (const c of fake.calls) expect(c.argv.join(' ')).not.toMatch(/s3cr3t|hunter2/);
+    expect(agentRuns[0]!.options?.secretEnv).toEqual([
+      { name: 'IMGAGENT_TOKEN', value: 's3cr3t' },
+      { name: 'IMGAGENT_SETS', value: '["db_password=hunter2"]' },
+    ]);
     expect(fake.events).toContainEqual({ target: 'hv1', kind: 'line', line: 'imgagent: working' });
     expect(summaryExitCode(summary)).toBe(0);
   });

@@ -33,8 +33,10 @@ export interface ProvisionOptions {
   agentBundle: string;
   /** the server URL, as the targets reach it */
   server: string;
-  /** bearer token; goes to the agent on stdin, never on a command line */
+  /** bearer token; goes to the agent on stdin ($IMGAGENT_TOKEN), never on a command line */
   token?: string;
+  /** NAME=VALUE parameters (--set); go to the agent on stdin ($IMGAGENT_SETS), as they may be secrets */
+  sets?: string[];
   /** the action and its flags, e.g. ['--virt', '--image', 'web', '--dry-run'] */
   agentArgs: string[];
   parallel?: number;
@@ -176,11 +178,14 @@ async function provisionOne(
     if (target.system !== undefined && !args.includes('--system'))
       args.push('--system', target.system);
     const argv = ['node', REMOTE_AGENT, '--server', ctx.server, '--json', '--progress', ...args];
-    // The token goes on stdin into $IMGAGENT_TOKEN, which the agent reads.
+    // The token and the --set values go on stdin into $IMGAGENT_TOKEN and $IMGAGENT_SETS (a
+    // JSON array), which the agent reads: never on a command line, where `ps` shows them.
+    const secretEnv: Array<{ name: string; value: string }> = [];
+    if (ctx.token !== undefined) secretEnv.push({ name: 'IMGAGENT_TOKEN', value: ctx.token });
+    if (ctx.sets !== undefined && ctx.sets.length > 0)
+      secretEnv.push({ name: 'IMGAGENT_SETS', value: JSON.stringify(ctx.sets) });
     const run = await shell.exec(argv, {
-      ...(ctx.token === undefined
-        ? {}
-        : { secretEnv: { name: 'IMGAGENT_TOKEN', value: ctx.token } }),
+      secretEnv,
       supervise: true,
       signal: ctx.signal,
       onStderrLine: (line) => deps.onEvent?.({ target: target.label, kind: 'line', line }),

@@ -37,6 +37,7 @@ import {
   checkTarget,
   describeContent,
   eraseHead,
+  HEAD_BYTES,
   type HostTables,
   inspectTarget,
   openTargetWriter,
@@ -381,19 +382,42 @@ async function writeDisk(
           deps.log(`waiting for agent ${pid}, which is pulling sha256:${short(hex)}`),
       });
       deps.log(`converting disk ${d.id} (${disk.format}) onto ${where}`);
-      await run(
-        deps.runner,
-        'qemu-img',
-        ['convert', '-n', '-f', disk.format, '-O', 'raw', pulled.path, info.realPath],
-        `writing disk ${d.id} onto ${where}`,
-      );
+      // As for a raw stream, the first MiB goes last: zeroed first, so a conversion cut short
+      // leaves no partition table; then everything after it; then it.
+      const head = Math.min(HEAD_BYTES, disk.image_size);
+      const targetFile = {
+        driver: info.kind === 'block' ? 'host_device' : 'file',
+        filename: info.realPath,
+      };
+      const convert = (offset: number, size: number) => {
+        const range = { driver: 'raw', offset, size };
+        const from = {
+          ...range,
+          file: { driver: disk.format, file: { driver: 'file', filename: pulled.path } },
+        };
+        const to = { ...range, file: targetFile };
+        return run(
+          deps.runner,
+          'qemu-img',
+          [
+            'convert',
+            '-n',
+            '-O',
+            'raw',
+            `json:${JSON.stringify(from)}`,
+            `json:${JSON.stringify(to)}`,
+          ],
+          `writing disk ${d.id} onto ${where}`,
+          { signal: deps.signal },
+        );
+      };
+      await eraseHead(info.realPath, head);
+      if (disk.image_size > head) await convert(head, disk.image_size - head);
+      await run(deps.runner, 'sync', ['-f', info.realPath], `syncing ${where}`);
+      await convert(0, head);
       await run(deps.runner, 'sync', ['-f', info.realPath], `syncing ${where}`);
       d.written = disk.image_size;
-      const view = JSON.stringify({
-        driver: 'raw',
-        size: disk.image_size,
-        file: { driver: info.kind === 'block' ? 'host_device' : 'file', filename: info.realPath },
-      });
+      const view = JSON.stringify({ driver: 'raw', size: disk.image_size, file: targetFile });
       await run(
         deps.runner,
         'qemu-img',

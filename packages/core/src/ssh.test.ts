@@ -75,15 +75,17 @@ describe('quoteShellArg / shellCommand', () => {
     expect(() => quoteShellArg('a\0b')).toThrow(/NUL/);
   });
 
-  it('reads a secret from the first stdin line into the environment, never the command line', async () => {
-    const command = shellCommand(['sh', '-c', 'printf %s "$SECRET_X"'], { secretEnv: 'SECRET_X' });
+  it('reads secrets from the first stdin lines into the environment, never the command line', async () => {
+    const command = shellCommand(['sh', '-c', 'printf %s/%s "$SECRET_X" "$SECRET_Y"'], {
+      secretEnv: ['SECRET_X', 'SECRET_Y'],
+    });
     expect(command).not.toContain('s3cr3t');
     const child = execFile('sh', ['-c', command]);
-    child.stdin!.end("s3cr3t 'with' $(spaces)\n");
+    child.stdin!.end('s3cr3t \'with\' $(spaces)\n["b=2"]\n');
     let out = '';
     child.stdout!.on('data', (c: Buffer) => (out += String(c)));
     await new Promise((resolve) => child.on('close', resolve));
-    expect(out).toBe("s3cr3t 'with' $(spaces)");
+    expect(out).toBe('s3cr3t \'with\' $(spaces)/["b=2"]');
   });
 
   it('supervised: the command keeps its exit status, and the end of stdin stops it with SIGTERM', async () => {
@@ -111,7 +113,9 @@ describe('quoteShellArg / shellCommand', () => {
   });
 
   it('refuses a variable name that is not one', () => {
-    expect(() => shellCommand(['true'], { secretEnv: 'X; rm -rf /' })).toThrow(/bad variable name/);
+    expect(() => shellCommand(['true'], { secretEnv: ['OK', 'X; rm -rf /'] })).toThrow(
+      /bad variable name/,
+    );
   });
 });
 

@@ -89,10 +89,11 @@ export function quoteShellArg(arg: string): string {
 
 export interface CommandOptions {
   /**
-   * A variable the remote shell reads from the first line of stdin and exports before the
-   * command runs (a secret never put on a command line); checked against [A-Z_][A-Z0-9_]*.
+   * Variables the remote shell reads from the first lines of stdin, one each, and exports
+   * before the command runs (secrets never put on a command line); checked against
+   * [A-Z_][A-Z0-9_]*.
    */
-  secretEnv?: string;
+  secretEnv?: readonly string[];
   /** keep stdin open while the command runs; its end (EOF) stops the command with SIGTERM */
   supervise?: boolean;
 }
@@ -118,11 +119,10 @@ const SUPERVISE_SCRIPT = [
  */
 export function shellCommand(argv: readonly string[], options: CommandOptions = {}): string {
   if (argv.length === 0) throw new Error('shellCommand: empty argv');
-  const { secretEnv, supervise } = options;
-  if (secretEnv !== undefined && !/^[A-Z_][A-Z0-9_]*$/.test(secretEnv))
-    throw new Error(`bad variable name ${secretEnv}`);
-  const read =
-    secretEnv === undefined ? '' : `IFS= read -r ${secretEnv} && export ${secretEnv} && `;
+  const { secretEnv = [], supervise } = options;
+  for (const name of secretEnv)
+    if (!/^[A-Z_][A-Z0-9_]*$/.test(name)) throw new Error(`bad variable name ${name}`);
+  const read = secretEnv.map((name) => `IFS= read -r ${name} && export ${name} && `).join('');
   if (supervise)
     return `${read}exec ${['/bin/sh', '-c', SUPERVISE_SCRIPT, 'imgctl-run', ...argv].map(quoteShellArg).join(' ')}`;
   const command = argv.map(quoteShellArg).join(' ');
@@ -327,10 +327,10 @@ export async function loadIdentity(file: string): Promise<Buffer> {
 
 export interface ExecOptions {
   /**
-   * A secret for the command's environment, never on a command line: sent as the first line of
-   * stdin, read by the remote shell into `name` and exported.
+   * Secrets for the command's environment, never on a command line: sent as the first lines of
+   * stdin, one each, read by the remote shell into `name` and exported.
    */
-  secretEnv?: { name: string; value: string };
+  secretEnv?: Array<{ name: string; value: string }>;
   /**
    * Keep stdin open while the command runs, and stop it (SIGTERM) by ending stdin on abort.
    * Without it stdin is ended at once and an abort closes the channel.
@@ -591,13 +591,17 @@ function execRemote(
   options: ExecOptions,
   graceMs: number,
 ): Promise<ExecResult> {
-  const secret = options.secretEnv;
-  if (secret !== undefined && /[\r\n\0]/.test(secret.value))
+  const secrets = options.secretEnv ?? [];
+  const bad = secrets.find((s) => /[\r\n\0]/.test(s.value));
+  if (bad !== undefined)
     return Promise.reject(
-      new ImgctlError('USAGE', `${secret.name} must be one line without control characters`),
+      new ImgctlError('USAGE', `${bad.name} must be one line without control characters`),
     );
-  const command = shellCommand(argv, { secretEnv: secret?.name, supervise: options.supervise });
-  const stdin = secret === undefined ? '' : `${secret.value}\n`;
+  const command = shellCommand(argv, {
+    secretEnv: secrets.map((s) => s.name),
+    supervise: options.supervise,
+  });
+  const stdin = secrets.map((s) => `${s.value}\n`).join('');
   const maxStdout = options.maxStdout ?? 16 << 20;
   return new Promise<ExecResult>((resolve, reject) => {
     conn.exec(command, (error, stream: ClientChannel) => {

@@ -41,7 +41,7 @@ export const AGENT_OPTIONS: Array<
   },
   {
     flags: '--set <name=value>',
-    description: 'set a parameter (repeatable)',
+    description: 'set a parameter (repeatable; sent on stdin, not on the remote command line)',
     key: 'set',
     value: 'repeat',
     repeatable: true,

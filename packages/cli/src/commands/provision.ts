@@ -101,7 +101,16 @@ export const run: Handler = async (args, options, ctx) => {
   let summary: ProvisionSummary;
   try {
     summary = await provisionTargets(
-      { targets, agentBundle, server, token, agentArgs, parallel, signal: controller.signal },
+      {
+        targets,
+        agentBundle,
+        server,
+        token,
+        sets: (options.set as string[] | undefined) ?? [],
+        agentArgs,
+        parallel,
+        signal: controller.signal,
+      },
       {
         async connect(ssh, signal) {
           const shell = await connectSsh({
@@ -136,13 +145,16 @@ export const run: Handler = async (args, options, ctx) => {
   return { data: summary, text: summaryTable(summary), exitCode: summaryExitCode(summary) };
 };
 
-/** The agent's arguments from the pass-through options, in their table order. */
+/**
+ * The agent's arguments from the pass-through options, in their table order; not the --set
+ * values, which go through stdin (they may be secrets).
+ */
 export function agentArguments(options: Options): string[] {
   const argv: string[] = [];
   for (const o of AGENT_OPTIONS) {
     const flag = o.flags.split(/[ ,]+/).find((f) => f.startsWith('--'))!;
     const value = options[o.key];
-    if (o.key === 'agentArg') continue;
+    if (o.key === 'agentArg' || o.key === 'set') continue;
     if (o.negated) {
       if (value === false) argv.push(flag);
     } else if (o.value === 'repeat') {
