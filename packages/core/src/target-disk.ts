@@ -448,8 +448,8 @@ async function probeSignature(
 export interface TargetWriter {
   write(data: Buffer, offset: number): Promise<void>;
   /**
-   * Writes what was held back (the first MiB), then fsyncs and reads the region back, both at
-   * once; resolves with the sha256 of what the target now holds there.
+   * Writes what was held back (the first MiB), fsyncs, drops the target's cached pages and reads
+   * the region back from the disk; resolves with the sha256 of what the target now holds there.
    */
   finish(): Promise<string>;
   /** closes without writing what was held back: the target stays unbootable */
@@ -548,10 +548,18 @@ export async function openTargetWriter(
     },
     async finish() {
       await writeRegion(head, 0);
-      const [readBack] = await Promise.all([hashRegion(info.realPath, length), handle.sync()]);
+      await handle.sync();
       closed = true;
       await handle.close();
-      return readBack;
+      // Read back from the disk, not from the page cache the writes left: GNU dd's
+      // iflag=nocache with count=0 drops the target's cached pages (posix_fadvise DONTNEED).
+      await run(
+        runner,
+        'dd',
+        [`if=${info.realPath}`, 'iflag=nocache', 'count=0', 'status=none'],
+        `dropping the cached pages of ${info.realPath}`,
+      );
+      return hashRegion(info.realPath, length);
     },
     async abort() {
       if (closed) return;
