@@ -5,7 +5,8 @@
  *
  * 1. A 1 GiB random raw system disk (an MBR in front, so the config partition can be added)
  *    written onto a file target by the agent: streamed from `imgctl serve` on 127.0.0.1 while
- *    hashed, fsynced, read back and checked, the config partition and provision.sh included —
+ *    hashed, fsynced, read back from the disk (its cached pages dropped first) and checked,
+ *    the config partition and provision.sh included —
  *    against `curl URL | dd of=TARGET bs=1M` followed by `sha256sum TARGET`, and against the
  *    unverified `curl | dd` alone. Runs take turns --repeat times (default 3); medians compared.
  *    Limit: at least as fast as curl | dd + sha256sum; reported (goal 0.9×): the ratio to
