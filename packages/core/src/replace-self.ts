@@ -36,6 +36,7 @@ import {
   checkSeparate,
   checkTarget,
   describeContent,
+  dropCachedPages,
   eraseHead,
   HEAD_BYTES,
   type HostTables,
@@ -417,6 +418,7 @@ async function writeDisk(
       await convert(0, head);
       await run(deps.runner, 'sync', ['-f', info.realPath], `syncing ${where}`);
       d.written = disk.image_size;
+      await dropCachedPages(info.realPath, deps.runner);
       const view = JSON.stringify({ driver: 'raw', size: disk.image_size, file: targetFile });
       await run(
         deps.runner,

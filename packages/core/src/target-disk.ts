@@ -551,14 +551,7 @@ export async function openTargetWriter(
       await handle.sync();
       closed = true;
       await handle.close();
-      // Read back from the disk, not from the page cache the writes left: GNU dd's
-      // iflag=nocache with count=0 drops the target's cached pages (posix_fadvise DONTNEED).
-      await run(
-        runner,
-        'dd',
-        [`if=${info.realPath}`, 'iflag=nocache', 'count=0', 'status=none'],
-        `dropping the cached pages of ${info.realPath}`,
-      );
+      await dropCachedPages(info.realPath, runner);
       return hashRegion(info.realPath, length);
     },
     async abort() {
@@ -568,6 +561,20 @@ export async function openTargetWriter(
       await handle.close();
     },
   };
+}
+
+/**
+ * Drops a (synced) file's or device's pages from the page cache, so what is read next comes
+ * from the disk, not from what the writes left: GNU dd's iflag=nocache with count=0
+ * (posix_fadvise DONTNEED on the whole file).
+ */
+export async function dropCachedPages(path: string, runner: ProcessRunner): Promise<void> {
+  await run(
+    runner,
+    'dd',
+    [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none'],
+    `dropping the cached pages of ${path}`,
+  );
 }
 
 /** Zeroes the first MiB (partition table, boot code) of a target and syncs it: it no longer boots. */
