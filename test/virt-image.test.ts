@@ -212,8 +212,12 @@ describe('import --from virt-image', () => {
     });
     const mismatch256 = await runImport(badSha256, store);
     expect(mismatch256.exitCode, mismatch256.stderr).toBe(7);
-    const escape = await appliance('escape.xml', {});
-    await writeFile(join(escape, '..', 'outside.raw'), Buffer.alloc(MiB));
+    // The file the descriptor reaches for sits beside its directory, inside a temp dir of ours.
+    const { dir: parent } = await makeTempDir();
+    const escape = join(parent, 'appliance');
+    await mkdir(escape);
+    await cp(join(FIXTURES, 'escape.xml'), join(escape, 'image.xml'));
+    await writeFile(join(parent, 'outside.raw'), Buffer.alloc(MiB));
     const refused = await runImport(escape, store);
     expect(refused.exitCode).toBe(3);
     expect(refused.stderr).toContain("leaves the descriptor's directory");
