@@ -3,15 +3,17 @@ import { main } from './main.ts';
 
 /**
  * The only place that exits the process. The first SIGINT or SIGTERM interrupts the run, which
- * stops and removes what it made (as after any failure); a second one exits at once.
+ * stops and removes what it made (as after any failure); later ones do not cut that cleanup
+ * short (it may be making a half-written disk unbootable), SIGKILL does.
  */
 export async function runBin(): Promise<void> {
   const controller = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
-    if (controller.signal.aborted) process.exit(signal === 'SIGINT' ? 130 : 143);
-    process.stderr.write(
-      `imgagent: ${signal}: stopping and removing what this run made (again to exit at once)\n`,
-    );
+    if (controller.signal.aborted) {
+      process.stderr.write(`imgagent: ${signal}: already stopping (SIGKILL stops at once)\n`);
+      return;
+    }
+    process.stderr.write(`imgagent: ${signal}: stopping and removing what this run made\n`);
     controller.abort(
       new ImgctlError('FAILED', `interrupted by ${signal}`, {
         hint: 'run the same command again: disks already in the cache are not pulled again',

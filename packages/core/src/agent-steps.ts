@@ -304,6 +304,15 @@ export async function run(
   }
 }
 
+/**
+ * The interruption (the abort reason) when the run was interrupted: what failed then (a tool
+ * terminated, a download stopped) is its consequence, not the cause to report.
+ */
+export function interrupted(deps: Pick<StepDeps, 'signal'>): ImgctlError | undefined {
+  const reason: unknown = deps.signal?.aborted ? deps.signal.reason : undefined;
+  return isImgctlError(reason) ? reason : undefined;
+}
+
 /** The user-facing error for a failure; undefined for a bug (rethrown as it is). */
 export function asImgctlError(
   error: unknown,

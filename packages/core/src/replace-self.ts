@@ -12,6 +12,7 @@ import {
   asImgctlError,
   assertPullable,
   eventSender,
+  interrupted,
   passwordHashes,
   progressLogger,
   publicParameters,
@@ -265,7 +266,7 @@ export async function replaceSelf(
     }
     return result;
   } catch (error) {
-    const failure = asImgctlError(error, spaceHint);
+    const failure = interrupted(deps) ?? asImgctlError(error, spaceHint);
     if (unconfigured) {
       const erased = await eraseHead(systemTarget.realPath, systemTarget.size).then(
         () => `its first MiB was zeroed again, so ${targetPath} does not boot half-configured`,
@@ -350,8 +351,13 @@ async function writeDisk(
   const hex = disk.sha256!;
   const where = info.path;
   let writer: TargetWriter | undefined;
+  // Once the target's first MiB may have changed, a failure zeroes it again (a system disk then
+  // does not boot; nothing else of the target was promised).
+  let touched = false;
+  let readFromDisk = false;
   try {
     if (d.method === 'stream') {
+      touched = true;
       writer = await openTargetWriter(info, disk.image_size, deps.runner);
       deps.log(
         `writing disk ${d.id} sha256:${short(hex)} (${humanSize(disk.image_size)}) onto ${where}${writer.skipsZeros ? ', skipping zero blocks' : ''}`,
@@ -368,6 +374,7 @@ async function writeDisk(
       const back = await writer.finish();
       d.written = writer.stats.written;
       d.skippedZeros = writer.stats.skipped;
+      readFromDisk = writer.stats.readFromDisk ?? false;
       if (back !== hex)
         throw new ImgctlError(
           'INTEGRITY',
@@ -412,13 +419,14 @@ async function writeDisk(
           { signal: deps.signal },
         );
       };
+      touched = true;
       await eraseHead(info.realPath, head);
       if (disk.image_size > head) await convert(head, disk.image_size - head);
-      await run(deps.runner, 'sync', ['-f', info.realPath], `syncing ${where}`);
+      await run(deps.runner, 'sync', [info.realPath], `syncing ${where}`);
       await convert(0, head);
-      await run(deps.runner, 'sync', ['-f', info.realPath], `syncing ${where}`);
+      await run(deps.runner, 'sync', [info.realPath], `syncing ${where}`);
       d.written = disk.image_size;
-      await dropCachedPages(info.realPath, deps.runner);
+      readFromDisk = await dropCachedPages(info.realPath, deps.runner);
       const view = JSON.stringify({ driver: 'raw', size: disk.image_size, file: targetFile });
       await run(
         deps.runner,
@@ -433,9 +441,16 @@ async function writeDisk(
     deps.log(
       `disk ${d.id} written onto ${where} and verified${d.skippedZeros ? ` (${humanSize(d.skippedZeros)} of zeros skipped)` : ''}`,
     );
+    if (!readFromDisk)
+      deps.log(
+        `warning: disk ${d.id} was read back from the page cache, not from ${where}: this dd has no iflag=nocache (GNU coreutils has)`,
+      );
   } catch (error) {
     await writer?.abort().catch(() => undefined);
-    const failure = asImgctlError(error, 'the target disk is full: choose a larger one');
+    if (touched && d.use === 'system')
+      await eraseHead(info.realPath, Math.min(HEAD_BYTES, disk.image_size)).catch(() => undefined);
+    const failure =
+      interrupted(deps) ?? asImgctlError(error, 'the target disk is full: choose a larger one');
     if (!failure) throw error;
     throw new ImgctlError(failure.code, failure.message, {
       cause: error,

@@ -169,6 +169,19 @@ describe('inspectTarget: in use by this machine', () => {
     ]);
   });
 
+  it('refuses every device of a mounted multi-device btrfs, not only the one mountinfo names', async () => {
+    const host = await fakeHost(
+      line('254:16', '/', '/dev/vdq') + '41 1 0:46 / /data rw - btrfs /dev/vdq rw,subvol=/\n',
+    );
+    const devices = join(dir, 'sys/fs/btrfs/5f2c-fsid/devices');
+    await mkdir(devices, { recursive: true });
+    await symlink(join(host.disk, 'sdz2'), join(devices, 'sdz2'));
+    await symlink(join(dir, 'sys/devices/pci1/block/vdq'), join(devices, 'vdq'));
+    expect((await inspectTarget('/dev/sdz', host)).inUse).toEqual([
+      '/dev/sdz2 is a device of the mounted btrfs filesystem 5f2c-fsid',
+    ]);
+  });
+
   it('refuses a target without a sysfs entry: nothing tells whether it is in use', async () => {
     const host = await fakeHost(line('254:16', '/', '/dev/vdq'));
     const tables = { ...host.tables, sysfs: join(dir, 'nosys') };

@@ -336,6 +336,17 @@ async function blockDeviceUse(dir: string, tables: HostTables, fs: TargetFs): Pr
     if (st?.isBlockDevice() && byDevno.has(devNumber(st.rdev)))
       reasons.push(`/dev/${byDevno.get(devNumber(st.rdev))!.name} is in use as swap`);
   }
+  // A btrfs spanning several devices names one of them as its mount source; sysfs lists all.
+  const btrfs = join(tables.sysfs, 'fs/btrfs');
+  const byDir = new Map(family.map((m) => [m.dir, m]));
+  for (const fsid of await listDir(btrfs)) {
+    for (const dev of await listDir(join(btrfs, fsid, 'devices'))) {
+      const real = await realpath(join(btrfs, fsid, 'devices', dev)).catch(() => undefined);
+      const member = real === undefined ? undefined : byDir.get(real);
+      if (member)
+        reasons.push(`/dev/${member.name} is a device of the mounted btrfs filesystem ${fsid}`);
+    }
+  }
   for (const member of family) {
     const holders = await listDir(join(member.dir, 'holders'));
     if (holders.length > 0)
@@ -454,7 +465,7 @@ export interface TargetWriter {
   finish(): Promise<string>;
   /** closes without writing what was held back: the target stays unbootable */
   abort(): Promise<void>;
-  readonly stats: { written: number; skipped: number };
+  readonly stats: { written: number; skipped: number; readFromDisk?: boolean };
   /** whether all-zero blocks are skipped (the target reads back zeros there) */
   readonly skipsZeros: boolean;
 }
@@ -499,7 +510,7 @@ export async function openTargetWriter(
   }
   const handle = await open(info.realPath, 'r+');
   const head = Buffer.alloc(Math.min(HEAD_BYTES, length));
-  const stats = { written: 0, skipped: 0 };
+  const stats: TargetWriter['stats'] = { written: 0, skipped: 0 };
   try {
     if (!skipsZeros) {
       await writeAt(handle, head, 0);
@@ -551,7 +562,7 @@ export async function openTargetWriter(
       await handle.sync();
       closed = true;
       await handle.close();
-      await dropCachedPages(info.realPath, runner);
+      stats.readFromDisk = await dropCachedPages(info.realPath, runner);
       return hashRegion(info.realPath, length);
     },
     async abort() {
@@ -566,15 +577,16 @@ export async function openTargetWriter(
 /**
  * Drops a (synced) file's or device's pages from the page cache, so what is read next comes
  * from the disk, not from what the writes left: GNU dd's iflag=nocache with count=0
- * (posix_fadvise DONTNEED on the whole file).
+ * (posix_fadvise DONTNEED on the whole file). False where dd cannot (busybox's): the read-back
+ * then comes from the cache.
  */
-export async function dropCachedPages(path: string, runner: ProcessRunner): Promise<void> {
-  await run(
-    runner,
-    'dd',
-    [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none'],
-    `dropping the cached pages of ${path}`,
-  );
+export async function dropCachedPages(path: string, runner: ProcessRunner): Promise<boolean> {
+  try {
+    await runner.run('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Zeroes the first MiB (partition table, boot code) of a target and syncs it: it no longer boots. */

@@ -13,6 +13,7 @@ import {
   asImgctlError,
   assertPullable,
   eventSender,
+  interrupted,
   type ProcessRunner,
   passwordHashes,
   progressLogger,
@@ -307,7 +308,7 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
     await events.send('done');
     return result;
   } catch (error) {
-    const failure = asImgctlError(error);
+    const failure = interrupted(deps) ?? asImgctlError(error);
     if (!options.keepOnFailure) {
       if (defined) {
         await virsh(['destroy', vm]).catch(() => undefined);
