@@ -465,5 +465,21 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     ]);
     expect(rerun.exitCode, rerun.stderr).toBe(0);
     expect(JSON.parse(rerun.stdout).disks[0]).toMatchObject({ verified: true, sha256: bigSha });
+
+    // SIGTERM mid-write over that complete disk: the agent stops, says why, and leaves no
+    // partition table behind (the old one was zeroed first, the new one never written).
+    const again = spawn(
+      process.execPath,
+      [...args.slice(0, 2), server.url, ...args.slice(3), '--force'],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let termErr = '';
+    again.stderr!.setEncoding('utf8').on('data', (c: string) => (termErr += c));
+    const termExit = new Promise<number>((resolve) => again.once('exit', (c) => resolve(c ?? -1)));
+    while (again.exitCode === null && !termErr.includes('writing disk root')) await sleep(5);
+    again.kill('SIGTERM');
+    expect(await termExit, termErr).toBe(1);
+    expect(termErr).toMatch(/error\[FAILED\]: interrupted by SIGTERM/);
+    expect((await execa('sfdisk', ['--json', target], { reject: false })).exitCode).not.toBe(0);
   });
 });
