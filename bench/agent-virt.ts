@@ -24,6 +24,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { benchArgs } from './lib/args.ts';
 import { median, reportHead, timeIt, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
 import { exampleStoreWith } from './lib/store.ts';
@@ -32,21 +33,10 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const LIMITS = { min_ratio_to_curl_sha256sum: 1.5, vm_time_spread: 0.2, max_rss_mb: 150 };
 const GiB = 1024 ** 3;
 
-interface Args {
-  repeat: number;
-  vms: number;
-  out: string;
-}
-
-function parseArgs(argv: string[]): Args {
-  const args: Args = { repeat: 3, vms: 3, out: join(ROOT, 'bench/results/agent-virt.json') };
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--repeat') args.repeat = Number(argv[++i]);
-    else if (argv[i] === '--vms') args.vms = Number(argv[++i]);
-    else if (argv[i] === '--out') args.out = resolve(argv[++i] ?? '');
-    else throw new Error(`unknown argument ${argv[i]}`);
-  }
-  return args;
+function parseArgs(argv: string[]) {
+  return benchArgs(argv, { repeat: 3, vms: 3, out: join(ROOT, 'bench/results/agent-virt.json') }, [
+    'out',
+  ]);
 }
 
 /** dist/imgagent.mjs (scripts/build.mjs) and bench/lib/pull-blob.ts, bundled into `outdir`. */

@@ -28,6 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { addDisk } from '../packages/core/src/disks.ts';
 import { createImage, initStore } from '../packages/core/src/images.ts';
+import { benchArgs } from './lib/args.ts';
 import { median, reportHead, writeReport } from './lib/report.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -37,24 +38,11 @@ const GiB = 1024 * MiB;
 const LIMIT = 1.25;
 const SPARSE_LIMIT = 2.5;
 
-interface Args {
-  dir: string;
-  runs: number;
-  out: string;
-  keep: boolean;
-}
-
-function parseArgs(argv: string[]): Args {
-  const args: Args = { dir: '/var/tmp', runs: 3, out: DEFAULT_RESULTS, keep: false };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '--keep') args.keep = true;
-    else if (flag === '--dir') args.dir = resolve(argv[++i] ?? '');
-    else if (flag === '--out') args.out = resolve(argv[++i] ?? '');
-    else if (flag === '--runs') args.runs = Number(argv[++i]);
-    else throw new Error(`unknown argument ${flag}`);
-  }
-  return args;
+function parseArgs(argv: string[]) {
+  return benchArgs(argv, { dir: '/var/tmp', runs: 3, out: DEFAULT_RESULTS, keep: false }, [
+    'dir',
+    'out',
+  ]);
 }
 
 const round = (n: number) => Math.round(n * 10) / 10;

@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { addDisk } from '../packages/core/src/disks.ts';
 import { createImage, initStore } from '../packages/core/src/images.ts';
+import { benchArgs } from './lib/args.ts';
 import { median, reportHead, writeReport } from './lib/report.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -32,32 +33,12 @@ const GiB = 1024 * MiB;
 const SIZE = 2 * GiB;
 const LIMIT_MB = 150;
 
-interface Args {
-  dir: string;
-  runs: number;
-  out: string;
-  keep: boolean;
-  bundle: string;
-}
-
-function parseArgs(argv: string[]): Args {
-  const args: Args = {
-    dir: '/var/tmp',
-    runs: 1,
-    out: DEFAULT_RESULTS,
-    keep: false,
-    bundle: BUNDLE,
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '--keep') args.keep = true;
-    else if (flag === '--dir') args.dir = resolve(argv[++i] ?? '');
-    else if (flag === '--out') args.out = resolve(argv[++i] ?? '');
-    else if (flag === '--runs') args.runs = Number(argv[++i]);
-    else if (flag === '--bundle') args.bundle = resolve(argv[++i] ?? '');
-    else throw new Error(`unknown argument ${flag}`);
-  }
-  return args;
+function parseArgs(argv: string[]) {
+  return benchArgs(
+    argv,
+    { dir: '/var/tmp', runs: 1, out: DEFAULT_RESULTS, keep: false, bundle: BUNDLE },
+    ['dir', 'out', 'bundle'],
+  );
 }
 
 /** 1 MiB runs alternating random bytes (AES-CTR keystream) and repetitive text. */

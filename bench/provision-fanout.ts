@@ -24,6 +24,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { startSshd, type TestSshd } from '../test/helpers/sshd.ts';
+import { benchArgs } from './lib/args.ts';
 import { median, reportHead, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
 import { type BenchDisk, exampleStoreWith } from './lib/store.ts';
@@ -32,25 +33,12 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
 const LIMITS = { max_ratio_many_to_one: 3 };
 
-interface Args {
-  repeat: number;
-  targets: number;
-  out: string;
-}
-
-function parseArgs(argv: string[]): Args {
-  const args: Args = {
-    repeat: 3,
-    targets: 20,
-    out: join(ROOT, 'bench/results/provision-fanout.json'),
-  };
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--repeat') args.repeat = Number(argv[++i]);
-    else if (argv[i] === '--targets') args.targets = Number(argv[++i]);
-    else if (argv[i] === '--out') args.out = resolve(argv[++i] ?? '');
-    else throw new Error(`unknown argument ${argv[i]}`);
-  }
-  return args;
+function parseArgs(argv: string[]) {
+  return benchArgs(
+    argv,
+    { repeat: 3, targets: 20, out: join(ROOT, 'bench/results/provision-fanout.json') },
+    ['out'],
+  );
 }
 
 /** A copy of the example store whose tiny-linux disks are small files (a dry run reads none). */

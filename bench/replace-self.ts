@@ -28,6 +28,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { writeRandomFile } from '../test/helpers/index.ts';
+import { benchArgs } from './lib/args.ts';
 import { median, reportHead, timeIt, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
 
@@ -43,25 +44,12 @@ const GiB = 1024 * MiB;
 /** room for the config partition after the image */
 const SPARE = 8 * MiB;
 
-interface Args {
-  repeat: number;
-  dir: string;
-  out: string;
-}
-
-function parseArgs(argv: string[]): Args {
-  const args: Args = {
-    repeat: 3,
-    dir: tmpdir(),
-    out: join(ROOT, 'bench/results/replace-self.json'),
-  };
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--repeat') args.repeat = Number(argv[++i]);
-    else if (argv[i] === '--dir') args.dir = resolve(argv[++i] ?? '');
-    else if (argv[i] === '--out') args.out = resolve(argv[++i] ?? '');
-    else throw new Error(`unknown argument ${argv[i]}`);
-  }
-  return args;
+function parseArgs(argv: string[]) {
+  return benchArgs(
+    argv,
+    { repeat: 3, dir: tmpdir(), out: join(ROOT, 'bench/results/replace-self.json') },
+    ['dir', 'out'],
+  );
 }
 
 /** An image `name` (a copy of tiny-linux) whose system disk is `file`; its blob's sha256. */

@@ -41,6 +41,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { median, reportHead, writeReport } from './lib/report.ts';
+import { benchArgs } from './lib/args.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
@@ -48,51 +49,30 @@ const DEFAULT_RESULTS = join(ROOT, 'bench/results/serve.json');
 const LIMITS = { min_ratio_to_nginx: 0.7, plan_p99_ms: 50 };
 const TIME_LIMIT_MS = 5 * 60_000;
 
-interface Args {
-  clients: number;
-  sizeMiB: number;
-  resumes: number;
-  planRounds: number;
-  /** plan rounds before each measured series, not counted */
-  warmupRounds: number;
-  /** blob rounds, nginx and imgctl taking turns; the best of each is compared */
-  repeat: number;
-  only?: 'plans' | 'blobs';
-  bin: string;
-  /** another imgctl whose plan latency is measured in the same run (e.g. the last commit's) */
-  compare?: string;
-  out: string;
-}
-
-function parseArgs(argv: string[]): Args {
-  const args: Args = {
-    clients: 200,
-    sizeMiB: 64,
-    resumes: 2,
-    planRounds: 15,
-    warmupRounds: 30,
-    repeat: 2,
-    bin: IMGCTL,
-    out: '',
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    const value = () => Number(argv[++i]);
-    if (flag === '--clients') args.clients = value();
-    else if (flag === '--size') args.sizeMiB = value();
-    else if (flag === '--resumes') args.resumes = value();
-    else if (flag === '--plan-rounds') args.planRounds = value();
-    else if (flag === '--warmup-rounds') args.warmupRounds = value();
-    else if (flag === '--repeat') args.repeat = value();
-    else if (flag === '--only') {
-      const only = argv[++i];
-      if (only !== 'plans' && only !== 'blobs') throw new Error('--only takes plans or blobs');
-      args.only = only;
-    } else if (flag === '--bin') args.bin = resolve(argv[++i] ?? '');
-    else if (flag === '--compare') args.compare = resolve(argv[++i] ?? '');
-    else if (flag === '--out') args.out = resolve(argv[++i] ?? '');
-    else throw new Error(`unknown argument ${flag}`);
-  }
+function parseArgs(argv: string[]) {
+  const args = benchArgs(
+    argv,
+    {
+      clients: 200,
+      /** MiB */
+      size: 64,
+      resumes: 2,
+      planRounds: 15,
+      /** plan rounds before each measured series, not counted */
+      warmupRounds: 30,
+      /** blob rounds, nginx and imgctl taking turns; the best of each is compared */
+      repeat: 2,
+      /** plans or blobs; empty: both */
+      only: '',
+      bin: IMGCTL,
+      /** another imgctl whose plan latency is measured in the same run (e.g. the last commit's) */
+      compare: '',
+      out: '',
+    },
+    ['bin', 'compare', 'out'],
+  );
+  if (args.only !== '' && args.only !== 'plans' && args.only !== 'blobs')
+    throw new Error('--only takes plans or blobs');
   args.out ||= args.only ? join(ROOT, `bench/results/serve-${args.only}.json`) : DEFAULT_RESULTS;
   return args;
 }
@@ -466,7 +446,7 @@ async function main(): Promise<number> {
       filter: (src) =>
         !/[/\\]\.(blobs|state)([/\\]|$)/.test(src.slice(join(ROOT, 'image-store').length)),
     });
-    const blob = randomBytes((args.only === 'plans' ? 1 : args.sizeMiB) * 1024 * 1024);
+    const blob = randomBytes((args.only === 'plans' ? 1 : args.size) * 1024 * 1024);
     const hex = createHash('sha256').update(blob).digest('hex');
     const blobDir = join(storeDir, '.blobs/sha256', hex.slice(0, 2));
     await mkdir(blobDir, { recursive: true });
@@ -522,7 +502,7 @@ async function main(): Promise<number> {
     const runs: Array<{ server: 'nginx' | 'imgctl'; result: LoadResult }> = [];
     if (args.only !== 'plans') {
       process.stderr.write(
-        `blob ${args.sizeMiB} MiB, ${args.clients} clients, ${args.resumes} random resumes each\n`,
+        `blob ${args.size} MiB, ${args.clients} clients, ${args.resumes} random resumes each\n`,
       );
       const nginxPort = await freePort();
       const nginx = await startNginx(work, blobDir, nginxPort);
@@ -566,7 +546,7 @@ async function main(): Promise<number> {
     const load = { before: loadBefore, after: loadavg() };
     const report = {
       ...reportHead('serve'),
-      only: args.only ?? 'all',
+      only: args.only || 'all',
       imgctl_bin: relative(ROOT, args.bin),
       /** 1, 5 and 15 minute load averages when the run started and ended (the machine is shared) */
       load_average: load,
@@ -602,7 +582,7 @@ async function main(): Promise<number> {
     ];
     if (nginxResult && imgctlResult) {
       out.push(
-        `serve: ${args.clients} clients × ${args.sizeMiB} MiB blob, ${args.resumes} random resumes each, every byte compared; best of ${args.repeat} alternating runs (all: ${runs.map((r) => `${r.server} ${r.result.mb_per_s}`).join(', ')} MB/s)`,
+        `serve: ${args.clients} clients × ${args.size} MiB blob, ${args.resumes} random resumes each, every byte compared; best of ${args.repeat} alternating runs (all: ${runs.map((r) => `${r.server} ${r.result.mb_per_s}`).join(', ')} MB/s)`,
         '',
         `${'server'.padEnd(14)}${'throughput'.padStart(12)}${'received'.padStart(11)}${'time'.padStart(9)}${'requests'.padStart(10)}${'errors'.padStart(8)}`,
         row('nginx', nginxResult),
@@ -619,7 +599,7 @@ async function main(): Promise<number> {
       );
       if (baselinePlans) {
         out.push(
-          `baseline ${relative(ROOT, args.compare!)}, same run: p50 ${baselinePlans.p50_ms} ms, p95 ${baselinePlans.p95_ms} ms, p99 ${baselinePlans.p99_ms} ms, max ${baselinePlans.max_ms} ms; after an edit p50 ${baselinePlans.after_edit.p50_ms} ms, p99 ${baselinePlans.after_edit.p99_ms} ms; each run ${baselinePlans.runs.map((r) => `${r.p50_ms}/${r.p99_ms}`).join(', ')}; server CPU ${baselinePlans.server_cpu_us_per_request ?? '?'} µs per request`,
+          `baseline ${relative(ROOT, args.compare)}, same run: p50 ${baselinePlans.p50_ms} ms, p95 ${baselinePlans.p95_ms} ms, p99 ${baselinePlans.p99_ms} ms, max ${baselinePlans.max_ms} ms; after an edit p50 ${baselinePlans.after_edit.p50_ms} ms, p99 ${baselinePlans.after_edit.p99_ms} ms; each run ${baselinePlans.runs.map((r) => `${r.p50_ms}/${r.p99_ms}`).join(', ')}; server CPU ${baselinePlans.server_cpu_us_per_request ?? '?'} µs per request`,
         );
       }
     } else out.push('plans: skipped (--only blobs)');

@@ -15,6 +15,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { initStore } from '../packages/core/src/images.ts';
+import { benchArgs } from './lib/args.ts';
 import { median, reportHead, writeReport } from './lib/report.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -23,26 +24,12 @@ const DEFAULT_RESULTS = join(ROOT, 'bench/results/store-scale.json');
 /** Limits of the issue, in milliseconds. */
 const LIMITS = { list: 1500, validate: 10_000, help: 300 };
 
-interface Args {
-  images: number;
-  systems: number;
-  runs: number;
-  keep: boolean;
-  /** where the JSON report goes (tests write elsewhere, keeping the recorded results) */
-  out: string;
-}
-
-function parseArgs(argv: string[]): Args {
-  const args: Args = { images: 5000, systems: 500, runs: 5, keep: false, out: DEFAULT_RESULTS };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '--keep') args.keep = true;
-    else if (flag === '--out') args.out = resolve(argv[++i] ?? '');
-    else if (flag === '--images' || flag === '--systems' || flag === '--runs') {
-      args[flag.slice(2) as 'images' | 'systems' | 'runs'] = Number(argv[++i]);
-    } else throw new Error(`unknown argument ${flag}`);
-  }
-  return args;
+function parseArgs(argv: string[]) {
+  return benchArgs(
+    argv,
+    { images: 5000, systems: 500, runs: 5, keep: false, out: DEFAULT_RESULTS },
+    ['out'],
+  );
 }
 
 const pad = (n: number | string, width: number) => String(n).padStart(width, '0');
