@@ -27,7 +27,7 @@ import { execa } from 'execa';
 import { benchArgs } from './lib/args.ts';
 import { median, reportHead, timeIt, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
-import { exampleStoreWith } from './lib/store.ts';
+import { bundleAgent, exampleStoreWith } from './lib/store.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const LIMITS = { min_ratio_to_curl_sha256sum: 1.5, vm_time_spread: 0.2, max_rss_mb: 150 };
@@ -41,13 +41,7 @@ function parseArgs(argv: string[]) {
 
 /** dist/imgagent.mjs (scripts/build.mjs) and bench/lib/pull-blob.ts, bundled into `outdir`. */
 async function bundle(outdir: string): Promise<{ agent: string; pull: string }> {
-  await execa(process.execPath, [
-    join(ROOT, 'scripts/build.mjs'),
-    '--outdir',
-    outdir,
-    '--only',
-    'imgagent',
-  ]);
+  const agent = await bundleAgent(outdir);
   const { build } = await import('esbuild');
   const pull = join(outdir, 'pull-blob.mjs');
   await build({
@@ -63,7 +57,7 @@ async function bundle(outdir: string): Promise<{ agent: string; pull: string }> 
       js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);",
     },
   });
-  return { agent: join(outdir, 'imgagent.mjs'), pull };
+  return { agent, pull };
 }
 
 /** Adds a blob to the store by hand: .blobs/sha256/ab/<hex>. */

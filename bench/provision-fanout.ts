@@ -27,7 +27,7 @@ import { startSshd, type TestSshd } from '../test/helpers/sshd.ts';
 import { benchArgs } from './lib/args.ts';
 import { median, reportHead, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
-import { type BenchDisk, exampleStoreWith } from './lib/store.ts';
+import { type BenchDisk, bundleAgent, exampleStoreWith } from './lib/store.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
@@ -79,13 +79,7 @@ async function main(): Promise<number> {
     await execa('ip', ['link', 'add', bridge, 'type', 'bridge']);
     bridgeMade = true;
     // The agent bundle, built once (as `imgctl provision` would on demand).
-    await execa(process.execPath, [
-      join(ROOT, 'scripts/build.mjs'),
-      '--outdir',
-      join(work, 'dist'),
-      '--only',
-      'imgagent',
-    ]);
+    const agentBundle = await bundleAgent(join(work, 'dist'));
     const store = await makeStore(work);
     const server = await startServe(store);
     serve = server.proc;
@@ -130,7 +124,7 @@ async function main(): Promise<number> {
         ],
         {
           reject: false,
-          env: { IMGCTL_AGENT_BUNDLE: join(work, 'dist/imgagent.mjs'), SSH_AUTH_SOCK: '' },
+          env: { IMGCTL_AGENT_BUNDLE: agentBundle, SSH_AUTH_SOCK: '' },
         },
       );
       const seconds = (performance.now() - start) / 1000;

@@ -31,6 +31,7 @@ import { writeRandomFile } from '../test/helpers/index.ts';
 import { benchArgs } from './lib/args.ts';
 import { median, reportHead, timeIt, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
+import { bundleAgent, exampleStoreWith } from './lib/store.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const IMGCTL = join(ROOT, 'packages/cli/bin/imgctl.js');
@@ -81,17 +82,8 @@ async function main(): Promise<number> {
   const servers: ChildProcess[] = [];
   const failures: string[] = [];
   try {
-    await execa(process.execPath, [
-      join(ROOT, 'scripts/build.mjs'),
-      '--outdir',
-      join(work, 'dist'),
-      '--only',
-      'imgagent',
-    ]);
-    const agentBin = join(work, 'dist/imgagent.mjs');
-    const store = join(work, 'store');
-    await execa('cp', ['-r', join(ROOT, 'image-store'), store]);
-    await rm(join(store, '.blobs'), { recursive: true, force: true });
+    const agentBin = await bundleAgent(join(work, 'dist'));
+    const store = await exampleStoreWith(join(work, 'store'), []);
 
     // 1 GiB of random data behind an MBR with one partition.
     const dense = join(work, 'dense.raw');

@@ -1,4 +1,7 @@
-/** Stores the benchmarks provision from: copies of the example store with disks of their own. */
+/**
+ * What the agent benchmarks provision from: copies of the example store with disks of their
+ * own, and the single-file agent.
+ */
 import { rm } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,4 +38,16 @@ export async function exampleStoreWith(dir: string, disks: BenchDisk[]): Promise
       disk.file,
     ]);
   return dir;
+}
+
+/** Bundles the agent into `outdir` as targets run it (scripts/build.mjs); its path. */
+export async function bundleAgent(outdir: string): Promise<string> {
+  await execa(process.execPath, [
+    join(ROOT, 'scripts/build.mjs'),
+    '--outdir',
+    outdir,
+    '--only',
+    'imgagent',
+  ]);
+  return join(outdir, 'imgagent.mjs');
 }
