@@ -3,14 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import {
-  type AddDiskRequest,
-  addDisk,
-  finishStoreWrites,
-  verifyDisks,
-  writeStoreFiles,
-} from './disks.ts';
+import { type AddDiskRequest, addDisk, verifyDisks } from './disks.ts';
 import { createImage, initStore } from './images.ts';
+import { withStoreLock } from './lock.ts';
+import { finishStoreWrites, writeStoreFiles } from './store-txn.ts';
 
 let store: string;
 beforeEach(async () => {
@@ -105,6 +101,16 @@ describe('writeStoreFiles / finishStoreWrites', () => {
     expect(await finishStoreWrites(store)).toBe(1);
     expect(await readFile(file('store.yaml'), 'utf8')).toBe('new store\n');
     expect(await readFile(file('images/web/image.yaml'), 'utf8')).toBe(imageBefore);
+    expect(await readdir(join(store, '.state/txn'))).toEqual([]);
+  });
+
+  it('the next writer to take the store lock completes it before it reads anything', async () => {
+    const committed = join(store, '.state/txn/999999-cccc');
+    await mkdir(committed, { recursive: true });
+    await writeFile(join(committed, '0'), 'committed\n');
+    await writeFile(join(committed, 'journal.json'), JSON.stringify({ targets: ['store.yaml'] }));
+    const seen = await withStoreLock(store, () => readFile(file('store.yaml'), 'utf8'));
+    expect(seen).toBe('committed\n');
     expect(await readdir(join(store, '.state/txn'))).toEqual([]);
   });
 });

@@ -3,6 +3,7 @@ import { mkdir, open, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImgctlError } from './errors.ts';
+import { finishStoreWrites } from './store-txn.ts';
 
 /** The stores whose lock the current async call chain holds, so nested calls do not wait on it. */
 const held = new AsyncLocalStorage<ReadonlySet<string>>();
@@ -15,7 +16,8 @@ export interface LockOptions {
 /**
  * Runs `fn` holding the store-wide writer lock (`.state/lock`, created exclusively and holding
  * the owner's pid). A lock whose owner is gone is taken over, so a killed writer never wedges
- * the store.
+ * the store, and what such a writer committed is completed (finishStoreWrites) before `fn`
+ * reads anything.
  */
 export async function withStoreLock<T>(
   storeDir: string,
@@ -51,6 +53,7 @@ export async function withStoreLock<T>(
     }
   }
   try {
+    await finishStoreWrites(storeDir);
     return await held.run(new Set([...(outer ?? []), key]), fn);
   } finally {
     await rm(lockPath, { force: true });

@@ -1,7 +1,6 @@
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, listBlobs, removeStaleTmpFiles } from './blobs.ts';
-import { finishStoreWrites } from './disks.ts';
 import { parseYaml, type Problem } from './document.ts';
 import { withStoreLock } from './lock.ts';
 import { exists, listNames, mapLimit, storePaths } from './store.ts';
@@ -44,9 +43,8 @@ export async function verifyStore(
 ): Promise<StoreVerification> {
   const removed: string[] = [];
   if (options.gc) {
+    // withStoreLock completes a writer killed mid-transaction first, so gc sees the blobs it named.
     await withStoreLock(storeDir, async () => {
-      // A writer killed mid-transaction is completed first, so gc sees the blobs it named.
-      await finishStoreWrites(storeDir);
       const { named } = await references(storeDir);
       for (const blob of await listBlobs(storeDir)) {
         if (blob.valid && named.has(blob.sha256)) continue;
