@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
+import type { ProcessRunner } from '@imgctl/core/agent-steps';
 import { DEFAULT_CACHE_DIR } from '@imgctl/core/blob-cache';
 import { type Client, createClient } from '@imgctl/core/client';
 import { EXIT, ImgctlError } from '@imgctl/core/errors';
@@ -14,7 +15,6 @@ import {
   DEFAULT_CONNECT,
   DEFAULT_LOG_DIR,
   DEFAULT_VIRT_PATH,
-  type ProcessRunner,
   provisionVirt,
   type VirtResult,
 } from '@imgctl/core/virt';
@@ -504,9 +504,9 @@ function sizeFlag(flag: string, value: string): number {
   }
 }
 
-/** execa with argument arrays; a failure rejects with stdout, stderr and exitCode on the error. */
 /**
- * Runs tools with execa. One given a signal (a script, a conversion) runs in a process group of
+ * Runs tools with execa (argument arrays; a failure rejects with stdout, stderr and exitCode on
+ * the error). One given a signal (a script, a conversion) runs in a process group of
  * its own, which the abort terminates whole: what a script started stops with it.
  */
 function processRunner(): ProcessRunner {

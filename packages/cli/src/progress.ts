@@ -23,7 +23,7 @@ export interface Progress {
   end(error?: unknown): Promise<void>;
 }
 
-export type ProgressMode = 'listr' | 'lines' | 'silent';
+type ProgressMode = 'listr' | 'lines' | 'silent';
 
 /** listr2 tasks when stderr is a terminal, plain lines when it is not, nothing with --json. */
 export function progressMode(io: Pick<Io, 'isTTY'>, json: boolean): ProgressMode {
@@ -48,7 +48,7 @@ export function createProgress(ctx: Context, options: ProgressOptions = {}): Pro
 }
 
 /** Plain lines, each after `PREFIX: ` when given: `TITLE`, `LINE`, `TITLE: 40% (400.0 MiB of 1.0 GiB)`. */
-export function lineProgress(log: (line: string) => void, options: ProgressOptions = {}): Progress {
+function lineProgress(log: (line: string) => void, options: ProgressOptions = {}): Progress {
   const now = options.now ?? Date.now;
   const say = (text: string) => log(options.linePrefix ? `${options.linePrefix}: ${text}` : text);
   let label = '';
@@ -164,6 +164,9 @@ function describeBytes(done: number, total: number): string {
     ? `${Math.floor((done / total) * 100)}% (${humanSize(done)} of ${humanSize(total)})`
     : humanSize(done);
 }
+
+/** Archives smaller than this get no progress lines: they are done before one would help. */
+export const PROGRESS_MIN_BYTES = 64 * 1024 * 1024;
 
 /** Runs `work` with a progress reporter (see createProgress) and ends it however work ends. */
 export async function withProgress<T>(

@@ -331,7 +331,7 @@ export function asImgctlError(
 }
 
 /** The last two non-empty lines of a tool's output: what it said about its failure. */
-export function lastLine(text: string | undefined): string {
+function lastLine(text: string | undefined): string {
   return (text ?? '')
     .trim()
     .split('\n')

@@ -4,18 +4,19 @@
  * build-info.json).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { execa } from 'execa';
+import { hashFile } from './blobs.ts';
 import { type AddDiskResult, addDisks } from './disks.ts';
-import type { StoreFile } from './store-txn.ts';
 import { parseYaml } from './document.ts';
 import { invalid } from './edit.ts';
 import { ImgctlError } from './errors.ts';
 import { printable } from './names.ts';
 import { renderImageFile, resolvePlan } from './plan.ts';
 import { exists, storePaths } from './store.ts';
+import type { StoreFile } from './store-txn.ts';
 import type { Disk, PlanDoc } from './types.ts';
 import { validateDocument } from './validate.ts';
 import { editYamlText } from './yaml-edit.ts';
@@ -116,7 +117,7 @@ export async function buildImage(
     else options.onLine?.(line);
   };
   try {
-    const inputs: Record<string, string> = { 'build.sh': await sha256File(script) };
+    const inputs: Record<string, string> = { 'build.sh': await hashFile(script) };
     let kickstart: string | undefined;
     if (await hasKickstart(imageDir, plan)) {
       kickstart = join(scratch, 'kickstart.ks');
@@ -152,6 +153,7 @@ export async function buildImage(
         onDisk: (request) =>
           say(
             `adding disk ${request.id} (${request.use}) from out/${request.file!.slice(outDir.length + 1)}`,
+            true,
           ),
         onProgress: options.onProgress,
         onConvert: (reason) => say(`storing disk as qcow2: ${reason}`),
@@ -389,12 +391,6 @@ function isAlive(pid: number): boolean {
   } catch (error) {
     return (error as NodeJS.ErrnoException).code !== 'ESRCH';
   }
-}
-
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 function sha256Text(text: string): string {

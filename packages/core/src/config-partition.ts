@@ -15,7 +15,7 @@ import type { SeedFiles } from './seed.ts';
 import { formatSize } from './sizes.ts';
 import { readPartitionTable } from './target-disk.ts';
 
-export const CONFIG_LABEL = 'cidata';
+const CONFIG_LABEL = 'cidata';
 export const CONFIG_PARTITION_BYTES = 4 * 1024 * 1024;
 const ALIGN = 1024 * 1024;
 /** GPT's backup table at the end of the disk */

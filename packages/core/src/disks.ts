@@ -148,7 +148,7 @@ export async function addDisks(
         (await options.alsoWrite?.({ revision: change.revision, disks: results })) ?? [];
       // The blobs first, the descriptor naming them last.
       for (const [i, p] of prepared.entries()) {
-        if (p.staged && p.keep) {
+        if (p.staged && p.content.blob) {
           results[i]!.blob = await p.staged.commit();
           p.staged = undefined;
         }
@@ -168,9 +168,8 @@ export async function addDisks(
 interface PreparedDisk {
   request: AddDiskRequest;
   content: Pick<Disk, 'format' | 'size' | 'sha256' | 'blob' | 'url'>;
+  /** becomes a blob of the store when `content.blob` says so */
   staged?: StagedBlob;
-  /** the staged content becomes a blob of the store */
-  keep: boolean;
   converted?: AddDiskResult['converted'];
 }
 
@@ -182,7 +181,6 @@ async function prepareDisk(
   if (request.size !== undefined) {
     return {
       request,
-      keep: false,
       content: {
         format: (request.format as Disk['format'] | undefined) ?? 'raw',
         size: formatSize(parseSize(request.size)),
@@ -214,7 +212,6 @@ async function prepareDisk(
     return {
       request,
       staged,
-      keep: request.file !== undefined || Boolean(request.keep),
       converted,
       content: {
         format: info.format as Disk['format'],

@@ -297,16 +297,12 @@ async function* decode(
   beforeRead: () => Promise<unknown>,
 ): AsyncGenerator<Buffer> {
   if ('path' in source) {
-    const magic = Buffer.alloc(4);
-    const handle = await open(source.path, 'r');
-    try {
-      await handle.read(magic, 0, 4, 0);
-    } finally {
-      await handle.close();
-    }
-    const compression = compressionOf(magic);
     const file = await open(source.path, 'r');
     try {
+      // read at an explicit position: the file's own offset stays at 0 for what follows
+      const magic = Buffer.alloc(4);
+      await file.read(magic, 0, 4, 0);
+      const compression = compressionOf(magic);
       if (compression === 'none') yield* readRing(file, beforeRead);
       // a stream with an fd is handed to the program as its stdin, not piped through here
       else

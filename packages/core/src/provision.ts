@@ -8,16 +8,16 @@
  * The remote machine is reached through `ProvisionDeps.connect` (a RemoteShell), so unit tests
  * pass fakes and imgctl an ssh2 connection.
  */
-import { ImgctlError, isImgctlError } from './errors.ts';
+import { EXIT, type ErrorCode, ImgctlError, isImgctlError } from './errors.ts';
 import { formatSshTarget, type RemoteShell, type SshTarget } from './ssh.ts';
 import { mapLimit } from './store.ts';
 
 /** Where the agent lives on a target, relative to the SSH user's home directory. */
-export const REMOTE_AGENT_DIR = '.cache/imgctl';
+const REMOTE_AGENT_DIR = '.cache/imgctl';
 export const REMOTE_AGENT = `${REMOTE_AGENT_DIR}/imgagent.mjs`;
 /** The oldest Node.js the agent bundle runs on (package.json engines). */
-export const MIN_NODE = { major: 20, minor: 19 } as const;
-export const DEFAULT_PARALLEL = 10;
+const MIN_NODE = { major: 20, minor: 19 } as const;
+const DEFAULT_PARALLEL = 10;
 
 export interface ProvisionTarget {
   /** what the user wrote: an address, or a system name */
@@ -227,7 +227,7 @@ const PROBE_SCRIPT =
   'node --version 2>&1; echo "node-exit=$?"; sha256sum -- "$1" 2>/dev/null || true';
 
 /** Node.js on the target, checked against MIN_NODE (saying exactly what is missing), and the agent's hash. */
-export async function probeTarget(
+async function probeTarget(
   shell: RemoteShell,
   where: string,
 ): Promise<{ node: string; agentSha?: string }> {
@@ -285,10 +285,9 @@ function isAgentError(value: unknown): value is AgentError {
   return typeof e === 'object' && e !== null && typeof e.message === 'string';
 }
 
-const CODES = ['FAILED', 'USAGE', 'VALIDATION', 'NOT_FOUND', 'CONFLICT', 'HOST', 'INTEGRITY'];
-
-function agentCode(code: string): ImgctlError['code'] {
-  return (CODES.includes(code) ? code : 'FAILED') as ImgctlError['code'];
+/** The agent's error code as one of ours (design.md §4); anything else is FAILED. */
+function agentCode(code: string): ErrorCode {
+  return code in EXIT && code !== 'OK' ? (code as ErrorCode) : 'FAILED';
 }
 
 function errorFields(error: unknown): NonNullable<TargetResult['error']> {
@@ -313,9 +312,5 @@ export function summaryExitCode(summary: ProvisionSummary): number {
   const codes = new Set(
     summary.targets.filter((t) => t.status === 'failed').map((t) => t.error?.code ?? 'FAILED'),
   );
-  if (codes.size === 1) {
-    const only = new ImgctlError(agentCode([...codes][0]!), '');
-    return only.exitCode;
-  }
-  return 1;
+  return codes.size === 1 ? EXIT[agentCode([...codes][0]!)] : EXIT.FAILED;
 }

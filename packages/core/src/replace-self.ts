@@ -78,6 +78,8 @@ export interface ReplaceSelfDeps extends StepDeps {
 
 export type BootAction = 'none' | 'reboot' | 'kexec';
 
+const TARGET_FULL = 'the target disk is full: choose a larger one';
+
 export interface ReplaceSelfOptions extends PlanQuery {
   /** the disk or file written over; default the system's target_disk */
   targetDisk?: string;
@@ -200,7 +202,6 @@ export async function replaceSelf(
   }
 
   const events = eventSender(deps, plan, vm);
-  const spaceHint = 'the target disk is full: choose a larger one';
   let work: string | undefined;
   // Set once the system disk is written, until it is configured: a failure in between makes it
   // unbootable again, so it never boots the image without its configuration.
@@ -266,7 +267,7 @@ export async function replaceSelf(
     }
     return result;
   } catch (error) {
-    const failure = interrupted(deps) ?? asImgctlError(error, spaceHint);
+    const failure = interrupted(deps) ?? asImgctlError(error, TARGET_FULL);
     if (unconfigured) {
       const erased = await eraseHead(systemTarget.realPath, systemTarget.size).then(
         () => `its first MiB was zeroed again, so ${targetPath} does not boot half-configured`,
@@ -417,6 +418,7 @@ async function writeDisk(
           ],
           `writing disk ${d.id} onto ${where}`,
           { signal: deps.signal },
+          TARGET_FULL,
         );
       };
       touched = true;
@@ -449,8 +451,7 @@ async function writeDisk(
     await writer?.abort().catch(() => undefined);
     if (touched && d.use === 'system')
       await eraseHead(info.realPath, Math.min(HEAD_BYTES, disk.image_size)).catch(() => undefined);
-    const failure =
-      interrupted(deps) ?? asImgctlError(error, 'the target disk is full: choose a larger one');
+    const failure = interrupted(deps) ?? asImgctlError(error, TARGET_FULL);
     if (!failure) throw error;
     throw new ImgctlError(failure.code, failure.message, {
       cause: error,
@@ -517,7 +518,7 @@ async function prepareKexec(
 }
 
 /** The default entry of a syslinux/extlinux config on one of the target's vfat partitions. */
-export async function findBootFiles(
+async function findBootFiles(
   target: string,
   deps: Pick<ReplaceSelfDeps, 'runner' | 'scriptEnv'>,
   work: string,

@@ -173,7 +173,7 @@ export function blobKeyType(blob: Buffer): string | undefined {
 }
 
 /** The name known_hosts files this host under: `host`, or `[host]:port` when the port is not 22. */
-export function knownHostName(host: string, port: number): string {
+function knownHostName(host: string, port: number): string {
   const name = host.toLowerCase();
   return port === 22 ? name : `[${name}]:${port}`;
 }
@@ -507,7 +507,7 @@ function hostKeyRefusal(
 }
 
 /** OpenSSH's fingerprint: SHA256: and the unpadded base64 of SHA-256 over the key blob. */
-export function fingerprint(key: Buffer): string {
+function fingerprint(key: Buffer): string {
   return `SHA256:${createHash('sha256').update(key).digest('base64').replace(/=+$/, '')}`;
 }
 

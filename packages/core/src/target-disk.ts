@@ -21,7 +21,7 @@ export interface HostTables {
   sysfs: string;
 }
 
-export const HOST_TABLES: HostTables = {
+const HOST_TABLES: HostTables = {
   mountinfo: '/proc/self/mountinfo',
   swaps: '/proc/swaps',
   sysfs: '/sys',

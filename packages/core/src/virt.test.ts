@@ -5,13 +5,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ImgctlError } from './errors.ts';
 import type { HostProbe } from './host-check.ts';
 import type { PlanDoc } from './types.ts';
-import {
-  type ProcessRunner,
-  provisionVirt,
-  renderConfig,
-  type VirtDeps,
-  type VirtOptions,
-} from './virt.ts';
+import { type ProcessRunner, renderConfig } from './agent-steps.ts';
+import { provisionVirt, type VirtDeps, type VirtOptions } from './virt.ts';
 
 const ROOT = '1'.repeat(64);
 const DATA = '2'.repeat(64);

@@ -16,6 +16,7 @@ import {
   interrupted,
   type ProcessRunner,
   passwordHashes,
+  type StepDeps,
   progressLogger,
   publicParameters,
   run,
@@ -36,29 +37,18 @@ export const DEFAULT_VIRT_PATH = '/var/lib/libvirt/images';
 export const DEFAULT_LOG_DIR = '/var/log/imgctl';
 export const DEFAULT_CONNECT = 'qemu:///system';
 
-export { type ProcessRunner, type RunOptions, renderConfig } from './agent-steps.ts';
-
 export type VirtClient = Pick<
   Client,
   'baseUrl' | 'getPlan' | 'getFile' | 'getImage' | 'postEvent' | 'downloadBlob'
 >;
 
-export interface VirtDeps {
-  runner: ProcessRunner;
+export interface VirtDeps extends StepDeps {
   client: VirtClient;
   probe: HostProbe;
-  /** milliseconds since the epoch */
-  now(): number;
   /** `bytes` random bytes as lowercase hex */
   randomHex(bytes: number): string;
-  /** a progress or status line for the user (stderr) */
-  log(line: string): void;
   /** where the run's scratch directory (scripts, config files, XML) is made */
   tmpDir: string;
-  /** the environment provisioning scripts start from (PATH, HOME, LANG) */
-  scriptEnv: Record<string, string>;
-  /** see StepDeps.signal */
-  signal?: AbortSignal;
 }
 
 export interface VirtOptions extends PlanQuery {

@@ -1,7 +1,6 @@
 import { exportImage } from '@imgctl/core/export';
 import type { Handler } from '../command.ts';
-import { withProgress } from '../progress.ts';
-import { PROGRESS_MIN_BYTES } from './pack.ts';
+import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 
 export const run: Handler = async ([image, dir], _options, ctx) => {
   const storeDir = await ctx.storeDir();

@@ -3,8 +3,7 @@ import { importArchive } from '@imgctl/core/import';
 import { formatSize } from '@imgctl/core/sizes';
 import { importVirtImage } from '@imgctl/core/virt-image';
 import type { Handler } from '../command.ts';
-import { withProgress } from '../progress.ts';
-import { PROGRESS_MIN_BYTES } from './pack.ts';
+import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 
 export const run: Handler = async ([source], options, ctx) => {
   const from = (options.from as string | undefined) ?? 'archive';

@@ -2,10 +2,9 @@ import { ImgctlError } from '@imgctl/core/errors';
 import { packImage } from '@imgctl/core/pack';
 import { formatSize } from '@imgctl/core/sizes';
 import type { Handler } from '../command.ts';
-import { withProgress } from '../progress.ts';
+import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 
 /** Packs and imports smaller than this show no percentages: they are over in a moment. */
-export const PROGRESS_MIN_BYTES = 64 * 1024 * 1024;
 
 export const run: Handler = async ([image], options, ctx) => {
   const output = options.output;

@@ -1,8 +1,8 @@
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { hashFile } from '@imgctl/core/blobs';
 import { ImgctlError, isImgctlError } from '@imgctl/core/errors';
 import { isValidName, printable } from '@imgctl/core/names';
 import { renderTable } from '@imgctl/core/output';
@@ -43,8 +43,9 @@ export const run: Handler = async (args, options, ctx) => {
         hint: 'names are [a-z0-9][a-z0-9._-]{0,62}',
       });
   }
-  const parallel = integerOption(options.parallel, '--parallel') ?? 10;
-  const timeoutS = integerOption(options.connectTimeout, '--connect-timeout') ?? 15;
+  // defaults: provision-spec.ts
+  const parallel = integerOption(options.parallel, '--parallel')!;
+  const timeoutS = integerOption(options.connectTimeout, '--connect-timeout')!;
 
   const specs = [...args];
   if (options.targets !== undefined)
@@ -132,7 +133,7 @@ export const run: Handler = async (args, options, ctx) => {
             },
           };
         },
-        sha256File,
+        sha256File: (path) => hashFile(path),
         now: () => Date.now(),
         onEvent: reporter.onEvent,
       },
@@ -340,12 +341,6 @@ async function newestSource(root: string): Promise<number> {
     }
   }
   return newest;
-}
-
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 interface Reporter {
