@@ -500,9 +500,10 @@ function makeSlots(): Slot[] {
 }
 
 /** Attaches a handler at once (no unhandled rejection); the error still surfaces on await. */
-function settle(promise: Promise<void>): Promise<void> {
-  promise.catch(() => undefined);
-  return promise;
+function settle(promise: Promise<unknown>): Promise<void> {
+  const done = promise.then(() => undefined);
+  done.catch(() => undefined);
+  return done;
 }
 
 interface Piece {
@@ -615,12 +616,23 @@ async function readFully(src: FileHandle, buf: Buffer, len: number, pos: number)
 }
 
 /** Writes the blocks of buf[0, n) that are not all zero at `pos`; zero blocks stay holes. */
-async function writeNonZero(out: FileHandle, buf: Buffer, n: number, pos: number): Promise<void> {
+/**
+ * Writes the first `n` bytes of `buf` at `pos`, leaving out its all-zero 64 KiB blocks (a file
+ * then keeps holes there); resolves with how many bytes were left out.
+ */
+export async function writeNonZero(
+  out: FileHandle,
+  buf: Buffer,
+  n: number,
+  pos: number,
+): Promise<number> {
   const writes: Promise<void>[] = [];
   let runStart = -1;
+  let skipped = 0;
   for (let off = 0; off < n; off += BLOCK) {
     const end = Math.min(off + BLOCK, n);
     const zero = buf.compare(ZEROS, 0, end - off, off, end) === 0;
+    if (zero) skipped += end - off;
     if (!zero && runStart < 0) runStart = off;
     if (zero && runStart >= 0) {
       writes.push(writeFully(out, buf, runStart, off, pos));
@@ -629,9 +641,11 @@ async function writeNonZero(out: FileHandle, buf: Buffer, n: number, pos: number
   }
   if (runStart >= 0) writes.push(writeFully(out, buf, runStart, n, pos));
   await Promise.all(writes);
+  return skipped;
 }
 
-async function writeFully(
+/** Writes `buf[from, to)` at `pos + from`, however many calls it takes. */
+export async function writeFully(
   out: FileHandle,
   buf: Buffer,
   from: number,

@@ -8,9 +8,10 @@
  * a mount table; a test never points at the machine's real disks.
  */
 import { createHash } from 'node:crypto';
-import { type FileHandle, open, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { open, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type ProcessRunner, run } from './agent-steps.ts';
+import { writeFully, writeNonZero } from './blobs.ts';
 import { ImgctlError } from './errors.ts';
 import { formatSize } from './sizes.ts';
 
@@ -472,8 +473,6 @@ export interface TargetWriter {
 
 /** The first MiB (partition table, boot code) is written last, so a cut-off write never boots. */
 export const HEAD_BYTES = 1024 * 1024;
-const ZERO_BLOCK = 64 * 1024;
-const ZEROS = Buffer.alloc(ZERO_BLOCK);
 
 /**
  * Opens the target to receive `length` bytes of a raw image at offset 0.
@@ -513,7 +512,7 @@ export async function openTargetWriter(
   const stats: TargetWriter['stats'] = { written: 0, skipped: 0 };
   try {
     if (!skipsZeros) {
-      await writeAt(handle, head, 0);
+      await writeFully(handle, head, 0, head.length, 0);
       await handle.sync();
     }
   } catch (error) {
@@ -522,25 +521,10 @@ export async function openTargetWriter(
   }
   let closed = false;
   const writeRegion = async (data: Buffer, offset: number) => {
-    if (!skipsZeros) {
-      await writeAt(handle, data, offset);
-      stats.written += data.length;
-      return;
-    }
-    // Coalesce runs of non-zero blocks into one write each.
-    let runStart = -1;
-    for (let at = 0; at <= data.length; at += ZERO_BLOCK) {
-      const end = Math.min(at + ZERO_BLOCK, data.length);
-      const zero = at >= data.length || isZero(data, at, end);
-      if (!zero && runStart < 0) runStart = at;
-      if ((zero || end === data.length) && runStart >= 0) {
-        const stop = zero ? at : end;
-        await writeAt(handle, data.subarray(runStart, stop), offset + runStart);
-        stats.written += stop - runStart;
-        runStart = -1;
-      }
-      if (zero && at < data.length) stats.skipped += end - at;
-    }
+    const skipped = skipsZeros ? await writeNonZero(handle, data, data.length, offset) : 0;
+    if (!skipsZeros) await writeFully(handle, data, 0, data.length, offset);
+    stats.written += data.length - skipped;
+    stats.skipped += skipped;
   };
   return {
     skipsZeros,
@@ -593,23 +577,16 @@ export async function dropCachedPages(path: string, runner: ProcessRunner): Prom
 export async function eraseHead(path: string, size: number): Promise<void> {
   const handle = await open(path, 'r+');
   try {
-    await writeAt(handle, Buffer.alloc(Math.min(HEAD_BYTES, size)), 0);
+    await writeFully(
+      handle,
+      Buffer.alloc(Math.min(HEAD_BYTES, size)),
+      0,
+      Math.min(HEAD_BYTES, size),
+      0,
+    );
     await handle.sync();
   } finally {
     await handle.close();
-  }
-}
-
-function isZero(data: Buffer, start: number, end: number): boolean {
-  return end - start === ZERO_BLOCK
-    ? data.subarray(start, end).equals(ZEROS)
-    : data.subarray(start, end).equals(ZEROS.subarray(0, end - start));
-}
-
-async function writeAt(handle: FileHandle, data: Buffer, position: number): Promise<void> {
-  for (let off = 0; off < data.length;) {
-    const { bytesWritten } = await handle.write(data, off, data.length - off, position + off);
-    off += bytesWritten;
   }
 }
 
