@@ -419,19 +419,7 @@ async function copyDenseFile(
   } finally {
     await src.close();
   }
-  const after = await stat(source);
-  const copy = await stat(tmp);
-  if (
-    after.size !== before.size ||
-    after.ino !== before.ino ||
-    after.mtimeMs !== before.mtimeMs ||
-    after.ctimeMs !== before.ctimeMs ||
-    copy.size !== hashed.size
-  ) {
-    throw new ImgctlError('FAILED', 'the file changed while it was being added', {
-      hint: 'run the command again once nothing writes to the file (e.g. the VM using it is shut down)',
-    });
-  }
+  await assertUnchanged(source, before, (await stat(tmp)).size === hashed.size);
   const out = await open(tmp, 'r');
   try {
     await out.sync();
@@ -500,6 +488,28 @@ function makeSlots(): Slot[] {
 }
 
 /** Attaches a handler at once (no unhandled rejection); the error still surfaces on await. */
+/**
+ * Throws FAILED when `source` is no longer the file `before` described (written to, replaced)
+ * or `consistent` is false: its copy cannot be trusted.
+ */
+export async function assertUnchanged(
+  source: string,
+  before: Stats,
+  consistent = true,
+): Promise<void> {
+  const after = await stat(source);
+  if (
+    !consistent ||
+    after.size !== before.size ||
+    after.ino !== before.ino ||
+    after.mtimeMs !== before.mtimeMs ||
+    after.ctimeMs !== before.ctimeMs
+  )
+    throw new ImgctlError('FAILED', 'the file changed while it was being added', {
+      hint: 'run the command again once nothing writes to the file (e.g. the VM using it is shut down)',
+    });
+}
+
 function settle(promise: Promise<unknown>): Promise<void> {
   const done = promise.then(() => undefined);
   done.catch(() => undefined);

@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import {
+  assertUnchanged,
   type BlobInfo,
   blobPath,
   type ProgressOptions,
@@ -270,17 +271,11 @@ async function stageQcow2(
     },
     options,
   );
-  const after = await stat(source);
-  if (
-    after.size !== before.size ||
-    after.ino !== before.ino ||
-    after.mtimeMs !== before.mtimeMs ||
-    after.ctimeMs !== before.ctimeMs
-  ) {
+  try {
+    await assertUnchanged(source, before);
+  } catch (error) {
     await staged.discard();
-    throw new ImgctlError('FAILED', 'the file changed while it was being added', {
-      hint: 'run the command again once nothing writes to the file (e.g. the VM using it is shut down)',
-    });
+    throw error;
   }
   return staged;
 }

@@ -92,8 +92,7 @@ export async function provisionTargets(
   deps: ProvisionDeps,
 ): Promise<ProvisionSummary> {
   const agentSha = await deps.sha256File(options.agentBundle);
-  const controller = new AbortController();
-  const signal = options.signal ?? controller.signal;
+  const signal = options.signal ?? new AbortController().signal;
   const results = await mapLimit(
     options.targets,
     options.parallel ?? DEFAULT_PARALLEL,
@@ -110,10 +109,7 @@ export async function provisionTargets(
       } else {
         const partial: Partial<TargetResult> = {};
         try {
-          Object.assign(
-            partial,
-            await provisionOne(target, { ...options, agentSha, signal }, deps, partial),
-          );
+          await provisionOne(target, { ...options, agentSha, signal }, deps, partial);
           result = { ...base, ...partial, status: 'ok', seconds: 0 };
         } catch (error) {
           const cancelled = signal.aborted;
@@ -147,8 +143,9 @@ async function provisionOne(
   target: ProvisionTarget,
   ctx: RunContext,
   deps: ProvisionDeps,
+  /** filled in as the run goes, so a failure still reports what was learnt */
   partial: Partial<TargetResult>,
-): Promise<Partial<TargetResult>> {
+): Promise<void> {
   const phase = (p: ProvisionPhase) =>
     deps.onEvent?.({ target: target.label, kind: 'phase', phase: p });
   const where = formatSshTarget(target.ssh);
@@ -194,7 +191,8 @@ async function provisionOne(
     throwIfAborted(ctx.signal);
     const output = parseAgentOutput(run.stdout);
     if (run.exitCode === 0 && output !== undefined && !isAgentError(output)) {
-      return { result: output };
+      partial.result = output;
+      return;
     }
     if (isAgentError(output)) {
       const e = output.error;
