@@ -117,10 +117,17 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
       const check = await execa('virt-xml-validate', [file, 'domain'], { reject: false });
       expect(check.exitCode, check.stderr + check.stdout).toBe(0);
     }
-    // The system disk is an overlay on the cached base, backing format explicit.
+    // The system disk is an overlay on the cached base, backing format explicit. -U: the VM may
+    // still be powering off and holding its write lock when the serial line has been read.
     const info = JSON.parse(
-      (await execa('qemu-img', ['info', '--output=json', join(paths.virt, 'tiny01-root.qcow2')]))
-        .stdout,
+      (
+        await execa('qemu-img', [
+          'info',
+          '-U',
+          '--output=json',
+          join(paths.virt, 'tiny01-root.qcow2'),
+        ])
+      ).stdout,
     ) as Record<string, string>;
     expect(info['backing-filename']).toBe(
       join(paths.cache, 'sha256', rootSha.slice(0, 2), rootSha),
@@ -170,8 +177,14 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
     expect(report).toMatchObject({ hostname: 'tiny02', 'data-disk': 'ok' });
     expect(report['instance-id']).toMatch(/^tiny02-/);
     const info = JSON.parse(
-      (await execa('qemu-img', ['info', '--output=json', join(paths.virt, 'tiny02-root.qcow2')]))
-        .stdout,
+      (
+        await execa('qemu-img', [
+          'info',
+          '-U',
+          '--output=json',
+          join(paths.virt, 'tiny02-root.qcow2'),
+        ])
+      ).stdout,
     ) as Record<string, string>;
     expect(info['backing-filename']).toBe(
       join(paths.cache, 'sha256', rootSha.slice(0, 2), rootSha),
