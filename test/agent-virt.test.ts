@@ -17,7 +17,14 @@ import {
   type TempDir,
   type TestServer,
 } from './helpers/index.ts';
-import { domainExists, makeBridge, removeDomain, startLibvirt, virsh } from './helpers/libvirt.ts';
+import {
+  domainExists,
+  makeBridge,
+  removeDomain,
+  startLibvirt,
+  virsh,
+  waitForShutoff,
+} from './helpers/libvirt.ts';
 import { waitForApplianceReport } from './helpers/seed.ts';
 
 const BRIDGE = `imgbr${process.pid % 100000}`;
@@ -61,9 +68,14 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
     return runAgent(agentArgs(args, options));
   }
 
-  /** Waits for the appliance's report line in a VM's serial log. */
-  function serialReport(vm: string) {
-    return waitForApplianceReport(join(paths.virt, `${vm}.serial.log`));
+  /**
+   * Waits for the appliance's report line in a VM's serial log, then for the VM to power off:
+   * until then qemu holds its disks' write locks and may still write to them and to the log.
+   */
+  async function serialReport(vm: string) {
+    const report = await waitForApplianceReport(join(paths.virt, `${vm}.serial.log`));
+    await waitForShutoff(vm);
+    return report;
   }
 
   beforeAll(async () => {
@@ -117,17 +129,10 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
       const check = await execa('virt-xml-validate', [file, 'domain'], { reject: false });
       expect(check.exitCode, check.stderr + check.stdout).toBe(0);
     }
-    // The system disk is an overlay on the cached base, backing format explicit. -U: the VM may
-    // still be powering off and holding its write lock when the serial line has been read.
+    // The system disk is an overlay on the cached base, backing format explicit.
     const info = JSON.parse(
-      (
-        await execa('qemu-img', [
-          'info',
-          '-U',
-          '--output=json',
-          join(paths.virt, 'tiny01-root.qcow2'),
-        ])
-      ).stdout,
+      (await execa('qemu-img', ['info', '--output=json', join(paths.virt, 'tiny01-root.qcow2')]))
+        .stdout,
     ) as Record<string, string>;
     expect(info['backing-filename']).toBe(
       join(paths.cache, 'sha256', rootSha.slice(0, 2), rootSha),
@@ -177,14 +182,8 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
     expect(report).toMatchObject({ hostname: 'tiny02', 'data-disk': 'ok' });
     expect(report['instance-id']).toMatch(/^tiny02-/);
     const info = JSON.parse(
-      (
-        await execa('qemu-img', [
-          'info',
-          '-U',
-          '--output=json',
-          join(paths.virt, 'tiny02-root.qcow2'),
-        ])
-      ).stdout,
+      (await execa('qemu-img', ['info', '--output=json', join(paths.virt, 'tiny02-root.qcow2')]))
+        .stdout,
     ) as Record<string, string>;
     expect(info['backing-filename']).toBe(
       join(paths.cache, 'sha256', rootSha.slice(0, 2), rootSha),

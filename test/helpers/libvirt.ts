@@ -28,6 +28,18 @@ export async function domainExists(name: string): Promise<boolean> {
   return (await virsh(['dominfo', name])).exitCode === 0;
 }
 
+/** Waits until a domain is shut off (the appliance powers off after its report line). */
+export async function waitForShutoff(name: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const state = (await virsh(['domstate', name])).stdout.trim();
+    if (state === 'shut off') return;
+    if (Date.now() > deadline)
+      throw new Error(`domain ${name} still '${state}' after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
 /** destroy + undefine, ignoring "not running" / "no such domain". */
 export async function removeDomain(name: string): Promise<void> {
   await virsh(['destroy', name]);
