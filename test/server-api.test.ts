@@ -378,8 +378,13 @@ describe('imgctl serve: events and status', () => {
     expect(http.json<Array<{ state: string }>>()[0]!.state).toBe('stalled');
   });
 
-  it('logs one line per request, without tokens', async () => {
+  it('logs one line per request, without tokens or --set values', async () => {
+    await get('/v1/plan?image=web&set=admin_password%3Dhunter2&system=web01&set=cpus=2');
     await server.waitForLog(/GET \/v1\/status\?system=stuck01&stalled_after=0ms 200 \d+B/);
+    await server.waitForLog(
+      /GET \/v1\/plan\?image=web&set=admin_password=<redacted>&system=web01&set=cpus=<redacted> \d{3} /,
+    );
+    expect(server.log()).not.toContain('hunter2');
     expect(server.log()).toMatch(/POST \/v1\/events 201 \d+B [\d.]+ms/);
     expect(server.log()).not.toContain(READ);
     expect(server.log()).not.toContain(WRITE);

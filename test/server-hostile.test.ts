@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import {
   copyExampleStoreTo,
   makeTempDir,
@@ -273,6 +273,7 @@ describe('imgctl serve: oversized and malformed requests', () => {
 describe('imgctl serve: TLS', () => {
   it('serves HTTPS with the given certificate, read-only and redacted without tokens', async () => {
     const tmp = await makeTempDir();
+    onTestFinished(() => tmp.cleanup());
     const cert = join(tmp.dir, 'cert.pem');
     const key = join(tmp.dir, 'key.pem');
     await execa('openssl', [
@@ -295,6 +296,7 @@ describe('imgctl serve: TLS', () => {
       'subjectAltName=IP:127.0.0.1',
     ]);
     const tls = await startServer({ storeDir, args: ['--tls-cert', cert, '--tls-key', key] });
+    onTestFinished(() => tls.stop());
     expect(tls.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
     const ca = await readFile(cert);
     const plan = await rawRequest(tls.url, '/v1/plan?system=web01', { ca });
@@ -306,6 +308,7 @@ describe('imgctl serve: TLS', () => {
       (error: Error) => error,
     );
     expect(plain instanceof Error || plain.status === 400).toBe(true);
+    await tls.waitForLog(/TLS handshake failed \S+ 127\.0\.0\.1/);
     const post = await rawRequest(tls.url, '/v1/events', {
       method: 'POST',
       body: '{"system":"web01","phase":"started"}',

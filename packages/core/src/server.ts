@@ -12,7 +12,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type ErrorCode, ImgctlError } from './errors.ts';
@@ -183,6 +183,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         `HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
       );
     } else socket.destroy();
+  });
+
+  // A failed TLS handshake (plain HTTP, an untrusted certificate) never reaches onRequest.
+  server.on('tlsClientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+    log(
+      `- - - 0B 0ms TLS handshake failed ${error.code ?? error.message} ${socket.remoteAddress ?? '-'}`,
+    );
   });
 
   const host = options.host ?? '127.0.0.1';
@@ -357,7 +364,15 @@ function errorReply(error: unknown, log: (line: string) => void): Reply {
 
 const PLAIN_URL = /^[\x21-\x7e]*$/;
 
-function printableUrl(url: string): string {
+/**
+ * The request target as logged: `set=` values (parameters given with --set, maybe secrets) are
+ * replaced by `<redacted>`, keeping their keys; control characters escaped; clipped at 200.
+ */
+function printableUrl(rawUrl: string): string {
+  const url = rawUrl.replace(/([?&]set=)([^&#]*)/g, (_, prefix: string, value: string) => {
+    const equals = value.search(/=|%3d/i);
+    return `${prefix}${equals < 0 ? '' : `${value.slice(0, equals)}=`}<redacted>`;
+  });
   if (url.length <= 200 && PLAIN_URL.test(url)) return url;
   const clipped = url.length > 200 ? `${url.slice(0, 200)}…` : url;
   return clipped.replace(
