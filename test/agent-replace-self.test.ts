@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { constants, createReadStream } from 'node:fs';
 import { chmod, cp, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -227,7 +227,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     expect(report).toMatchObject({ hostname: 'tinyq', 'instance-id': result.instanceId });
   });
 
-  it('refuses a mounted loop device, a too-small target and a foreign partition table, changing nothing', async () => {
+  it('refuses a mounted or busy loop device, a too-small target and a foreign partition table, changing nothing', async () => {
     // A mounted loop device: exit 5, even with --force.
     const fsFile = await makeFile(join(work.dir, 'mounted.raw'), 80 * MiB);
     await execa('mkfs.ext4', [
@@ -257,6 +257,27 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     expect(mounted.stderr).toMatch(/is in use by this machine/);
     expect(mounted.stderr).toContain(`is mounted at ${mnt}`);
     expect(await sha256File(loop)).toBe(mountedBefore);
+
+    // A loop device a program holds open exclusively, as ZFS holds its pool's disks: no table
+    // shows it, the kernel's EBUSY does. Exit 5, even with --force.
+    const held = await attachLoop(await makeFile(join(work.dir, 'held.raw'), 96 * MiB));
+    const holder = await open(held, constants.O_RDONLY | constants.O_EXCL);
+    try {
+      const heldBefore = await sha256File(held);
+      const busy = await agent([
+        '--replace-self',
+        '--image',
+        'tiny-linux',
+        '--target-disk',
+        held,
+        '--force',
+      ]);
+      expect(busy.exitCode, busy.stderr).toBe(5);
+      expect(busy.stderr).toMatch(/the kernel reports it busy/);
+      expect(await sha256File(held)).toBe(heldBefore);
+    } finally {
+      await holder.close();
+    }
 
     // Too small for the image and its config partition: exit 6.
     const small = await makeFile(join(work.dir, 'small.raw'), 64 * MiB);

@@ -38,9 +38,14 @@ afterEach(async () => {
 
 /**
  * A fake /sys with one disk `sdz` (8:240) and its partitions sdz1 (8:241), sdz2 (8:242), plus
- * the machine's real-looking root disk vdq (254:16). `fs` makes /dev/sdz a block device 8:240.
+ * the machine's real-looking root disk vdq (254:16). `fs` makes /dev/sdz a block device 8:240,
+ * which the kernel reports busy when `busy` names it.
  */
-async function fakeHost(mountinfo: string, swaps = 'Filename Type Size Used Priority\n') {
+async function fakeHost(
+  mountinfo: string,
+  swaps = 'Filename Type Size Used Priority\n',
+  busy: string[] = [],
+) {
   const sys = join(dir, 'sys');
   const disk = join(sys, 'devices/pci0/block/sdz');
   const other = join(sys, 'devices/pci1/block/vdq');
@@ -78,6 +83,7 @@ async function fakeHost(mountinfo: string, swaps = 'Filename Type Size Used Prio
       if (devices[p] === undefined) throw Object.assign(new Error('ENOENT'), { code: 'ENOENT' });
       return { isBlockDevice: () => true, isFile: () => false, rdev: devices[p], size: 0 };
     },
+    busy: async (p) => busy.includes(p),
   };
   // blockdev says 8 GiB; sfdisk and blkid find nothing on it.
   const runner: ProcessRunner = {
@@ -180,6 +186,15 @@ describe('inspectTarget: in use by this machine', () => {
     expect((await inspectTarget('/dev/sdz', host)).inUse).toEqual([
       '/dev/sdz2 is a device of the mounted btrfs filesystem 5f2c-fsid',
     ]);
+  });
+
+  it('refuses a disk the kernel reports busy though no table names a holder (a ZFS pool member)', async () => {
+    const host = await fakeHost(line('254:16', '/', '/dev/vdq'), undefined, ['/dev/sdz']);
+    const info = await inspectTarget('/dev/sdz', host);
+    expect(info.inUse).toEqual([expect.stringMatching(/^the kernel reports it busy/)]);
+    expect(() =>
+      checkTarget(info, { needBytes: MiB, needWhat: 'x', namedBySystem: true, force: true }),
+    ).toThrowError(/in use by this machine/);
   });
 
   it('refuses a target without a sysfs entry: nothing tells whether it is in use', async () => {

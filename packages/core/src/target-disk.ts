@@ -3,11 +3,13 @@
  * whether it is in use by this machine, and the writer that puts a raw image on it.
  *
  * "In use" comes from the kernel's own tables: /proc/self/mountinfo (mounts, and which device
- * holds `/`), /proc/swaps, /sys/class/block/<dev>/holders (LVM, md, dm-crypt) and the loop
- * devices' backing files. Their locations are injectable (`HostTables`) so unit tests can fake
+ * holds `/`), /proc/swaps, /sys/class/block/<dev>/holders (LVM, md, dm-crypt), btrfs's device
+ * lists and the loop devices' backing files; and, when none of them names a holder, from an
+ * exclusive open of the device, which the kernel refuses while anything has claimed it. Their locations are injectable (`HostTables`) so unit tests can fake
  * a mount table; a test never points at the machine's real disks.
  */
 import { createHash } from 'node:crypto';
+import { constants } from 'node:fs';
 import { open, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type ProcessRunner, run } from './agent-steps.ts';
@@ -61,13 +63,29 @@ export interface TargetInfo {
   inUse: string[];
 }
 
-/** The two filesystem calls that tell a device from a file; fakes in unit tests. */
+/** The filesystem calls that tell a device from a file and whether it is busy; fakes in unit tests. */
 export interface TargetFs {
   realpath(path: string): Promise<string>;
   stat(
     path: string,
   ): Promise<{ isBlockDevice(): boolean; isFile(): boolean; rdev: number; size: number }>;
+  /** Whether the kernel refuses an exclusive open of a block device (EBUSY). */
+  busy(path: string): Promise<boolean>;
 }
+
+const REAL_FS: TargetFs = {
+  realpath,
+  stat,
+  async busy(path) {
+    try {
+      await (await open(path, constants.O_RDONLY | constants.O_EXCL)).close();
+      return false;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EBUSY') return true;
+      throw error;
+    }
+  },
+};
 
 export interface InspectDeps {
   runner: ProcessRunner;
@@ -82,7 +100,7 @@ export interface InspectDeps {
  */
 export async function inspectTarget(path: string, deps: InspectDeps): Promise<TargetInfo> {
   const tables = deps.tables ?? HOST_TABLES;
-  const fs = deps.fs ?? { realpath, stat };
+  const fs = deps.fs ?? REAL_FS;
   let realPath: string;
   try {
     realPath = await fs.realpath(path);
@@ -124,6 +142,12 @@ export async function inspectTarget(path: string, deps: InspectDeps): Promise<Ta
       partitions: [],
       inUse: await blockDeviceUse(dir, tables, fs),
     };
+    // The kernel's own answer, for holders the tables above do not show (a ZFS pool, a mount in
+    // another namespace, a program that opened it exclusively): mkfs and wipefs ask it the same way.
+    if (info.inUse.length === 0 && (await fs.busy(realPath)))
+      info.inUse.push(
+        'the kernel reports it busy (an exclusive open fails): something holds it or one of its partitions, e.g. a ZFS pool, a mount in another namespace or another program',
+      );
   } else if (st.isFile()) {
     info = {
       path,
@@ -486,6 +510,25 @@ export const HEAD_BYTES = 1024 * 1024;
  * The first HEAD_BYTES are held in memory and written by finish(): until then the target has
  * no partition table and no boot code.
  */
+/** Opens the target for writing: a block device exclusively, so nothing mounts or claims it meanwhile. */
+async function openForWriting(info: TargetInfo) {
+  try {
+    return await open(
+      info.realPath,
+      constants.O_RDWR | (info.kind === 'block' ? constants.O_EXCL : 0),
+    );
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EBUSY') throw error;
+    throw new ImgctlError(
+      'CONFLICT',
+      `target disk ${info.path} became busy after it was checked: something mounted or claimed it`,
+      {
+        hint: 'nothing was written; find what uses it (lsblk, findmnt, zpool status) and run again',
+      },
+    );
+  }
+}
+
 export async function openTargetWriter(
   info: TargetInfo,
   length: number,
@@ -507,7 +550,7 @@ export async function openTargetWriter(
       // no hole punching on this filesystem: zeros are written like everything else
     }
   }
-  const handle = await open(info.realPath, 'r+');
+  const handle = await openForWriting(info);
   const head = Buffer.alloc(Math.min(HEAD_BYTES, length));
   const stats: TargetWriter['stats'] = { written: 0, skipped: 0 };
   try {
