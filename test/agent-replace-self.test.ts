@@ -7,11 +7,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants, createReadStream } from 'node:fs';
-import { chmod, cp, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, cp, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import {
   AGENT_BIN,
   type AgentRig,
@@ -26,10 +26,10 @@ import {
   type TempDir,
   type TestServer,
   writeRandomFile,
+  MiB,
 } from './helpers/index.ts';
 import { applianceReport, bootAppliance } from './helpers/seed.ts';
-
-const MiB = 1024 * 1024;
+import { startStallProxy } from './helpers/stall-proxy.ts';
 
 async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -438,10 +438,14 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     });
     servers.push(cutServer);
     const target = await makeFile(join(work.dir, 'cut-target.raw'), 400 * MiB);
+    // Through a proxy that holds the download still after 64 MiB: the server is killed while
+    // the disk is certainly half-written.
+    const proxy = await startStallProxy(cutServer.url, 64 * MiB);
+    onTestFinished(() => proxy.close());
     const args = [
       AGENT_BIN,
       '--server',
-      cutServer.url,
+      proxy.url,
       '--cache-dir',
       rig.paths.cache,
       '--log-dir',
@@ -460,16 +464,9 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     const exited = new Promise<number>((resolve) =>
       child.once('exit', (code) => resolve(code ?? -1)),
     );
-    // Kill the server once part of the disk is on the target.
-    for (;;) {
-      const blocks = (await stat(target)).blocks * 512;
-      if (blocks > 64 * MiB) {
-        cutServer.proc.kill('SIGKILL');
-        break;
-      }
-      if (child.exitCode !== null) break;
-      await sleep(5);
-    }
+    await Promise.race([proxy.stalled, exited]);
+    cutServer.proc.kill('SIGKILL');
+    proxy.release();
     const code = await exited;
     expect(code, stderr).toBe(1);
     expect(stderr).toMatch(/target disk .* is incomplete/);

@@ -16,6 +16,7 @@ import {
   startServer,
   type TempDir,
   type TestServer,
+  MiB,
 } from './helpers/index.ts';
 import {
   domainExists,
@@ -26,6 +27,7 @@ import {
   waitForShutoff,
 } from './helpers/libvirt.ts';
 import { waitForApplianceReport } from './helpers/seed.ts';
+import { type StallProxy, startStallProxy } from './helpers/stall-proxy.ts';
 
 const BRIDGE = `imgbr${process.pid % 100000}`;
 
@@ -76,6 +78,39 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
     const report = await waitForApplianceReport(join(paths.virt, `${vm}.serial.log`));
     await waitForShutoff(vm);
     return report;
+  }
+
+  /** A proxy to the server that holds the root blob's download still after its first 8 MiB. */
+  async function stallingProxy() {
+    const proxy = await startStallProxy(server.url, 8 * MiB);
+    onTestFinished(() => proxy.close());
+    return proxy;
+  }
+
+  /**
+   * Sends `signal` to the agent while the proxy holds its download of the root disk, once the
+   * first bytes are in the cache's partial file; then lets the download go on. False when the
+   * agent exited first.
+   */
+  async function signalMidDownload(
+    child: ChildProcess,
+    cache: string,
+    proxy: StallProxy,
+    signal: NodeJS.Signals,
+  ): Promise<boolean> {
+    const partial = join(cache, 'sha256', rootSha.slice(0, 2), `${rootSha}.partial`);
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    await Promise.race([proxy.stalled, exited]);
+    while (child.exitCode === null && child.signalCode === null) {
+      if (((await stat(partial).catch(() => undefined))?.size ?? 0) > 0) {
+        child.kill(signal);
+        proxy.release();
+        return true;
+      }
+      await sleep(10);
+    }
+    proxy.release();
+    return false;
   }
 
   beforeAll(async () => {
@@ -271,13 +306,14 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
   it('on SIGTERM mid-download stops, removes what it made and reports the failure', async () => {
     onTestFinished(() => removeDomain('tinyterm'));
     const cache = join(work.dir, 'cache-term');
-    const partial = join(cache, 'sha256', rootSha.slice(0, 2), `${rootSha}.partial`);
+    const proxy = await stallingProxy();
     const child: ChildProcess = spawn(
       process.execPath,
       [
         AGENT_BIN,
         ...agentArgs(['--virt', '--image', 'tiny-linux', '--virt-name', 'tinyterm', '--no-start'], {
           cache,
+          server: proxy.url,
         }),
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
@@ -287,15 +323,7 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
     const exited = new Promise<number | null>((resolve) =>
       child.once('exit', (code) => resolve(code)),
     );
-    let signalled = false;
-    while (child.exitCode === null) {
-      if (((await stat(partial).catch(() => undefined))?.size ?? 0) > 0) {
-        child.kill('SIGTERM');
-        signalled = true;
-        break;
-      }
-      await sleep(2);
-    }
+    const signalled = await signalMidDownload(child, cache, proxy, 'SIGTERM');
     const code = await exited;
     expect(signalled, 'SIGTERM was sent while the blob was arriving').toBe(true);
     expect(code, stderr).toBe(1);
@@ -316,28 +344,19 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
   it('completes after being SIGKILLed mid-download', async () => {
     onTestFinished(() => removeDomain('tinykill'));
     const cache = join(work.dir, 'cache-kill');
-    const partial = join(cache, 'sha256', rootSha.slice(0, 2), `${rootSha}.partial`);
+    const proxy = await stallingProxy();
     const args = [
       AGENT_BIN,
       ...agentArgs(['--virt', '--image', 'tiny-linux', '--virt-name', 'tinykill', '--no-start'], {
         cache,
+        server: proxy.url,
       }),
     ];
     const child: ChildProcess = spawn(process.execPath, args, { stdio: 'ignore' });
     const exited = new Promise((resolve) => child.once('exit', resolve));
-    let killedAt = -1;
-    for (;;) {
-      const size = (await stat(partial).catch(() => undefined))?.size ?? 0;
-      if (size > 0) {
-        child.kill('SIGKILL');
-        killedAt = size;
-        break;
-      }
-      if (child.exitCode !== null) break;
-      await sleep(2);
-    }
+    const killed = await signalMidDownload(child, cache, proxy, 'SIGKILL');
     await exited;
-    expect(killedAt, 'the agent was killed while the blob was arriving').toBeGreaterThan(0);
+    expect(killed, 'the agent was killed while the blob was arriving').toBe(true);
     expect(await domainExists('tinykill')).toBe(false);
 
     const again = await agent(

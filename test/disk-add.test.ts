@@ -11,9 +11,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { hashTree, makeStore, makeTempDir, runCli } from './helpers/index.ts';
+import { hashTree, makeStore, makeTempDir, runCli, MiB } from './helpers/index.ts';
 
-const MiB = 1024 * 1024;
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
 
 async function storeWithImage(): Promise<string> {

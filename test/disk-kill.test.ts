@@ -16,9 +16,9 @@ import {
   runCli,
   storeState,
   writeRandomFile,
+  MiB,
 } from './helpers/index.ts';
 
-const MiB = 1024 * 1024;
 const SIZE = 512 * MiB;
 
 function diskAdd(store: string, file: string) {

@@ -25,9 +25,8 @@ import {
   runCli,
   storeState,
   writeRandomFile,
+  MiB,
 } from './helpers/index.ts';
-
-const MiB = 1024 * 1024;
 
 async function cli(args: string[], store: string) {
   const result = await runCli([...args, '--store', store]);

@@ -6,9 +6,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { makeStore, makeTempDir, runCli } from './helpers/index.ts';
+import { makeStore, makeTempDir, runCli, MiB } from './helpers/index.ts';
 
-const MiB = 1024 * 1024;
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
 const blobFile = (store: string, hex: string) => join(store, '.blobs/sha256', hex.slice(0, 2), hex);
 

@@ -15,10 +15,10 @@ import {
   makeTempDir,
   REPO_ROOT,
   runCli,
+  MiB,
 } from './helpers/index.ts';
 
 const FIXTURES = join(REPO_ROOT, 'test/fixtures/virt-image');
-const MiB = 1024 * 1024;
 
 /** The fixture in a temp dir with the files it names: zero-filled raw disks (known checksums). */
 async function appliance(fixture: string, files: Record<string, number | string>) {

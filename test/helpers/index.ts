@@ -40,6 +40,7 @@ export const IMGCTL_BIN = join(REPO_ROOT, 'packages/cli/bin/imgctl.js');
 /** The bundle `npm run build` writes. */
 export const IMGCTL_BUNDLE = join(REPO_ROOT, 'dist/imgctl.mjs');
 export const EXAMPLE_STORE = join(REPO_ROOT, 'image-store');
+export const MiB = 1024 * 1024;
 
 export interface TempDir {
   dir: string;
