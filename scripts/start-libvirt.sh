@@ -12,6 +12,12 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "start-libvirt: libvirtd is not running and starting it needs root" >&2
   exit 1
 fi
+# Callers started at once (parallel test files) take turns; the first one starts the daemons.
+exec 9>/run/imgctl-start-libvirt.lock
+flock 9
+if virsh -c "$URI" version >/dev/null 2>&1; then
+  exit 0
+fi
 
 # libvirtd refuses to start until the user and group it runs guests as exist (Debian's build
 # defaults to libvirt-qemu:libvirt-qemu when /etc/libvirt/qemu.conf does not say otherwise).

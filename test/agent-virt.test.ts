@@ -30,6 +30,8 @@ import { waitForApplianceReport } from './helpers/seed.ts';
 import { type StallProxy, startStallProxy } from './helpers/stall-proxy.ts';
 
 const BRIDGE = `imgbr${process.pid % 100000}`;
+/** The libvirt domains this file defines, and removes before and after it runs. */
+const DOMAINS = ['tiny01', 'tiny02', 'tinymem', 'tinyfull', 'tinybad', 'tinykill', 'tinyterm'];
 
 describe('slow: imgagent --virt from the server to a running, configured VM', () => {
   let store: TempDir;
@@ -115,6 +117,8 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
 
   beforeAll(async () => {
     await startLibvirt();
+    // Left defined by an earlier run that was killed, they would make the first test exit 5.
+    for (const vm of DOMAINS) await removeDomain(vm);
     rig = await startAgentRig('imgagent-virt-');
     ({ store, work, server, tokenFile, rootSha } = rig);
     Object.assign(paths, rig.paths);
@@ -127,8 +131,7 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
   }, 600_000);
 
   afterAll(async () => {
-    for (const vm of ['tiny01', 'tiny02', 'tinymem', 'tinyfull', 'tinybad', 'tinykill'])
-      await removeDomain(vm);
+    for (const vm of DOMAINS) await removeDomain(vm);
     await removeBridge?.();
     await rig?.stop();
   });

@@ -194,7 +194,7 @@ function startBuild(dir: string, record: string) {
       });
       void child.then(() => fail(new Error(`imgctl ended before ${pattern}: ${stderr}`)));
     });
-  return { child, stderrUntil };
+  return { child, stderrUntil, stderr: () => stderr };
 }
 
 /** SIGKILL to imgctl alone (what is tested), then to what is left of its group (cleanup). */
@@ -236,14 +236,18 @@ describe('imgctl build: killed midway', () => {
       { line: /^build: adding disk data/m, after: 40 },
     ];
     const outcomes: string[] = [];
+    let firstKillLate = false;
     for (const point of points) {
       const dir = await makeBuildStore();
       const read = () => Promise.all(files.map((f) => readFile(join(dir, f), 'utf8')));
       const before = await read();
-      const { child, stderrUntil } = startBuild(dir, 'big');
+      const { child, stderrUntil, stderr } = startBuild(dir, 'big');
       await stderrUntil(point.line);
       if (point.after) await new Promise((resolve) => setTimeout(resolve, point.after));
       await killBuild(child);
+      // A kill that landed only after the second disk was started (a loaded machine) may find
+      // the store complete even at the first point.
+      if (outcomes.length === 0) firstKillLate = /^build: adding disk data/m.test(stderr());
       const after = await read();
       if (after[0] !== before[0] || after[1] !== before[1]) {
         // complete: both disks as the build made them, one revision, and build: naming them
@@ -266,6 +270,6 @@ describe('imgctl build: killed midway', () => {
       expect(await readdir(join(dir, '.blobs/tmp'))).toEqual([]);
     }
     // the first point is before anything is named: it must have found the store as before
-    expect(outcomes[0]).toBe('before');
+    if (!firstKillLate) expect(outcomes[0]).toBe('before');
   }, 600_000);
 });

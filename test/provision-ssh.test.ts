@@ -24,6 +24,8 @@ import { waitForApplianceReport } from './helpers/seed.ts';
 import { makeSshKey, startSshd, type TestSshd } from './helpers/sshd.ts';
 
 const BRIDGE = `imgpb${process.pid % 100000}`;
+/** The libvirt domains this file defines, and removes before and after it runs. */
+const DOMAINS = ['sshtiny01', 'tinyssh'];
 
 interface Summary {
   ok: boolean;
@@ -85,6 +87,8 @@ describe('slow: imgctl provision over SSH', () => {
 
   beforeAll(async () => {
     await startLibvirt();
+    // Left defined by an earlier run that was killed, they would make the first test exit 5.
+    for (const vm of DOMAINS) await removeDomain(vm);
     rig = await startAgentRig('imgctl-provision-');
     ({ store, work, server, tokenFile } = rig);
     Object.assign(paths, rig.paths);
@@ -105,26 +109,27 @@ describe('slow: imgctl provision over SSH', () => {
   }, 600_000);
 
   afterAll(async () => {
-    for (const vm of ['tiny01', 'tinyssh']) await removeDomain(vm);
+    for (const vm of DOMAINS) await removeDomain(vm);
     await sshd?.stop();
     await removeBridge?.();
     await rig?.stop();
   });
 
   it('provisions tiny01 through the agent over SSH: the appliance boots with its hostname', async () => {
-    onTestFinished(() => removeDomain('tiny01'));
-    const run = await provision([sshd.target], ['--system', 'tiny01']);
+    // A VM name of its own: agent-virt's tests define tiny01 on the same libvirt.
+    onTestFinished(() => removeDomain('sshtiny01'));
+    const run = await provision([sshd.target], ['--system', 'tiny01', '--virt-name', 'sshtiny01']);
     expect(run.exitCode, run.stderr + run.stdout).toBe(0);
     // Plain lines on stderr, prefixed by the target: its phases and the agent's own lines.
     expect(run.stderr).toContain(`${sshd.target}: running agent`);
-    expect(run.stderr).toMatch(new RegExp(`^${escape(sshd.target)}: imgagent: .*tiny01`, 'm'));
+    expect(run.stderr).toMatch(new RegExp(`^${escape(sshd.target)}: imgagent: .*sshtiny01`, 'm'));
     // The summary table on stdout.
     expect(run.stdout).toMatch(
-      new RegExp(`^${escape(sshd.target)} .* ok .*vm tiny01, agent (copied|up to date)$`, 'm'),
+      new RegExp(`^${escape(sshd.target)} .* ok .*vm sshtiny01, agent (copied|up to date)$`, 'm'),
     );
     expect(run.stdout).toMatch(/all 1 target\(s\) provisioned/);
 
-    const report = await waitForApplianceReport(join(paths.virt, 'tiny01.serial.log'));
+    const report = await waitForApplianceReport(join(paths.virt, 'sshtiny01.serial.log'));
     expect(report).toMatchObject({ hostname: 'tiny01', 'data-disk': 'ok', boots: '1' });
 
     // The agent reported every phase to the server: the token reached it (events need it).

@@ -39,7 +39,7 @@ it('resumes a download after the server is killed and restarted, and the blob ve
   const dest = join((await makeTempDir()).dir, 'disk.img');
   const client = createClient({
     baseUrl: first.url,
-    retries: 30,
+    retries: 120,
     retryDelayMs: 100,
     maxRetryDelayMs: 500,
   });

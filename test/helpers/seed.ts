@@ -74,9 +74,12 @@ export async function buildAppliance(storeDir: string, args: string[] = []) {
   });
 }
 
-/** `IMGCTL-APPLIANCE key=value …` parsed from a serial log, or undefined when absent. */
+/**
+ * `IMGCTL-APPLIANCE key=value …` parsed from a serial log, or undefined when absent or not yet
+ * ended by its newline (a log read while the VM is still writing the line).
+ */
 export function applianceReport(serial: string): Record<string, string> | undefined {
-  const line = /IMGCTL-APPLIANCE( [a-z-]+=\S*)+/.exec(serial)?.[0];
+  const line = /IMGCTL-APPLIANCE( [a-z-]+=\S*)+(?=\r?\n)/.exec(serial)?.[0];
   if (line === undefined) return undefined;
   return Object.fromEntries(
     line

@@ -64,7 +64,7 @@ export async function startServer(options: StartServerOptions): Promise<TestServ
     for (const w of waiters) w();
   });
 
-  const waitForLog = (pattern: RegExp, timeoutMs = 10_000) =>
+  const waitForLog = (pattern: RegExp, timeoutMs = 30_000) =>
     new Promise<string>((resolve, reject) => {
       const check = () => {
         const line = stderr.split('\n').find((l) => pattern.test(l));
@@ -108,7 +108,7 @@ export async function startServer(options: StartServerOptions): Promise<TestServ
 
   let line: string;
   try {
-    line = await waitForLog(/listening on https?:\/\//, options.timeoutMs ?? 30_000);
+    line = await waitForLog(/listening on https?:\/\//, options.timeoutMs ?? 60_000);
   } catch (error) {
     await stop('SIGKILL');
     throw error;

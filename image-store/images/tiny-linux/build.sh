@@ -6,7 +6,7 @@
 # Run by `imgctl build tiny-linux` (docs/build.md has the environment); runs on its own too:
 #   OUT_DIR=/tmp/out CACHE_DIR=/tmp/cache ./build.sh
 # Needs: apt-get, dpkg, depmod/modprobe (kmod), cpio, gzip, sfdisk (fdisk), mkfs.vfat
-# (dosfstools), syslinux + syslinux-common, mtools. Root is not needed.
+# (dosfstools), syslinux + syslinux-common, mtools, flock (util-linux). Root is not needed.
 set -euo pipefail
 
 : "${OUT_DIR:?OUT_DIR must name the directory the disks go to}"
@@ -24,6 +24,9 @@ log() { echo "$*" >&2; }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tiny-linux-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT_DIR" "$CACHE_DIR/debs"
+# Builds sharing a cache (parallel test files) take turns: filling it is not safe twice at once.
+exec 8>"$CACHE_DIR/.lock"
+flock 8
 export MTOOLS_SKIP_CHECK=1
 # Same inputs, same bytes: file times in the initramfs and on the FAT come from here (mtools
 # reads it), so a rebuild with nothing changed gives the same disks and leaves the image alone.
