@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { hashTree, makeStore, makeTempDir, runCli, MiB } from './helpers/index.ts';
+import { hashTree, IMGCTL_BIN, makeStore, makeTempDir, MiB, runCli } from './helpers/index.ts';
 
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
 
@@ -341,5 +341,45 @@ describe('imgctl disk add', () => {
     } finally {
       await new Promise((resolve) => server.close(resolve));
     }
+  });
+});
+
+describe('imgctl disk add on a terminal', () => {
+  /** Runs the real imgctl on a pseudo-terminal `cols` wide (script(1)); what the terminal got. */
+  async function onTerminal(cols: number, args: string[]) {
+    const argv = [process.execPath, IMGCTL_BIN, ...args];
+    expect(argv.every((a) => !a.includes("'"))).toBe(true);
+    const command = `stty cols ${cols} rows 40; exec ${argv.map((a) => `'${a}'`).join(' ')}`;
+    const run = await execa('script', ['-qefc', command, '/dev/null'], {
+      reject: false,
+      env: { TERM: 'xterm' },
+    });
+    return { exitCode: run.exitCode, screen: String(run.stdout) };
+  }
+
+  async function addOnTerminal(cols: number) {
+    const store = await storeWithImage();
+    const { dir } = await makeTempDir();
+    await writeFile(join(dir, 'data.img'), randomBytes(48 * MiB));
+    const args = ['--store', store, 'disk', 'add', 'web', join(dir, 'data.img')];
+    const run = await onTerminal(cols, [...args, '--id', 'data', '--use', 'data']);
+    expect(run.exitCode, run.screen).toBe(0);
+    expect((await imageDoc(store)).disks.map((d) => d.id)).toContain('data');
+    return run.screen;
+  }
+
+  it('draws listr2 tasks: the step, its percentage, a check mark when done', async () => {
+    const screen = await addOnTerminal(100);
+    expect(screen).toContain('\u001b[');
+    expect(screen).toMatch(/disk data: adding .*data\.img: 100% \(48MiB of 48MiB\)/);
+    expect(screen).toMatch(/\u2714.*disk data: adding/);
+  });
+
+  it('prints plain lines on a terminal that reports no width', async () => {
+    const screen = await addOnTerminal(0);
+    expect(screen).not.toContain('\u001b[');
+    const lines = screen.split(/\r?\n/);
+    expect(lines[0]).toMatch(/^disk data: adding \S+data\.img$/);
+    expect(lines.filter((l) => / \d+% \(/.test(l)).length).toBeGreaterThan(3);
   });
 });

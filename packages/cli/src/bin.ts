@@ -7,7 +7,9 @@ export async function runBin(): Promise<void> {
     stderr: process.stderr,
     env: process.env,
     cwd: process.cwd(),
-    isTTY: Boolean(process.stderr.isTTY),
+    // listr2 wraps to stdout's width (80 when stdout is not a terminal): a terminal reporting
+    // zero columns (a pty nobody sized, some serial consoles) gets plain lines instead.
+    isTTY: Boolean(process.stderr.isTTY) && process.stdout.columns !== 0,
   });
   process.exitCode = code;
 }

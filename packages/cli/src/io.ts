@@ -8,6 +8,6 @@ export interface Io {
   stderr: Writer;
   env: Record<string, string | undefined>;
   cwd: string;
-  /** whether stderr is a terminal (progress bars) */
+  /** whether stderr is a terminal progress can be drawn on (listr2 tasks) */
   isTTY: boolean;
 }
