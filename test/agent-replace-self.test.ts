@@ -311,6 +311,20 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     expect(refused.stderr).toMatch(/is not empty: dos partition table, 1 partition/);
     expect(refused.stderr).toMatch(/give --force/);
     expect(await sha256File(foreign)).toBe(foreignBefore);
+    // --dry-run shows the whole summary, then says why the run would be refused: exit 5.
+    const dry = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-linux',
+      '--target-disk',
+      foreign,
+      '--dry-run',
+    ]);
+    expect(dry.exitCode, dry.stderr).toBe(5);
+    expect(dry.stdout).toMatch(/would be refused \(dry run: nothing was changed\)/);
+    expect(dry.stdout).toMatch(/on it now: dos partition table, 1 partition/);
+    expect(dry.stderr).toMatch(/is not empty: dos partition table/);
+    expect(await sha256File(foreign)).toBe(foreignBefore);
 
     // --kexec (or --reboot) cannot boot a file: refused before anything is written.
     const kexec = await agent([

@@ -318,7 +318,8 @@ async function run(
       },
       { ...agentDeps, client },
     );
-    out(replaced, describeReplaced(replaced));
+    out({ ...replaced, refused: replaced.refused?.message }, describeReplaced(replaced));
+    if (replaced.refused) throw replaced.refused;
     return 0;
   }
 
@@ -378,7 +379,7 @@ function bootFlag(flags: Flags): BootAction {
 
 function describeReplaced(r: ReplaceSelfResult): string {
   const lines = [
-    `${r.target}: ${r.image} (record ${r.record}${r.system ? `, system ${r.system}` : ''}) ${r.dryRun ? 'would be written (dry run: nothing was changed)' : 'written and verified'}`,
+    `${r.target}: ${r.image} (record ${r.record}${r.system ? `, system ${r.system}` : ''}) ${r.dryRun ? `would be ${r.refused ? 'refused' : 'written'} (dry run: nothing was changed)` : 'written and verified'}`,
     `  hostname     ${r.hostname}`,
     `  instance-id  ${r.dryRun ? '(new on every run)' : r.instanceId}`,
   ];

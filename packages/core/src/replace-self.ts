@@ -126,6 +126,11 @@ export interface ReplaceSelfResult {
   logFile: string;
   boot: { action: BootAction; done: boolean; message: string };
   dryRun: boolean;
+  /**
+   * Dry run only: why a real run would be refused (in use, too small, not empty). The summary is
+   * still shown; the agent then exits with this error's code.
+   */
+  refused?: ImgctlError;
 }
 
 /** The whole --replace-self flow. Throws ImgctlError with the code of design.md §4 on failure. */
@@ -153,20 +158,27 @@ export async function replaceSelf(
   // Every target checked before anything is written: in use, size, what is on it.
   const named = plan.target_disk === undefined ? undefined : await resolved(plan.target_disk, deps);
   const inspected = new Map<string, TargetInfo>();
+  let refused: ImgctlError | undefined;
   for (const d of disks) {
     if (d.target === undefined) continue;
     const info = await inspectTarget(d.target, { runner, tables: deps.tables, fs: deps.fs });
     for (const [id, other] of inspected) checkSeparate([id, other], [d.id, info]);
     inspected.set(d.id, info);
     const system = d.use === 'system';
-    checkTarget(info, {
-      needBytes: d.size + (system ? CONFIG_PARTITION_ROOM : 0),
-      needWhat: system
-        ? `the image's ${formatSize(d.size)} disk ${d.id} and its ${formatSize(CONFIG_PARTITION_BYTES)} config partition`
-        : `the image's ${formatSize(d.size)} disk ${d.id}`,
-      namedBySystem: system && named === info.realPath,
-      force: Boolean(options.force),
-    });
+    try {
+      checkTarget(info, {
+        needBytes: d.size + (system ? CONFIG_PARTITION_ROOM : 0),
+        needWhat: system
+          ? `the image's ${formatSize(d.size)} disk ${d.id} and its ${formatSize(CONFIG_PARTITION_BYTES)} config partition`
+          : `the image's ${formatSize(d.size)} disk ${d.id}`,
+        namedBySystem: system && named === info.realPath,
+        force: Boolean(options.force),
+      });
+    } catch (error) {
+      // A dry run shows every target first, then says why the run would be refused.
+      if (!options.dryRun || !(error instanceof ImgctlError)) throw error;
+      refused ??= error;
+    }
     d.before = describeContent(info);
     d.targetSize = info.size;
     d.method = d.format === 'raw' ? 'stream' : 'convert';
@@ -198,6 +210,7 @@ export async function replaceSelf(
     if (d.skipped) deps.log(`warning: disk ${d.id} (${d.use}) is not written: ${d.skipped}`);
   if (options.dryRun) {
     result.boot.message = nextBootNotice(plan, systemTarget, options.boot);
+    if (refused) result.refused = refused;
     return result;
   }
 
