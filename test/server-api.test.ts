@@ -380,10 +380,14 @@ describe('imgctl serve: events and status', () => {
 
   it('logs one line per request, without tokens or --set values', async () => {
     await get('/v1/plan?image=web&set=admin_password%3Dhunter2&system=web01&set=cpus=2');
+    // however the name is spelled, and with what the server would take as part of the value
+    await get('/v1/plan?image=web&%73et=db_password=hunter3#hunter4&x=1');
     await server.waitForLog(/GET \/v1\/status\?system=stuck01&stalled_after=0ms 200 \d+B/);
     await server.waitForLog(
       /GET \/v1\/plan\?image=web&set=admin_password=<redacted>&system=web01&set=cpus=<redacted> \d{3} /,
     );
+    await server.waitForLog(/GET \/v1\/plan\?image=web&%73et=db_password=<redacted>&x=1 \d{3} /);
+    expect(server.log()).not.toMatch(/hunter[34]/);
     expect(server.log()).not.toContain('hunter2');
     expect(server.log()).toMatch(/POST \/v1\/events 201 \d+B [\d.]+ms/);
     expect(server.log()).not.toContain(READ);

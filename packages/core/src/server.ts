@@ -365,14 +365,32 @@ function errorReply(error: unknown, log: (line: string) => void): Reply {
 const PLAIN_URL = /^[\x21-\x7e]*$/;
 
 /**
- * The request target as logged: `set=` values (parameters given with --set, maybe secrets) are
- * replaced by `<redacted>`, keeping their keys; control characters escaped; clipped at 200.
+ * Each `set` parameter of the query as `set=NAME=<redacted>`. Parameters are told apart as
+ * parseTarget's URLSearchParams does (`&`-separated, the name decoded: `%73et` is `set` too).
+ */
+function redactSets(rawUrl: string): string {
+  const q = rawUrl.indexOf('?');
+  if (q < 0) return rawUrl;
+  const params = rawUrl
+    .slice(q + 1)
+    .split('&')
+    .map((param) => {
+      if ([...new URLSearchParams(param).keys()][0] !== 'set') return param;
+      const eq = param.indexOf('=');
+      const value = eq < 0 ? '' : param.slice(eq + 1);
+      const nameEnd = value.search(/=|%3d/i);
+      return `${param.slice(0, eq < 0 ? param.length : eq)}=${nameEnd < 0 ? '' : `${value.slice(0, nameEnd)}=`}<redacted>`;
+    });
+  return `${rawUrl.slice(0, q + 1)}${params.join('&')}`;
+}
+
+/**
+ * The request target as logged: the values of `set` parameters (given with --set, maybe
+ * secrets) are replaced by `<redacted>`, keeping their names; control characters escaped;
+ * clipped at 200 characters.
  */
 function printableUrl(rawUrl: string): string {
-  const url = rawUrl.replace(/([?&]set=)([^&#]*)/g, (_, prefix: string, value: string) => {
-    const equals = value.search(/=|%3d/i);
-    return `${prefix}${equals < 0 ? '' : `${value.slice(0, equals)}=`}<redacted>`;
-  });
+  const url = redactSets(rawUrl);
   if (url.length <= 200 && PLAIN_URL.test(url)) return url;
   const clipped = url.length > 200 ? `${url.slice(0, 200)}…` : url;
   return clipped.replace(
