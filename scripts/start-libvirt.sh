@@ -13,6 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 # Callers started at once (parallel test files) take turns; the first one starts the daemons.
+# The daemons do not get fd 9 (9>&-): they would hold the lock for as long as they run.
 exec 9>/run/imgctl-start-libvirt.lock
 flock 9
 if virsh -c "$URI" version >/dev/null 2>&1; then
@@ -28,7 +29,7 @@ getent passwd libvirt-qemu >/dev/null ||
 mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images
 
 # virsh start fails without virtlogd (it keeps the domains' console logs).
-pgrep -x virtlogd >/dev/null || virtlogd -d
+pgrep -x virtlogd >/dev/null || virtlogd -d 9>&-
 if ! pgrep -x libvirtd >/dev/null; then
   if [ -e /dev/kvm ] && ! runuser -u libvirt-qemu -- test -r /dev/kvm -a -w /dev/kvm; then
     # /dev/kvm exists but the guests' user cannot open it (mode 0600 root: the case on the CI
@@ -47,9 +48,9 @@ if ! pgrep -x libvirtd >/dev/null; then
     printf '\n# imgctl start-libvirt.sh: see the comment there\nnamespaces = []\n' >>"$private/etc/qemu.conf"
     unshare --mount --propagation private sh -c \
       'mount --bind "$1/no-kvm" /dev/kvm && mount --bind "$1/etc" /etc/libvirt && exec libvirtd -d' \
-      sh "$private"
+      sh "$private" 9>&-
   else
-    libvirtd -d
+    libvirtd -d 9>&-
   fi
 fi
 

@@ -7,7 +7,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants, createReadStream } from 'node:fs';
-import { chmod, cp, open, readFile, writeFile } from 'node:fs/promises';
+import { chmod, cp, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
@@ -324,6 +324,20 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     expect(dry.stdout).toMatch(/would be refused \(dry run: nothing was changed\)/);
     expect(dry.stdout).toMatch(/on it now: dos partition table, 1 partition/);
     expect(dry.stderr).toMatch(/is not empty: dos partition table/);
+    // With --json: one document, the error (imgctl provision reads the agent's --json).
+    const dryJson = await agent([
+      '--replace-self',
+      '--image',
+      'tiny-linux',
+      '--target-disk',
+      foreign,
+      '--dry-run',
+      '--json',
+    ]);
+    expect(dryJson.exitCode, dryJson.stderr).toBe(5);
+    expect(JSON.parse(dryJson.stdout)).toMatchObject({
+      error: { code: 'CONFLICT', message: expect.stringMatching(/is not empty/) },
+    });
     expect(await sha256File(foreign)).toBe(foreignBefore);
 
     // --kexec (or --reboot) cannot boot a file: refused before anything is written.
@@ -349,6 +363,47 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
       join(work.dir, 'nope'),
     ]);
     expect(missing.exitCode, missing.stderr).toBe(4);
+  });
+
+  it('a target claimed between its check and the write: exit 5, not one byte changed', async () => {
+    const loop = await attachLoop(await makeFile(join(work.dir, 'claimed.raw'), 96 * MiB));
+    await writeRandomFile(loop, MiB); // something recognisable-looking to keep
+    const before = await sha256File(loop);
+    // The proxy holds the 'started' event, sent once every check has passed; meanwhile the
+    // target is claimed (opened exclusively, as a mount or a ZFS pool would).
+    const proxy = await startStallProxy(server.url, {
+      hold: (method, url) => method === 'POST' && url.startsWith('/v1/events'),
+    });
+    onTestFinished(() => proxy.close());
+    const run = runAgent([
+      '--server',
+      proxy.url,
+      '--token-file',
+      tokenFile,
+      '--cache-dir',
+      rig.paths.cache,
+      '--log-dir',
+      rig.paths.logs,
+      '--replace-self',
+      '--image',
+      'tiny-linux',
+      '--target-disk',
+      loop,
+      '--force',
+    ]);
+    await proxy.stalled;
+    const holder = await open(loop, constants.O_RDONLY | constants.O_EXCL);
+    try {
+      proxy.release();
+      const claimed = await run;
+      expect(claimed.exitCode, claimed.stderr).toBe(5);
+      expect(claimed.stderr).toMatch(/became busy after it was checked/);
+      expect(claimed.stderr).toMatch(/nothing was written/);
+      expect(claimed.stderr).not.toMatch(/incomplete/);
+      expect(await sha256File(loop)).toBe(before);
+    } finally {
+      await holder.close();
+    }
   });
 
   it('a corrupted blob: exit 7, the target left without a partition table, never reported done', async () => {
@@ -454,7 +509,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     const target = await makeFile(join(work.dir, 'cut-target.raw'), 400 * MiB);
     // Through a proxy that holds the download still after 64 MiB: the server is killed while
     // the disk is certainly half-written.
-    const proxy = await startStallProxy(cutServer.url, 64 * MiB);
+    const proxy = await startStallProxy(cutServer.url, { stallAfter: 64 * MiB });
     onTestFinished(() => proxy.close());
     const args = [
       AGENT_BIN,
@@ -479,6 +534,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
       child.once('exit', (code) => resolve(code ?? -1)),
     );
     await Promise.race([proxy.stalled, exited]);
+    while (child.exitCode === null && (await stat(target)).blocks * 512 < 32 * MiB) await sleep(5);
     cutServer.proc.kill('SIGKILL');
     proxy.release();
     const code = await exited;

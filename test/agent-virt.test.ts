@@ -84,7 +84,7 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
 
   /** A proxy to the server that holds the root blob's download still after its first 8 MiB. */
   async function stallingProxy() {
-    const proxy = await startStallProxy(server.url, 8 * MiB);
+    const proxy = await startStallProxy(server.url, { stallAfter: 8 * MiB });
     onTestFinished(() => proxy.close());
     return proxy;
   }

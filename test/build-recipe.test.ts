@@ -270,6 +270,7 @@ describe('imgctl build: killed midway', () => {
       expect(await readdir(join(dir, '.blobs/tmp'))).toEqual([]);
     }
     // the first point is before anything is named: it must have found the store as before
-    if (!firstKillLate) expect(outcomes[0]).toBe('before');
+    if (firstKillLate) console.warn('build-recipe: the first kill landed late; its check skipped');
+    else expect(outcomes[0]).toBe('before');
   }, 600_000);
 });

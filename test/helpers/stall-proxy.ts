@@ -1,29 +1,44 @@
 /**
- * A pass-through HTTP proxy in front of a real `imgctl serve` that holds a blob download still
- * once it has passed on `stallAfter` bytes, until `release()`. A test that must interrupt an
- * agent mid-download (a signal, the server killed) then acts while the download is certainly
- * under way, instead of racing a transfer that takes a tenth of a second over loopback.
+ * A pass-through HTTP proxy in front of a real `imgctl serve` that holds the agent still at a
+ * chosen point until `release()`: a blob download once it has passed on `stallAfter` bytes, or
+ * a request `hold` picks before it is forwarded. A test that must act at that point (send a
+ * signal, kill the server, claim the target) then does so while the agent is certainly there,
+ * instead of racing a transfer that takes a tenth of a second over loopback.
  */
-import { createServer, request } from 'node:http';
+import { createServer, type IncomingMessage, request, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 export interface StallProxy {
   url: string;
-  /** resolves once a blob response has passed on `stallAfter` bytes and is held */
+  /** resolves once the agent is held */
   stalled: Promise<void>;
-  /** lets held and later transfers go on */
+  /** lets what is held, and everything after, go on */
   release(): void;
   close(): Promise<void>;
 }
 
-export async function startStallProxy(upstream: string, stallAfter: number): Promise<StallProxy> {
+export interface StallOptions {
+  /** hold a blob download after this many bytes of its body */
+  stallAfter?: number;
+  /** hold the requests this picks, before they reach the server */
+  hold?: (method: string, url: string) => boolean;
+}
+
+export async function startStallProxy(
+  upstream: string,
+  options: StallOptions,
+): Promise<StallProxy> {
   const target = new URL(upstream);
   let released = false;
   const waiting: Array<() => void> = [];
   let onStall!: () => void;
   const stalled = new Promise<void>((resolve) => (onStall = resolve));
+  const holdUntilReleased = (resume: () => void) => {
+    waiting.push(resume);
+    onStall();
+  };
 
-  const server = createServer((req, res) => {
+  const forward = (req: IncomingMessage, res: ServerResponse) => {
     const out = request(
       {
         host: target.hostname,
@@ -41,13 +56,25 @@ export async function startStallProxy(upstream: string, stallAfter: number): Pro
         });
         const isBlob = req.url?.startsWith('/v1/blobs/') ?? false;
         let passed = 0;
+        let holding = false;
         upstreamRes.on('data', (chunk: Buffer) => {
-          res.write(chunk);
-          passed += chunk.length;
-          if (isBlob && !released && passed >= stallAfter) {
+          // Read from the server only as fast as the agent takes it, so `passed` is (within
+          // socket buffers) what the agent has received.
+          if (!res.write(chunk)) {
             upstreamRes.pause();
-            waiting.push(() => upstreamRes.resume());
-            onStall();
+            res.once('drain', () => {
+              if (!holding) upstreamRes.resume();
+            });
+          }
+          passed += chunk.length;
+          const after = options.stallAfter;
+          if (isBlob && !released && !holding && after !== undefined && passed >= after) {
+            holding = true;
+            upstreamRes.pause();
+            holdUntilReleased(() => {
+              holding = false;
+              upstreamRes.resume();
+            });
           }
         });
         upstreamRes.on('end', () => res.end());
@@ -61,6 +88,13 @@ export async function startStallProxy(upstream: string, stallAfter: number): Pro
     out.on('error', () => res.destroy());
     req.on('error', () => out.destroy());
     req.pipe(out);
+  };
+
+  const server = createServer((req, res) => {
+    if (!released && options.hold?.(req.method ?? '', req.url ?? '')) {
+      req.pause();
+      holdUntilReleased(() => forward(req, res));
+    } else forward(req, res);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;

@@ -318,7 +318,9 @@ async function run(
       },
       { ...agentDeps, client },
     );
-    out({ ...replaced, refused: replaced.refused?.message }, describeReplaced(replaced));
+    // --json prints one document: on a refused dry run, the error (which names the content).
+    if (replaced.refused && flags.json) throw replaced.refused;
+    out(replaced, describeReplaced(replaced));
     if (replaced.refused) throw replaced.refused;
     return 0;
   }

@@ -6,7 +6,7 @@
  * the config partition (NoCloud seed, label cidata) → provision.sh and the custom scripts →
  * events → what happens at the next boot, or a reboot / kexec when asked.
  */
-import { access, mkdtemp, realpath, rm } from 'node:fs/promises';
+import { access, type FileHandle, mkdtemp, realpath, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   asImgctlError,
@@ -42,6 +42,7 @@ import {
   HEAD_BYTES,
   type HostTables,
   inspectTarget,
+  openForWriting,
   openTargetWriter,
   readPartitionTable,
   type TargetFs,
@@ -365,14 +366,18 @@ async function writeDisk(
   const hex = disk.sha256!;
   const where = info.path;
   let writer: TargetWriter | undefined;
+  // Held open (a block device exclusively) from before the first byte changes to the end.
+  let held: FileHandle | undefined;
   // Once the target's first MiB may have changed, a failure zeroes it again (a system disk then
   // does not boot; nothing else of the target was promised).
   let touched = false;
   let readFromDisk = false;
   try {
     if (d.method === 'stream') {
+      held = await openForWriting(info);
       touched = true;
-      writer = await openTargetWriter(info, disk.image_size, deps.runner);
+      writer = await openTargetWriter(info, held, disk.image_size, deps.runner);
+      held = undefined; // the writer's to close now
       deps.log(
         `writing disk ${d.id} sha256:${short(hex)} (${humanSize(disk.image_size)}) onto ${where}${writer.skipsZeros ? ', skipping zero blocks' : ''}`,
       );
@@ -434,6 +439,7 @@ async function writeDisk(
           TARGET_FULL,
         );
       };
+      held = await openForWriting(info);
       touched = true;
       await eraseHead(info.realPath, head);
       if (disk.image_size > head) await convert(head, disk.image_size - head);
@@ -462,7 +468,9 @@ async function writeDisk(
       );
   } catch (error) {
     await writer?.abort().catch(() => undefined);
-    if (touched && d.use === 'system')
+    // Not one byte changed (the target became busy, the pull failed): the error says it all.
+    if (!touched) throw interrupted(deps) ?? error;
+    if (d.use === 'system')
       await eraseHead(info.realPath, Math.min(HEAD_BYTES, disk.image_size)).catch(() => undefined);
     const failure = interrupted(deps) ?? asImgctlError(error, TARGET_FULL);
     if (!failure) throw error;
@@ -477,6 +485,8 @@ async function writeDisk(
           ? (failure.hint ?? "the server's copy may be corrupt (imgctl verify on the server)")
           : 'run the same command again: it writes the disk from the start',
     });
+  } finally {
+    await held?.close().catch(() => undefined);
   }
 }
 

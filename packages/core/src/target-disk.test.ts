@@ -14,6 +14,7 @@ import {
   hashRegion,
   type HostTables,
   inspectTarget,
+  openForWriting,
   openTargetWriter,
   parseMountinfo,
   parseSwaps,
@@ -287,7 +288,12 @@ describe('openTargetWriter on a file', () => {
       runner: realRunner,
       tables: { mountinfo: join(dir, 'x'), swaps: join(dir, 'x'), sysfs: join(dir, 'x') },
     });
-    const writer = await openTargetWriter(info, image.length, realRunner);
+    const writer = await openTargetWriter(
+      info,
+      await openForWriting(info),
+      image.length,
+      realRunner,
+    );
     expect(writer.skipsZeros).toBe(true);
     for (let off = 0; off < image.length; off += 3 * MiB + 512)
       await writer.write(image.subarray(off, off + 3 * MiB + 512), off);

@@ -5,12 +5,13 @@
  * "In use" comes from the kernel's own tables: /proc/self/mountinfo (mounts, and which device
  * holds `/`), /proc/swaps, /sys/class/block/<dev>/holders (LVM, md, dm-crypt), btrfs's device
  * lists and the loop devices' backing files; and, when none of them names a holder, from an
- * exclusive open of the device, which the kernel refuses while anything has claimed it. Their locations are injectable (`HostTables`) so unit tests can fake
- * a mount table; a test never points at the machine's real disks.
+ * exclusive open of the device, which the kernel refuses while anything has claimed it. The
+ * tables' locations are injectable (`HostTables`) so unit tests can fake a mount table; a test
+ * never points at the machine's real disks.
  */
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { type FileHandle, open, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type ProcessRunner, run } from './agent-steps.ts';
 import { writeFully, writeNonZero } from './blobs.ts';
@@ -63,7 +64,7 @@ export interface TargetInfo {
   inUse: string[];
 }
 
-/** The filesystem calls that tell a device from a file and whether it is busy; fakes in unit tests. */
+/** The filesystem calls telling a device from a file, and whether it is busy; faked in unit tests. */
 export interface TargetFs {
   realpath(path: string): Promise<string>;
   stat(
@@ -81,8 +82,13 @@ const REAL_FS: TargetFs = {
       await (await open(path, constants.O_RDONLY | constants.O_EXCL)).close();
       return false;
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'EBUSY') return true;
-      throw error;
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'EBUSY') return true;
+      throw new ImgctlError(
+        'CONFLICT',
+        `cannot tell whether target disk ${path} is in use: opening it exclusively failed (${code ?? (error as Error).message})`,
+        { hint: 'nothing was written', cause: error },
+      );
     }
   },
 };
@@ -499,19 +505,10 @@ export interface TargetWriter {
 export const HEAD_BYTES = 1024 * 1024;
 
 /**
- * Opens the target to receive `length` bytes of a raw image at offset 0.
- *
- * - A file: the region is punched into a hole first (`fallocate --punch-hole`), so all-zero
- *   blocks need not be written; where punching is not supported every byte is written.
- * - A block device: every byte is written. Whether a discarded region reads back as zeros is
- *   not something the kernel promises any more (discard_zeroes_data is always 0), so nothing
- *   is skipped. The head is zeroed first instead, so a cut-off write leaves no partition table.
- *
- * The first HEAD_BYTES are held in memory and written by finish(): until then the target has
- * no partition table and no boot code.
+ * Opens the target for writing, a block device exclusively (O_EXCL): while the handle is open
+ * nothing can mount or claim it. CONFLICT when something did since it was checked.
  */
-/** Opens the target for writing: a block device exclusively, so nothing mounts or claims it meanwhile. */
-async function openForWriting(info: TargetInfo) {
+export async function openForWriting(info: TargetInfo): Promise<FileHandle> {
   try {
     return await open(
       info.realPath,
@@ -529,8 +526,21 @@ async function openForWriting(info: TargetInfo) {
   }
 }
 
+/**
+ * Opens the target to receive `length` bytes of a raw image at offset 0.
+ *
+ * - A file: the region is punched into a hole first (`fallocate --punch-hole`), so all-zero
+ *   blocks need not be written; where punching is not supported every byte is written.
+ * - A block device: every byte is written. Whether a discarded region reads back as zeros is
+ *   not something the kernel promises any more (discard_zeroes_data is always 0), so nothing
+ *   is skipped. The head is zeroed first instead, so a cut-off write leaves no partition table.
+ *
+ * The first HEAD_BYTES are held in memory and written by finish(): until then the target has
+ * no partition table and no boot code. `handle` (from openForWriting) is the writer's to close.
+ */
 export async function openTargetWriter(
   info: TargetInfo,
+  handle: FileHandle,
   length: number,
   runner: ProcessRunner,
 ): Promise<TargetWriter> {
@@ -550,7 +560,6 @@ export async function openTargetWriter(
       // no hole punching on this filesystem: zeros are written like everything else
     }
   }
-  const handle = await openForWriting(info);
   const head = Buffer.alloc(Math.min(HEAD_BYTES, length));
   const stats: TargetWriter['stats'] = { written: 0, skipped: 0 };
   try {
