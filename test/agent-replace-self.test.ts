@@ -69,6 +69,11 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     ]);
   }
 
+  /** `imgagent --replace-self --image tiny-linux --target-disk TARGET …`, through the rig's server. */
+  function replaceOnto(target: string, ...flags: string[]) {
+    return agent(['--replace-self', '--image', 'tiny-linux', '--target-disk', target, ...flags]);
+  }
+
   async function attachLoop(file: string): Promise<string> {
     const { stdout } = await execa('losetup', ['--find', '--show', file]);
     loops.push(stdout.trim());
@@ -245,14 +250,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     await execa('mount', ['-t', 'ext4', '-o', 'ro,noload', loop, mnt]);
     mounts.push(mnt);
     const mountedBefore = await sha256File(loop);
-    const mounted = await agent([
-      '--replace-self',
-      '--image',
-      'tiny-linux',
-      '--target-disk',
-      loop,
-      '--force',
-    ]);
+    const mounted = await replaceOnto(loop, '--force');
     expect(mounted.exitCode, mounted.stderr).toBe(5);
     expect(mounted.stderr).toMatch(/is in use by this machine/);
     expect(mounted.stderr).toContain(`is mounted at ${mnt}`);
@@ -264,14 +262,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     const holder = await open(held, constants.O_RDONLY | constants.O_EXCL);
     try {
       const heldBefore = await sha256File(held);
-      const busy = await agent([
-        '--replace-self',
-        '--image',
-        'tiny-linux',
-        '--target-disk',
-        held,
-        '--force',
-      ]);
+      const busy = await replaceOnto(held, '--force');
       expect(busy.exitCode, busy.stderr).toBe(5);
       expect(busy.stderr).toMatch(/the kernel reports it busy/);
       expect(await sha256File(held)).toBe(heldBefore);
@@ -283,13 +274,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     const small = await makeFile(join(work.dir, 'small.raw'), 64 * MiB);
     await writeRandomFile(small, 64 * MiB);
     const smallBefore = await sha256File(small);
-    const tooSmall = await agent([
-      '--replace-self',
-      '--image',
-      'tiny-linux',
-      '--target-disk',
-      small,
-    ]);
+    const tooSmall = await replaceOnto(small);
     expect(tooSmall.exitCode, tooSmall.stderr).toBe(6);
     expect(tooSmall.stderr).toMatch(/is too small: 64MiB, .* need/);
     expect(await sha256File(small)).toBe(smallBefore);
@@ -300,40 +285,19 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
       input: 'label: dos\nstart=2048, size=20000, type=83\n',
     });
     const foreignBefore = await sha256File(foreign);
-    const refused = await agent([
-      '--replace-self',
-      '--image',
-      'tiny-linux',
-      '--target-disk',
-      foreign,
-    ]);
+    const refused = await replaceOnto(foreign);
     expect(refused.exitCode, refused.stderr).toBe(5);
     expect(refused.stderr).toMatch(/is not empty: dos partition table, 1 partition/);
     expect(refused.stderr).toMatch(/give --force/);
     expect(await sha256File(foreign)).toBe(foreignBefore);
     // --dry-run shows the whole summary, then says why the run would be refused: exit 5.
-    const dry = await agent([
-      '--replace-self',
-      '--image',
-      'tiny-linux',
-      '--target-disk',
-      foreign,
-      '--dry-run',
-    ]);
+    const dry = await replaceOnto(foreign, '--dry-run');
     expect(dry.exitCode, dry.stderr).toBe(5);
     expect(dry.stdout).toMatch(/would be refused \(dry run: nothing was changed\)/);
     expect(dry.stdout).toMatch(/on it now: dos partition table, 1 partition/);
     expect(dry.stderr).toMatch(/is not empty: dos partition table/);
     // With --json: one document, the error (imgctl provision reads the agent's --json).
-    const dryJson = await agent([
-      '--replace-self',
-      '--image',
-      'tiny-linux',
-      '--target-disk',
-      foreign,
-      '--dry-run',
-      '--json',
-    ]);
+    const dryJson = await replaceOnto(foreign, '--dry-run', '--json');
     expect(dryJson.exitCode, dryJson.stderr).toBe(5);
     expect(JSON.parse(dryJson.stdout)).toMatchObject({
       error: { code: 'CONFLICT', message: expect.stringMatching(/is not empty/) },
@@ -341,15 +305,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     expect(await sha256File(foreign)).toBe(foreignBefore);
 
     // --kexec (or --reboot) cannot boot a file: refused before anything is written.
-    const kexec = await agent([
-      '--replace-self',
-      '--image',
-      'tiny-linux',
-      '--target-disk',
-      foreign,
-      '--force',
-      '--kexec',
-    ]);
+    const kexec = await replaceOnto(foreign, '--force', '--kexec');
     expect(kexec.exitCode, kexec.stderr).toBe(2);
     expect(kexec.stderr).toMatch(/--kexec: the target .* is a file/);
     expect(await sha256File(foreign)).toBe(foreignBefore);
@@ -375,22 +331,10 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
       hold: (method, url) => method === 'POST' && url.startsWith('/v1/events'),
     });
     onTestFinished(() => proxy.close());
-    const run = runAgent([
-      '--server',
+    const run = agent(
+      ['--replace-self', '--image', 'tiny-linux', '--target-disk', loop, '--force'],
       proxy.url,
-      '--token-file',
-      tokenFile,
-      '--cache-dir',
-      rig.paths.cache,
-      '--log-dir',
-      rig.paths.logs,
-      '--replace-self',
-      '--image',
-      'tiny-linux',
-      '--target-disk',
-      loop,
-      '--force',
-    ]);
+    );
     await proxy.stalled;
     const holder = await open(loop, constants.O_RDONLY | constants.O_EXCL);
     try {
