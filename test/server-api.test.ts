@@ -21,6 +21,7 @@ import {
 const READ = 'read-token-0123456789abcdef';
 const WRITE = 'write-token-0123456789abcdef';
 const SECRET = 'db-secret-value-42';
+const RECORD_SECRET = 'record-secret-value-7';
 
 let store: TempDir;
 let server: TestServer;
@@ -47,6 +48,7 @@ beforeAll(async () => {
   };
   await cli('image', 'set', 'web', `disks[0].sha256=${hex}`, 'disks[0].blob=true');
   await cli('system', 'set', 'web01', `parameters.db_password=${SECRET}`);
+  await cli('record', 'set', 'web', 'default', `provision.parameters.db_password=${RECORD_SECRET}`);
   const keygen = await cli('keygen', '--json');
   publicKey = await readFile(JSON.parse(keygen.stdout).public_key, 'utf8');
   await writeFile(join(dir, '.state/read.token'), READ);
@@ -220,6 +222,35 @@ describe('imgctl serve: images, records, systems, files', () => {
     await expect(client().findSystem('52:54:00:00:00:99')).rejects.toMatchObject({
       code: 'NOT_FOUND',
     });
+  });
+
+  it('never shows a secret parameter in an image, record or system: only plans carry it', async () => {
+    for (const target of [
+      '/v1/images/web',
+      '/v1/images/web/records/default',
+      '/v1/systems/web01',
+      '/v1/systems?mac=52:54:00:12:34:56',
+      '/v1/systems?hostname=web01.example.com',
+    ]) {
+      const r = await get(target);
+      expect(r.status, target).toBe(200);
+      expect(r.text, target).not.toContain(SECRET);
+      expect(r.text, target).not.toContain(RECORD_SECRET);
+    }
+    expect(
+      (await get('/v1/systems/web01')).json<{ parameters: Record<string, string> }>().parameters,
+    ).toMatchObject({ db_password: '<redacted>' });
+    for (const args of [
+      ['system', 'show', 'web01'],
+      ['system', 'show', 'web01', '--json'],
+      ['record', 'show', 'web', 'default'],
+      ['record', 'show', 'web', 'default', '--json'],
+    ]) {
+      const shown = await runCli([...args, '--store', store.dir]);
+      expect(shown.exitCode, shown.stderr).toBe(0);
+      expect(shown.stdout).toContain('<redacted>');
+      expect(shown.stdout).not.toMatch(new RegExp(`${SECRET}|${RECORD_SECRET}`));
+    }
   });
 
   it('serves provision.sh, custom script sets and the kickstart rendered for a system', async () => {

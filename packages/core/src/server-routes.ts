@@ -20,6 +20,7 @@ import { isValidName, printable } from './names.ts';
 import { redactPlan, renderImageFile, resolvePlan } from './plan.ts';
 import { parseYamlValue } from './quick-yaml.ts';
 import { listRecords, showRecord } from './records.ts';
+import { imageForDisplay, recordForDisplay, systemForDisplay } from './redact.ts';
 import {
   fileInStore,
   HttpError,
@@ -432,7 +433,8 @@ export function createRoutes(
       if (b === undefined) {
         queryOf(request.query, []);
         lstatInStore(storeDir, ['images', image, 'image.yaml']);
-        return json(200, await showImage(storeDir, image));
+        const shown = await showImage(storeDir, image);
+        return json(200, { ...shown, image: imageForDisplay(shown.image) });
       }
       if (b === 'records') {
         queryOf(request.query, []);
@@ -446,7 +448,10 @@ export function createRoutes(
         if (rest.length === 0) {
           const record = segmentName('record', c);
           lstatInStore(storeDir, ['images', image, 'records', `${record}.yaml`]);
-          return json(200, await showRecord(storeDir, image, record));
+          return json(
+            200,
+            await recordForDisplay(storeDir, await showRecord(storeDir, image, record)),
+          );
         }
       }
       if (b === 'files' && c !== undefined) return file(request, image, [c, ...rest]);
@@ -470,7 +475,7 @@ export function createRoutes(
             throw new HttpError(400, 'USAGE', `invalid hostname '${printable(hostname)}'`);
           await watch.settled();
           const { name } = await lookupSystem(key);
-          return json(200, await showSystem(storeDir, name));
+          return json(200, await systemForDisplay(storeDir, await showSystem(storeDir, name)));
         }
         const hidden = symlinkedEntries(storeDir, ['systems']);
         if (lstatInStore(storeDir, ['systems']) === undefined) return json(200, []);
@@ -483,7 +488,7 @@ export function createRoutes(
       const name = segmentName('system', a);
       if (!lstatInStore(storeDir, ['systems', `${name}.yaml`]))
         throw new HttpError(404, 'NOT_FOUND', `system '${name}' does not exist`);
-      return json(200, await showSystem(storeDir, name));
+      return json(200, await systemForDisplay(storeDir, await showSystem(storeDir, name)));
     }
     if (noun === 'plan' && a === undefined && method === 'GET') return plan(request);
     if (

@@ -1,9 +1,11 @@
 import { showImage } from '@imgctl/core/images';
+import { imageForDisplay } from '@imgctl/core/redact';
 import { stringifyYaml } from '@imgctl/core/yaml-edit';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], _options, ctx) => {
-  const details = await showImage(await ctx.storeDir(), name!);
+  const shown = await showImage(await ctx.storeDir(), name!);
+  const details = { ...shown, image: imageForDisplay(shown.image) };
   const text = [
     stringifyYaml(details.image).trimEnd(),
     '',
