@@ -214,3 +214,46 @@ describe('bad input: failing commands leave the store byte-for-byte unchanged', 
     expect(await hashTree(store)).toBe(before);
   });
 });
+
+describe("bad input: an operator's path mistakes are errors with a code and a hint, not bugs", () => {
+  const noTrace = (r: CliResult) => {
+    expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
+    expect(r.stderr).toMatch(/\nhint: /);
+  };
+
+  it('pack into a directory that does not exist, init over a file: exit 4', async () => {
+    const store = await copyTree(base.dir);
+    const pack = await runCli(['--store', store.dir, 'pack', 'web', '-o', '/nonexistent/x.tar']);
+    expect(pack.exitCode, pack.stderr).toBe(4);
+    expect(pack.stderr).toMatch(/error\[NOT_FOUND\]: \/nonexistent\/.*no such file or directory/);
+    noTrace(pack);
+    const overFile = await runCli(['init', join(store.dir, 'store.yaml')]);
+    expect(overFile.exitCode, overFile.stderr).toBe(4);
+    expect(overFile.stderr).toMatch(/not a directory \(mkdir\)/);
+    noTrace(overFile);
+  });
+
+  it('init where the kernel refuses a directory (/proc) fails at once instead of spinning', async () => {
+    const r = await execImgctl(['init', '/proc/imgctl-test-store'], { timeoutMs: 20_000 });
+    expect(r.exitCode, r.stderr).toBe(4);
+    expect(r.stderr).toMatch(/\/proc\/imgctl-test-store: no such file or directory \(mkdir\)/);
+    noTrace(r);
+  });
+
+  it('serve with a certificate that is not PEM: exit 3', async () => {
+    const r = await runCli([
+      '--store',
+      base.dir,
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--tls-cert',
+      join(base.dir, 'store.yaml'),
+      '--tls-key',
+      join(base.dir, 'store.yaml'),
+    ]);
+    expect(r.exitCode, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/cannot serve HTTPS with this certificate and key/);
+    noTrace(r);
+  });
+});

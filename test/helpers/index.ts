@@ -161,6 +161,8 @@ export interface ExecOptions extends RunOptions {
   input?: string;
   /** the entry to run with node; default the source entry (packages/cli/bin/imgctl.js) */
   entry?: string;
+  /** killed after this long (exit code -1) */
+  timeoutMs?: number;
 }
 
 /** Runs the real imgctl binary as a child process, as a user does. Never rejects. */
@@ -170,6 +172,7 @@ export async function execImgctl(args: string[], options: ExecOptions = {}): Pro
     env: testEnv(options.env),
     extendEnv: false,
     input: options.input,
+    timeout: options.timeoutMs,
     reject: false,
     stripFinalNewline: false,
   });

@@ -4,7 +4,8 @@
  * seed, events to the server, download progress lines, and turning failures into ImgctlErrors.
  */
 import { appendFile, mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { ensureDir } from './store.ts';
 import type { Client, DownloadProgress } from './client.ts';
 import { type ErrorCode, ImgctlError, isImgctlError } from './errors.ts';
 import type { Phase } from './events.ts';
@@ -166,7 +167,7 @@ export async function runProvisioning(
   await writeFile(vmConfig, renderConfig({ ...variables, ...plan.parameters }), { mode: 0o600 });
   const defaults = await imageDefaults(client, image);
   await writeFile(imageConfig, renderConfig(defaults), { mode: 0o600 });
-  await mkdir(join(logFile, '..'), { recursive: true, mode: 0o755 });
+  await ensureDir(dirname(logFile));
   const env: Record<string, string> = {
     ...deps.scriptEnv,
     IMAGE_STORE: store,

@@ -5,7 +5,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { syncDirectory } from './document.ts';
 import { ImgctlError } from './errors.ts';
 import { loadImage } from './images.ts';
-import { storePaths } from './store.ts';
+import { ensureDir, storePaths } from './store.ts';
 
 export interface ExportResult {
   image: string;
@@ -108,7 +108,7 @@ export async function exportImage(
       throw new ImgctlError('CONFLICT', `disk file ${p.file} would overwrite a file of the image`);
   }
 
-  await mkdir(dirname(target), { recursive: true });
+  await ensureDir(dirname(target));
   const tmp = join(
     dirname(target),
     `.${basename(target)}.export-${randomBytes(4).toString('hex')}`,

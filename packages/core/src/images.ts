@@ -9,7 +9,7 @@ import { withStoreLock } from './lock.ts';
 import { assertName } from './names.ts';
 import { parseYamlValue } from './quick-yaml.ts';
 import * as scaffold from './scaffold.ts';
-import { exists, listNames, listNamesSync, STORE_FILE, storePaths } from './store.ts';
+import { ensureDir, exists, listNames, listNamesSync, STORE_FILE, storePaths } from './store.ts';
 import { listSystems } from './systems.ts';
 import type { ImageDoc } from './types.ts';
 import { loadDocument, validateDocument } from './validate.ts';
@@ -45,7 +45,7 @@ export async function initStore(dir: string, options: { name?: string } = {}): P
     ['systems/.gitkeep', ''],
   ];
   for (const d of ['common', 'custom_scripts', 'images', 'systems', '.state', '.blobs']) {
-    await mkdir(join(storeDir, d), { recursive: true });
+    await ensureDir(join(storeDir, d));
   }
   for (const [rel, content] of files) {
     if (!(await exists(join(storeDir, rel)))) await writeFile(join(storeDir, rel), content);

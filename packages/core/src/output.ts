@@ -1,4 +1,5 @@
-import { EXIT, isImgctlError } from './errors.ts';
+import { type ErrorCode, EXIT, ImgctlError, isImgctlError } from './errors.ts';
+import { printable } from './names.ts';
 
 /** A plain text table: a header row and aligned columns, no borders. */
 export function renderTable(headers: string[], rows: string[][]): string {
@@ -23,7 +24,8 @@ export interface ErrorReport {
  * How `program` (imgctl, imgagent) shows an error: a user error as one line plus its problems
  * and hint (or `{"error":…}` JSON on stdout); anything else as a bug with its stack.
  */
-export function describeError(program: string, json: boolean, error: unknown): ErrorReport {
+export function describeError(program: string, json: boolean, failure: unknown): ErrorReport {
+  const error = fromSystemError(failure);
   if (isImgctlError(error)) {
     if (json) {
       const body = {
@@ -48,8 +50,38 @@ export function describeError(program: string, json: boolean, error: unknown): E
   return {
     exitCode: EXIT.FAILED,
     stdout: json
-      ? `${JSON.stringify({ error: { code: 'BUG', message: String(error), hint } })}\n`
+      ? `${JSON.stringify({ error: { code: 'BUG', message: String(error), hint, details: [] } })}\n`
       : '',
     stderr: `${program}: internal error (a bug; please report it with this trace)\n${stack}\n`,
   };
+}
+
+/** What an operator can fix, not a bug: a file or directory missing, not allowed, full… */
+const SYSTEM_ERRORS: Record<string, { code: ErrorCode; hint?: string }> = {
+  ENOENT: { code: 'NOT_FOUND', hint: 'check the path: it, or a directory on it, does not exist' },
+  ENOTDIR: { code: 'NOT_FOUND', hint: 'check the path: a part of it is a file, not a directory' },
+  EISDIR: { code: 'USAGE', hint: 'name a file, not a directory' },
+  EEXIST: { code: 'CONFLICT', hint: 'remove it or choose another name' },
+  EACCES: { code: 'FAILED', hint: 'check its permissions, or run as a user allowed there' },
+  EPERM: { code: 'FAILED', hint: 'check its permissions, or run as a user allowed there' },
+  EROFS: { code: 'FAILED', hint: 'the filesystem is mounted read-only' },
+  ENOSPC: { code: 'FAILED', hint: 'the filesystem is full: free some space and run again' },
+  EDQUOT: { code: 'FAILED', hint: 'the disk quota is used up' },
+};
+
+/**
+ * A Node.js system error on a path the user gave (ENOENT: no such file or directory, open 'x')
+ * as an ImgctlError with a code and hint (`x: no such file or directory (open)`); anything
+ * else unchanged.
+ */
+function fromSystemError(error: unknown): unknown {
+  const e = error as NodeJS.ErrnoException;
+  const known = typeof e?.code === 'string' ? SYSTEM_ERRORS[e.code] : undefined;
+  if (!(error instanceof Error) || known === undefined || e.syscall === undefined) return error;
+  const reason = /^E[A-Z]+: ([^,]+)/.exec(e.message)?.[1] ?? e.code!;
+  const where = e.path === undefined ? '' : `${printable(e.path)}: `;
+  return new ImgctlError(known.code, `${where}${reason} (${e.syscall})`, {
+    hint: known.hint,
+    cause: error,
+  });
 }

@@ -162,10 +162,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   const serverOptions = { maxHeaderSize: MAX_HEADER_BYTES };
   const server: Server = options.tls
-    ? createHttpsServer(
-        { ...serverOptions, cert: options.tls.cert, key: options.tls.key },
-        onRequest,
-      )
+    ? httpsServer(serverOptions, options.tls, onRequest)
     : createHttpServer(serverOptions, onRequest);
   server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
     // Answered here rather than by node so the body is a JSON error like every other.
@@ -360,6 +357,26 @@ function errorReply(error: unknown, log: (line: string) => void): Reply {
     type: 'application/json',
     headers: { 'cache-control': 'no-store', ...headers },
   };
+}
+
+/** The HTTPS server; a certificate or key that is not PEM, or not a pair, is a VALIDATION error. */
+function httpsServer(
+  serverOptions: { maxHeaderSize: number },
+  tls: { cert: string | Buffer; key: string | Buffer },
+  onRequest: (req: IncomingMessage, res: ServerResponse) => void,
+): Server {
+  try {
+    return createHttpsServer({ ...serverOptions, cert: tls.cert, key: tls.key }, onRequest);
+  } catch (error) {
+    throw new ImgctlError(
+      'VALIDATION',
+      `cannot serve HTTPS with this certificate and key: ${(error as Error).message}`,
+      {
+        hint: '--tls-cert takes a PEM certificate, --tls-key its PEM private key',
+        cause: error,
+      },
+    );
+  }
 }
 
 const PLAIN_URL = /^[\x21-\x7e]*$/;

@@ -113,8 +113,22 @@ export async function isDirectory(path: string): Promise<boolean> {
   }
 }
 
+/**
+ * mkdir -p, level by level: Node's recursive mkdir never returns where the kernel refuses a new
+ * directory with ENOENT under one that exists (/proc, /sys); this fails at once there.
+ */
 export async function ensureDir(path: string): Promise<void> {
-  await mkdir(path, { recursive: true });
+  try {
+    await mkdir(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' && (await isDirectory(path))) return;
+    if (code !== 'ENOENT' || dirname(path) === path) throw error;
+    await ensureDir(dirname(path));
+    await mkdir(path).catch(async (again: NodeJS.ErrnoException) => {
+      if (!(again.code === 'EEXIST' && (await isDirectory(path)))) throw again;
+    });
+  }
 }
 
 /** `fn` over `items` with at most `limit` running at once; results in input order. */

@@ -7,8 +7,9 @@
  * Every side effect goes through `VirtDeps` (processes, the server, the host probe, the clock,
  * randomness), so unit tests run the whole flow with fakes.
  */
-import { access, chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ensureDir } from './store.ts';
 import {
   asImgctlError,
   assertPullable,
@@ -238,7 +239,7 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
     await events.send('disks-ready');
 
     // Per-VM disks, each made under a temporary name and renamed into place.
-    await mkdir(options.virtPath, { recursive: true, mode: 0o755 });
+    await ensureDir(options.virtPath);
     for (const disk of disks) {
       deps.signal?.throwIfAborted();
       const tmp = `${disk.path}.tmp-${deps.randomHex(4)}`;
