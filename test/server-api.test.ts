@@ -356,7 +356,7 @@ describe('imgctl serve: events and status', () => {
       system: 'tiny01',
       phase: 'failed',
       code: 'HOST',
-      message: 'no hypervisor can run x86_64',
+      message: 'no hypervisor can run x86_64\u001b[2J\nstate:   done',
     });
     await agent.postEvent({ system: 'web01', phase: 'done' });
 
@@ -381,7 +381,9 @@ describe('imgctl serve: events and status', () => {
     ]);
     const text = await runCli(['status', '--system', 'tiny01', '--store', store.dir]);
     expect(text.stdout).toContain('state:   failed');
-    expect(text.stdout).toContain('[HOST] no hypervisor can run x86_64');
+    // What a target sent reaches the terminal with its control characters escaped.
+    expect(text.stdout).toContain('[HOST] no hypervisor can run x86_64\\x1b[2J\\x0astate:   done');
+    expect(text.stdout).not.toContain('\u001b');
     const lines = (await readFile(join(store.dir, '.state/events/web01.jsonl'), 'utf8'))
       .trim()
       .split('\n');

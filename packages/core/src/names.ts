@@ -16,11 +16,19 @@ export function assertName(kind: string, name: string): string {
   return name;
 }
 
+/**
+ * `text` with its control characters (C0, DEL, C1: a terminal's escape sequences, a forged line)
+ * shown as \xNN; for what another machine sent (an agent's lines and messages) before it is
+ * printed on an operator's terminal.
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, hexEscape);
+}
+
+const hexEscape = (c: string) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`;
+
 /** Makes user input safe to echo in one line of an error message. */
 export function printable(text: string): string {
   const clipped = text.length > 80 ? `${text.slice(0, 80)}…` : text;
-  return clipped.replace(
-    /[^\x20-\x7e]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
-  );
+  return clipped.replace(/[^\x20-\x7e]/g, hexEscape);
 }

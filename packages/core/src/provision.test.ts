@@ -170,6 +170,33 @@ describe('provisionTargets', () => {
     expect(summaryExitCode(summary)).toBe(1);
   });
 
+  it('escapes control characters in what a target sends before anyone prints it', async () => {
+    const fake = fakeDeps({
+      evil: {
+        agent: async (options) => {
+          options.onStderrLine?.('imgagent: \u001b[2Jcleared');
+          return {
+            exitCode: 1,
+            stdout: JSON.stringify({
+              error: { code: 'FAILED', message: 'bad\u001b[31m\nimgctl: all ok', hint: 'h\u0007' },
+            }),
+            stderr: '',
+          };
+        },
+      },
+    });
+    const summary = await provisionTargets({ ...base, targets: [target('evil')] }, fake.deps);
+    expect(fake.events).toContainEqual({
+      target: 'evil',
+      kind: 'line',
+      line: 'imgagent: \\x1b[2Jcleared',
+    });
+    expect(summary.targets[0]!.error).toMatchObject({
+      message: 'bad\\x1b[31m\\x0aimgctl: all ok',
+      hint: 'h\\x07',
+    });
+  });
+
   it('keeps to --parallel; an abort starts no new target and cancels the running ones', async () => {
     const controller = new AbortController();
     const started: string[] = [];

@@ -9,6 +9,7 @@
  * pass fakes and imgctl an ssh2 connection.
  */
 import { EXIT, type ErrorCode, ImgctlError, isImgctlError } from './errors.ts';
+import { terminalSafe } from './names.ts';
 import { formatSshTarget, type RemoteShell, type SshTarget } from './ssh.ts';
 import { mapLimit } from './store.ts';
 
@@ -185,7 +186,8 @@ async function provisionOne(
       secretEnv,
       supervise: true,
       signal: ctx.signal,
-      onStderrLine: (line) => deps.onEvent?.({ target: target.label, kind: 'line', line }),
+      onStderrLine: (line) =>
+        deps.onEvent?.({ target: target.label, kind: 'line', line: terminalSafe(line) }),
     });
     partial.exitCode = run.exitCode ?? undefined;
     throwIfAborted(ctx.signal);
@@ -196,12 +198,14 @@ async function provisionOne(
     }
     if (isAgentError(output)) {
       const e = output.error;
-      throw new ImgctlError(agentCode(e.code), e.message, {
-        hint: e.hint ?? undefined,
-        details: Array.isArray(e.details) ? e.details.map(String) : undefined,
+      throw new ImgctlError(agentCode(e.code), terminalSafe(e.message), {
+        hint: e.hint ? terminalSafe(e.hint) : undefined,
+        details: Array.isArray(e.details)
+          ? e.details.map((d) => terminalSafe(String(d)))
+          : undefined,
       });
     }
-    const tail = run.stderr.trim().split('\n').slice(-3).join(' | ');
+    const tail = terminalSafe(run.stderr.trim().split('\n').slice(-3).join(' | '));
     throw new ImgctlError(
       'FAILED',
       run.exitCode === 0

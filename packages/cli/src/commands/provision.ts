@@ -4,7 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hashFile } from '@imgctl/core/blobs';
 import { ImgctlError, isImgctlError } from '@imgctl/core/errors';
-import { isValidName, printable } from '@imgctl/core/names';
+import { isValidName, printable, terminalSafe } from '@imgctl/core/names';
 import { renderTable } from '@imgctl/core/output';
 import {
   type ProvisionEvent,
@@ -433,7 +433,8 @@ function detail(r: TargetResult): string {
   if (r.status !== 'ok') return r.error?.message ?? '';
   const result = r.result as { vm?: string; dryRun?: boolean } | undefined;
   const parts = [];
-  if (result?.vm) parts.push(`vm ${result.vm}${result.dryRun ? ' (dry run)' : ''}`);
+  if (result?.vm)
+    parts.push(`vm ${terminalSafe(String(result.vm))}${result.dryRun ? ' (dry run)' : ''}`);
   parts.push(r.agentCopied ? 'agent copied' : 'agent up to date');
   return parts.join(', ');
 }

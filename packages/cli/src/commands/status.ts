@@ -1,5 +1,5 @@
 import { parseDuration, provisioningStatus, type SystemStatus } from '@imgctl/core/events';
-import { assertName } from '@imgctl/core/names';
+import { assertName, terminalSafe } from '@imgctl/core/names';
 import type { Handler } from '../command.ts';
 import { renderTable } from '@imgctl/core/output';
 
@@ -41,7 +41,7 @@ function details(s: SystemStatus): string {
     lines.push(
       `started: ${s.started_at}   elapsed ${formatMs(s.elapsed_ms ?? 0)}   runs ${s.runs}`,
     );
-  if (s.error) lines.push(`error:   [${s.error.code}] ${s.error.message}`);
+  if (s.error) lines.push(`error:   [${s.error.code}] ${terminalSafe(s.error.message)}`);
   if (s.phases.length > 0) {
     lines.push('');
     lines.push(
