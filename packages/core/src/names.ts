@@ -22,6 +22,7 @@ export function assertName(kind: string, name: string): string {
  * printed on an operator's terminal.
  */
 export function terminalSafe(text: string): string {
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point
   return text.replace(/[\x00-\x1f\x7f-\x9f]/g, hexEscape);
 }
 
