@@ -249,10 +249,15 @@ describe('validateDocument: schema problems', () => {
     );
     expect(check('System', bad)).toEqual([
       'f.yaml:4:11 hostname: must be a host name like web1 or web1.example.com',
-      'f.yaml:9:10 interfaces[0].mac: must be a MAC address like 52:54:00:12:34:56',
+      'f.yaml:9:10 interfaces[0].mac: must be a unicast MAC address like 52:54:00:12:34:56 (an even first byte)',
       'f.yaml:10:9 interfaces[0].ip: must be an IPv4 or IPv6 address with a prefix length, like 192.0.2.10/24 or 2001:db8::10/64',
       'f.yaml:11:14 interfaces[0].gateway: must be an IPv4 or IPv6 address like 192.0.2.1 or 2001:db8::1',
     ]);
+    // A multicast or broadcast address (odd first byte) names no machine; libvirt refuses it.
+    for (const mac of ['ff:ff:ff:ff:ff:ff', '01:00:5e:00:00:01'])
+      expect(check('System', edit(SYSTEM, 'mac: 52:54:00:12:34:56', `mac: ${mac}`))).toEqual([
+        'f.yaml:9:10 interfaces[0].mac: must be a unicast MAC address like 52:54:00:12:34:56 (an even first byte)',
+      ]);
     expect(check('System', edit(SYSTEM, 'ip: 192.0.2.10/24', 'ip: "2001:db8::10/64"'))).toEqual([]);
     expect(
       check('System', edit(SYSTEM, 'ip: 192.0.2.10/24', 'ip: "2001:db8::10/129"')),
