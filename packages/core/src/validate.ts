@@ -52,7 +52,7 @@ const DEF_MESSAGES: Record<string, string> = {
   name: "must be a name of 1-63 characters a-z, 0-9, '.', '_' and '-', starting with a letter or digit, without '..'",
   size: 'must be a size like 512MiB, 2GiB or a byte count',
   sha256: 'must be a sha256 checksum: 64 lowercase hexadecimal digits',
-  mac: "must be a unicast MAC address like 52:54:00:12:34:56 (an even first byte)",
+  mac: 'must be a unicast MAC address like 52:54:00:12:34:56 (an even first byte)',
   target: 'must be a guest disk like vda, hda, sda or xvda',
   relPath: "must be a path relative to the image directory, without '..' or a leading '/'",
   ipPrefix:
