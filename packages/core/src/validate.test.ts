@@ -172,6 +172,15 @@ describe('validateDocument: schema problems', () => {
     expect(check('Image', edit(IMAGE, '  memory: 512MiB', '  memory: 536870912'))).toEqual([]);
   });
 
+  it('refuses a memory under 1MiB: a number alone is bytes, so the unit was forgotten', () => {
+    expect(check('Image', edit(IMAGE, '  memory: 512MiB', '  memory: 512'))).toEqual([
+      'f.yaml:16:11 devices.memory: memory 512 is less than 1MiB (a number alone is bytes): give a unit, e.g. 512MiB',
+    ]);
+    expect(check('ImageRecord', edit(RECORD, '  memory: 2GiB', '  memory: 0'))).toEqual([
+      'f.yaml:7:11 provision.memory: memory 0 is less than 1MiB (a number alone is bytes): give a unit, e.g. 512MiB',
+    ]);
+  });
+
   it('reports sizes too large to count in bytes', () => {
     expect(check('Image', edit(IMAGE, '    size: 1GiB', '    size: 99999999999TiB'))).toEqual([
       'f.yaml:27:11 disks[1].size: size 99999999999TiB is too large',

@@ -367,7 +367,7 @@ function semanticProblems(
           ),
         );
       }
-      checkSizes(y, doc, [['provision', 'memory']], out);
+      checkSizes(y, doc, [['provision', 'memory']], out, 'memory');
       for (const [id] of entries(path(doc, ['provision', 'disks']))) {
         checkSizes(y, doc, [['provision', 'disks', id, 'size']], out);
       }
@@ -434,11 +434,11 @@ function checkImage(y: YamlFile, doc: Obj, out: Problem[]): void {
     checkSizes(y, doc, [['disks', i, 'size']], out);
   }
   checkBoot(y, doc, new Set(ids.keys()), out);
+  checkSizes(y, doc, [['devices', 'memory']], out, 'memory');
   checkSizes(
     y,
     doc,
     [
-      ['devices', 'memory'],
       ['requires', 'min_memory'],
       ['requires', 'min_disk'],
     ],
@@ -566,7 +566,13 @@ function checkInterfaces(y: YamlFile, doc: Obj, out: Problem[]): void {
 const SIZE_RE = new RegExp(SIZE_PATTERN);
 
 /** Sizes the schema accepts but that are too large to be exact in bytes. */
-function checkSizes(y: YamlFile, doc: Obj, paths: PathSegment[][], out: Problem[]): void {
+function checkSizes(
+  y: YamlFile,
+  doc: Obj,
+  paths: PathSegment[][],
+  out: Problem[],
+  kind: 'size' | 'memory' = 'size',
+): void {
   for (const segments of paths) {
     const value = path(doc, segments);
     if (
@@ -575,13 +581,26 @@ function checkSizes(y: YamlFile, doc: Obj, paths: PathSegment[][], out: Problem[
     ) {
       continue; // absent, or already reported by the schema
     }
+    let bytes: number;
     try {
-      parseSize(value);
+      bytes = parseSize(value);
     } catch {
       out.push(problemAt(y, segments, `size ${String(value)} is too large`));
+      continue;
     }
+    // A bare number is bytes: `memory: 512` is a unit forgotten, not a machine of 512 bytes.
+    if (kind === 'memory' && bytes < MIN_MEMORY)
+      out.push(
+        problemAt(
+          y,
+          segments,
+          `memory ${String(value)} is less than 1MiB (a number alone is bytes): give a unit, e.g. 512MiB`,
+        ),
+      );
   }
 }
+
+const MIN_MEMORY = 1024 * 1024;
 
 /** Why `value` does not fit a parameter of `type`, or undefined when it does. */
 function typeMismatch(type: unknown, value: unknown): string | undefined {
