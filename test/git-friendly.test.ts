@@ -83,21 +83,24 @@ describe('git-friendly: imgctl image set on a hand-written descriptor', () => {
     expect(result.exitCode, result.stderr).toBe(0);
   });
 
-  it('changing one value changes exactly one line, keeping comments and formatting', async () => {
+  it('changing one value changes its line and the revision line, keeping comments and formatting', async () => {
     const dir = await committedStore();
     const result = await execImgctl(['image', 'set', 'web', 'devices.memory=2GiB'], { cwd: dir });
     expect(result.exitCode, result.stderr).toBe(0);
-    expect(await git(dir, 'diff', '--numstat')).toBe(`1\t1\t${FILE}`);
+    expect(await git(dir, 'diff', '--numstat')).toBe(`2\t2\t${FILE}`);
     const diff = (await git(dir, 'diff', '-U0', '--', FILE)).split('\n');
     expect(diff).toContain('-  memory: 1GiB      # raised with imgctl image set');
     expect(diff).toContain('+  memory: 2GiB      # raised with imgctl image set');
+    // every content change bumps the revision (design.md §3)
+    expect(diff).toContain('-revision: 7');
+    expect(diff).toContain('+revision: 8');
   });
 
   it('keeps the quoting style of a string it replaces', async () => {
     const dir = await committedStore();
     const result = await runCli(['image', 'set', 'web', 'label=Web appliance v2', '--store', dir]);
     expect(result.exitCode, result.stderr).toBe(0);
-    expect(await git(dir, 'diff', '--numstat')).toBe(`1\t1\t${FILE}`);
+    expect(await git(dir, 'diff', '--numstat')).toBe(`2\t2\t${FILE}`); // and the revision
     const text = await readFile(join(dir, FILE), 'utf8');
     expect(text).toContain('label: "Web appliance v2"   # shown in listings\n');
   });
@@ -124,15 +127,16 @@ describe('git-friendly: imgctl image set on a hand-written descriptor', () => {
     expect(text).toContain('    size: "3GiB"\n');
   });
 
-  it('setting a new key only adds lines; every comment and flow list stays as written', async () => {
+  it('setting a new key only adds lines (and bumps the revision); every comment and flow list stays as written', async () => {
     const dir = await committedStore();
     const result = await runCli(['image', 'set', 'web', 'labels.tier=frontend', '--store', dir]);
     expect(result.exitCode, result.stderr).toBe(0);
     const [added, deleted] = (await git(dir, 'diff', '--numstat')).split('\t');
-    expect(Number(added)).toBeGreaterThan(0);
-    expect(deleted).toBe('0');
+    expect(Number(added)).toBeGreaterThan(1);
+    expect(deleted).toBe('1');
     const text = await readFile(join(dir, FILE), 'utf8');
-    for (const line of HAND_WRITTEN.split('\n')) expect(text).toContain(line);
+    for (const line of HAND_WRITTEN.split('\n'))
+      expect(text).toContain(line === 'revision: 7' ? 'revision: 8' : line);
   });
 
   it('an invalid set leaves the file byte-identical and the tree unchanged', async () => {

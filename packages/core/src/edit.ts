@@ -24,6 +24,8 @@ export interface EditRequest {
   validate?: ValidateOptions;
   /** further checks on the edited document (e.g. against other files of the store) */
   check?: (edited: YamlFile) => Promise<Problem[]>;
+  /** a changed document gets `revision` + 1, unless the assignments set it (images) */
+  bumpRevision?: boolean;
 }
 
 export interface EditResult {
@@ -54,10 +56,19 @@ export async function editDocument(request: EditRequest): Promise<EditResult> {
   }
   return withStoreLock(request.storeDir, async () => {
     const before = await readExisting(request.absPath, request.display);
-    const after = editYamlText(
+    let after = editYamlText(
       before,
       assignments.map((a) => ({ path: a.path, value: a.value })),
     );
+    const revision = (parseYaml(request.display, before).value as { revision?: unknown } | null)
+      ?.revision;
+    if (
+      request.bumpRevision &&
+      after !== before &&
+      Number.isInteger(revision) &&
+      !assignments.some((a) => a.path[0] === 'revision')
+    )
+      after = editYamlText(after, [{ path: ['revision'], value: (revision as number) + 1 }]);
     const parsed = parseYaml(request.display, after);
     const problems = validateDocument(request.kind, parsed, request.validate);
     if (problems.length === 0 && request.check) problems.push(...(await request.check(parsed)));

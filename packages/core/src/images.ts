@@ -12,7 +12,7 @@ import * as scaffold from './scaffold.ts';
 import { ensureDir, exists, listNames, listNamesSync, STORE_FILE, storePaths } from './store.ts';
 import { listSystems } from './systems.ts';
 import type { ImageDoc } from './types.ts';
-import { loadDocument, validateDocument } from './validate.ts';
+import { computedTemplateProblems, loadDocument, validateDocument } from './validate.ts';
 import { editYamlText } from './yaml-edit.ts';
 
 export interface InitResult {
@@ -272,6 +272,8 @@ export async function setImage(
     display: storePaths.rel.imageFile(name),
     assignments,
     validate: { expectedName: name },
+    check: async (y) => computedTemplateProblems(y),
+    bumpRevision: true,
   });
 }
 

@@ -522,13 +522,13 @@ describe('validateStore', () => {
     ]);
   });
 
-  it('refuses overrides of parameters that are not customizable or not declared, naming the layer', async () => {
+  it('refuses overrides of parameters that are not customizable, computed or not declared, naming the layer', async () => {
     const record = edit(
       RECORD,
       '    port: 8080',
       '    port: 8080\n    edition: enterprise\n    colour: blue',
     );
-    const system = edit(SYSTEM, '  port: 8081', '  port: "x"\n  edition: pro');
+    const system = edit(SYSTEM, '  port: 8081', '  port: "x"\n  edition: pro\n  url: http://x/');
     expect(
       await storeProblems({
         ...GOOD_STORE,
@@ -540,6 +540,7 @@ describe('validateStore', () => {
       "images/web/records/large.yaml:14:5 provision.parameters.colour: parameter 'colour' is not declared by image 'web'",
       "systems/web1.yaml:16:9 parameters.port: must be an integer (parameter type integer; got 'x')",
       "systems/web1.yaml:17:3 parameters.edition: parameter 'edition' is not customizable (set by system 'web1')",
+      "systems/web1.yaml:18:3 parameters.url: parameter 'url' is computed by the image (set by system 'web1')",
     ]);
   });
 

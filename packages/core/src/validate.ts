@@ -822,7 +822,7 @@ async function readSystems(
   );
 }
 
-/** Parameters a record or system sets: declared by the image, customizable, of the right type. */
+/** Parameters a record or system sets: declared by the image, customizable, not computed, of the right type. */
 function checkLayerParameters(
   y: YamlFile,
   at: string[],
@@ -844,6 +844,12 @@ function checkLayerParameters(
     } else if (parameter.customizable === false) {
       out.push(
         problemAt(y, segments, `parameter '${name}' is not customizable (set by ${layer})`, {
+          key: true,
+        }),
+      );
+    } else if (parameter.computed !== undefined) {
+      out.push(
+        problemAt(y, segments, `parameter '${name}' is computed by the image (set by ${layer})`, {
           key: true,
         }),
       );
@@ -889,6 +895,18 @@ function checkRecordDisks(y: YamlFile, doc: Obj, image: ImageEntry, out: Problem
   }
 }
 
+/** Template errors in an image's computed parameters (includes, unknown filters, syntax). */
+export function computedTemplateProblems(y: YamlFile): Problem[] {
+  const out: Problem[] = [];
+  for (const [name, parameter] of entries((y.value as Obj | null)?.parameters)) {
+    const computed = isObject(parameter) ? parameter.computed : undefined;
+    if (typeof computed !== 'string') continue;
+    for (const p of checkTemplate(computed))
+      out.push(problemAt(y, ['parameters', name, 'computed'], `template error: ${p.message}`));
+  }
+  return out;
+}
+
 /** The provisioning script, kickstart and custom script sets an image names exist. */
 async function checkImageFiles(
   image: ImageEntry,
@@ -923,13 +941,7 @@ async function checkImageFiles(
       }
     }
   }
-  for (const [name, parameter] of entries(doc?.parameters)) {
-    const computed = isObject(parameter) ? parameter.computed : undefined;
-    if (typeof computed !== 'string') continue;
-    for (const p of checkTemplate(computed)) {
-      out.push(problemAt(y, ['parameters', name, 'computed'], `template error: ${p.message}`));
-    }
-  }
+  out.push(...computedTemplateProblems(y));
   const sets = list(provision.custom_scripts);
   if (sets.length === 0) return;
   const own = new Set(
