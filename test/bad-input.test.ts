@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BASE_TREE } from './helpers/base-store.ts';
@@ -9,6 +9,7 @@ import {
   execImgctl,
   hashTree,
   makeStore,
+  makeTempDir,
   problemLines,
   REPO_ROOT,
   runCli,
@@ -221,16 +222,39 @@ describe("bad input: an operator's path mistakes are errors with a code and a hi
     expect(r.stderr).toMatch(/\nhint: /);
   };
 
-  it('pack into a directory that does not exist, init over a file: exit 4', async () => {
+  it('pack into a directory that does not exist, init over a file (4) or inside a store (5)', async () => {
     const store = await copyTree(base.dir);
     const pack = await runCli(['--store', store.dir, 'pack', 'web', '-o', '/nonexistent/x.tar']);
     expect(pack.exitCode, pack.stderr).toBe(4);
     expect(pack.stderr).toMatch(/error\[NOT_FOUND\]: \/nonexistent\/.*no such file or directory/);
     noTrace(pack);
-    const overFile = await runCli(['init', join(store.dir, 'store.yaml')]);
+    const outside = await makeTempDir();
+    await writeFile(join(outside.dir, 'plain'), 'a file\n');
+    const overFile = await runCli(['init', join(outside.dir, 'plain')]);
     expect(overFile.exitCode, overFile.stderr).toBe(4);
     expect(overFile.stderr).toMatch(/not a directory \(mkdir\)/);
     noTrace(overFile);
+    // A store inside a store would be packed and exported with it: refused, nothing made.
+    const before = await hashTree(store.dir);
+    const nested = await runCli(['init', join(store.dir, 'images/web')]);
+    expect(nested.exitCode, nested.stderr).toBe(5);
+    expect(nested.stderr).toMatch(/is inside the image store/);
+    expect(await hashTree(store.dir)).toBe(before);
+  });
+
+  it('disk add and capture of a file that does not exist: exit 4, the store unchanged', async () => {
+    const store = await copyTree(base.dir);
+    const before = await hashTree(store.dir);
+    for (const args of [
+      ['disk', 'add', 'web', '--id', 'extra', '--use', 'data', '/nonexistent/disk.raw'],
+      ['capture', 'newimg', '--from-disk', '/nonexistent/disk.raw'],
+    ]) {
+      const r = await runCli(['--store', store.dir, ...args]);
+      expect(r.exitCode, r.stderr).toBe(4);
+      expect(r.stderr).toMatch(/error\[NOT_FOUND\]: \/nonexistent\/disk\.raw does not exist/);
+      noTrace(r);
+    }
+    expect(await hashTree(store.dir)).toBe(before);
   });
 
   it('init where the kernel refuses a directory (/proc) fails at once instead of spinning', async () => {

@@ -15,6 +15,16 @@ import { editYamlText } from './yaml-edit.ts';
 /** Keys that identify a document; changing them would move it, which only copy/add/remove do. */
 const FIXED_KEYS = new Set(['apiVersion', 'kind', 'name', 'image']);
 
+/** How to give a document another name (or image), which `set` cannot. */
+const RENAME_HINTS: Partial<Record<DocKind, string>> = {
+  Image:
+    "copy the image to give it a new name (imgctl image copy); 'kind' and 'apiVersion' are fixed",
+  ImageRecord:
+    "add a record under the new name (imgctl record add) and remove this one; 'kind' and 'apiVersion' are fixed",
+  System:
+    "add a system under the new name (imgctl system add) and remove this one; 'kind' and 'apiVersion' are fixed",
+};
+
 export interface EditRequest {
   storeDir: string;
   kind: DocKind;
@@ -50,7 +60,7 @@ export async function editDocument(request: EditRequest): Promise<EditResult> {
       !(request.kind === 'System' && head === 'image')
     ) {
       throw new ImgctlError('USAGE', `'${head}' cannot be set`, {
-        hint: "copy the image to give it a new name; 'kind' and 'apiVersion' are fixed",
+        hint: RENAME_HINTS[request.kind] ?? "'kind' and 'apiVersion' are fixed",
       });
     }
   }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { cp, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { parseYaml, syncDirectory, writeFileAtomic } from './document.ts';
 import { type EditResult, editDocument, invalid } from './edit.ts';
 import { ImgctlError } from './errors.ts';
@@ -27,6 +27,13 @@ export async function initStore(dir: string, options: { name?: string } = {}): P
     throw new ImgctlError('CONFLICT', `${storeDir} already holds an image store`, {
       hint: 'pick another directory',
     });
+  }
+  // A store inside another would be packed, exported and found by commands run in it.
+  for (let dir = dirname(storeDir); dirname(dir) !== dir; dir = dirname(dir)) {
+    if (await exists(join(dir, STORE_FILE)))
+      throw new ImgctlError('CONFLICT', `${storeDir} is inside the image store ${dir}`, {
+        hint: 'pick a directory outside it',
+      });
   }
   const name = assertName(
     'store',

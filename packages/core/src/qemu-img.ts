@@ -1,3 +1,5 @@
+import { constants } from 'node:fs';
+import { access } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { execa } from 'execa';
 import { ImgctlError } from './errors.ts';
@@ -39,6 +41,13 @@ export async function qemuImgInfo(
   file: string,
   options: { signal?: AbortSignal } = {},
 ): Promise<QemuImgInfo> {
+  // Said plainly here; qemu-img's own words for it are "Could not open …: Could not open …".
+  await access(resolve(file), constants.R_OK).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT')
+      throw new ImgctlError('NOT_FOUND', `${printable(file)} does not exist`, {
+        hint: 'check the path of the disk image',
+      });
+  });
   const stdout = await runQemuImg(['info', '--output=json', '--', resolve(file)], file, options);
   return parseQemuImgInfo(stdout, file);
 }
