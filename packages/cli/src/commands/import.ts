@@ -1,6 +1,6 @@
 import { ImgctlError } from '@imgctl/core/errors';
 import { importArchive } from '@imgctl/core/import';
-import { formatSize } from '@imgctl/core/sizes';
+import { humanSize } from '@imgctl/core/sizes';
 import { importVirtImage } from '@imgctl/core/virt-image';
 import type { Handler } from '../command.ts';
 import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
@@ -38,6 +38,6 @@ export const run: Handler = async ([source], options, ctx) => {
     data: result,
     text: `imported image '${result.image}' revision ${result.revision}${
       result.replaced ? ' (replaced the previous one)' : ''
-    }: ${result.files} files, ${result.blobs} disk blobs${reused}, ${formatSize(result.bytes)}`,
+    }: ${result.files} files, ${result.blobs} disk blobs${reused}, ${humanSize(result.bytes)}`,
   };
 };

@@ -1,6 +1,6 @@
 import { ImgctlError } from '@imgctl/core/errors';
 import { packImage } from '@imgctl/core/pack';
-import { formatSize } from '@imgctl/core/sizes';
+import { humanSize } from '@imgctl/core/sizes';
 import type { Handler } from '../command.ts';
 import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 
@@ -20,6 +20,6 @@ export const run: Handler = async ([image], options, ctx) => {
   });
   return {
     data: result,
-    text: `packed image '${result.image}' revision ${result.revision} into ${result.output} (${result.files} files, ${result.blobs} disk blobs, ${formatSize(result.bytes)})`,
+    text: `packed image '${result.image}' revision ${result.revision} into ${result.output} (${result.files} files, ${result.blobs} disk blobs, ${humanSize(result.bytes)})`,
   };
 };
