@@ -96,8 +96,9 @@ export async function main(argv: string[], io: AgentIo): Promise<number> {
   let result = 0;
   const program = new Command('imgagent')
     .description(
-      'Runs on a target: asks an imgctl server for an image and its record, checks this host can run it,\n' +
-        'pulls and verifies the disks, and creates a configured VM through libvirt (--virt).',
+      'Runs on a target: asks an imgctl server for an image and its record, checks this host can ' +
+        'run it, pulls and verifies the disks, then creates a configured VM through libvirt ' +
+        '(--virt) or writes the image over a disk of this machine (--replace-self).',
     )
     .version(VERSION, '-V, --version')
     .option('--server <url>', 'the imgctl server (default $IMGAGENT_SERVER)')
