@@ -246,7 +246,7 @@ describe('imgctl disk add', () => {
     ]);
   });
 
-  it('adds a scratch disk with --size and no content; refuses mixed sources (exit 2)', async () => {
+  it('adds a scratch disk with --size and no content; refuses mixed sources and size 0 (exit 2)', async () => {
     const store = await storeWithImage();
     const r = await runCli(
       [
@@ -279,6 +279,12 @@ describe('imgctl disk add', () => {
       },
     );
     expect(bad.exitCode).toBe(2);
+    const empty = await runCli(
+      ['disk', 'add', 'web', '--id', 'x', '--use', 'scratch', '--size', '0'],
+      { cwd: store },
+    );
+    expect(empty.exitCode, empty.stderr).toBe(2);
+    expect(empty.stderr).toMatch(/--size 0: a scratch disk needs room/);
     const missing = await runCli(
       ['disk', 'add', 'nope', '--id', 'x', '--use', 'scratch', '--size', '1GiB'],
       {

@@ -402,6 +402,10 @@ function checkRequest(request: AddDiskRequest): void {
         : `a ${request.use} disk needs content: give a FILE or --url, not --size`,
     );
   }
+  if (request.size !== undefined && parseSize(request.size) === 0)
+    throw new ImgctlError('USAGE', '--size 0: a scratch disk needs room', {
+      hint: 'e.g. --size 10GiB',
+    });
   if (request.format !== undefined && !FORMATS.includes(request.format as Disk['format'])) {
     throw new ImgctlError('USAGE', `unsupported disk format '${printable(request.format)}'`, {
       hint: `formats: ${FORMATS.join(', ')}`,
