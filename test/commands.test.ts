@@ -79,6 +79,35 @@ describe('commands: --json shapes scripts depend on', () => {
     });
   });
 
+  it("image show gives a secret parameter's default as <redacted>, in text and JSON", async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    const shown = await json(dir, ['image', 'show', 'web']);
+    expect(shown.image.parameters.db_password).toMatchObject({
+      default: '<redacted>',
+      secret: true,
+    });
+    expect(shown.image.parameters.http_port.default).toBe(80);
+    const text = await runCli(['image', 'show', 'web', '--store', dir]);
+    expect(text.exitCode, text.stderr).toBe(0);
+    expect(text.stdout).not.toContain('changeme');
+  });
+
+  it('image set checks computed templates before writing', async () => {
+    const { dir } = await makeStore(BASE_TREE);
+    const before = await readFile(join(dir, 'images/web/image.yaml'), 'utf8');
+    const r = await runCli([
+      'image',
+      'set',
+      'web',
+      'parameters.x.computed="{% include \'/etc/passwd\' %}"',
+      '--store',
+      dir,
+    ]);
+    expect(r.exitCode, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/parameters\.x\.computed: template error: .*include/);
+    expect(await readFile(join(dir, 'images/web/image.yaml'), 'utf8')).toBe(before);
+  });
+
   it('record add|list|show|set|remove', async () => {
     const { dir } = await makeStore(BASE_TREE);
     expect(

@@ -114,7 +114,7 @@ describe('git-friendly: imgctl image set on a hand-written descriptor', () => {
         'web',
         'devices.vcpus=4',
         'disks[1].size=3GiB',
-        'revision=8',
+        'revision=20', // given: not bumped on top
         '--store',
         dir,
       ],
@@ -124,6 +124,7 @@ describe('git-friendly: imgctl image set on a hand-written descriptor', () => {
     expect(await git(dir, 'diff', '--numstat')).toBe(`3\t3\t${FILE}`);
     const text = await readFile(join(dir, FILE), 'utf8');
     expect(text).toContain('  vcpus: 4          # two is plenty\n');
+    expect(text).toMatch(/^revision: 20\b/m);
     expect(text).toContain('    size: "3GiB"\n');
   });
 

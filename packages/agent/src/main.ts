@@ -550,7 +550,9 @@ function kebab(name: string): string {
 
 /** The one place that turns an error into output and an exit code. */
 function reportError(io: AgentIo, json: boolean, error: unknown): number {
-  const report = describeError('imgagent', json, error);
+  const report = describeError('imgagent', json, error, {
+    debug: Boolean((io.env ?? process.env).IMGCTL_DEBUG),
+  });
   if (report.stdout) io.stdout.write(report.stdout);
   if (report.stderr) io.stderr.write(report.stderr);
   return report.exitCode;

@@ -167,7 +167,7 @@ export async function runProvisioning(
   await writeFile(vmConfig, renderConfig({ ...variables, ...plan.parameters }), { mode: 0o600 });
   const defaults = await imageDefaults(client, image);
   await writeFile(imageConfig, renderConfig(defaults), { mode: 0o600 });
-  await ensureDir(dirname(logFile));
+  await ensureDir(dirname(logFile), 0o755);
   const env: Record<string, string> = {
     ...deps.scriptEnv,
     IMAGE_STORE: store,

@@ -12,12 +12,12 @@
  * limit) removes least-recently-used blobs that no existing disk references.
  */
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, open, readdir, readFile, rm, stat, utimes } from 'node:fs/promises';
+import { chmod, open, readdir, readFile, rm, stat, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DownloadOptions, DownloadResult } from './client.ts';
 import { ImgctlError } from './errors.ts';
-import { SHA256_HEX } from './store.ts';
+import { ensureDir, SHA256_HEX } from './store.ts';
 
 export const DEFAULT_CACHE_DIR = '/var/lib/imgctl/cache';
 
@@ -94,7 +94,7 @@ async function exists(path: string): Promise<boolean> {
 
 /** Directories are 0755 and blobs 0444: qemu (another user under qemu:///system) reads them. */
 async function mkdirShared(dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o755 });
+  await ensureDir(dir, 0o755);
 }
 
 export function openBlobCache(dir: string): BlobCache {

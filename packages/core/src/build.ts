@@ -15,7 +15,7 @@ import { invalid } from './edit.ts';
 import { ImgctlError } from './errors.ts';
 import { printable } from './names.ts';
 import { renderImageFile, resolvePlan } from './plan.ts';
-import { exists, storePaths } from './store.ts';
+import { ensureDir, exists, storePaths } from './store.ts';
 import type { StoreFile } from './store-txn.ts';
 import type { Disk, PlanDoc } from './types.ts';
 import { validateDocument } from './validate.ts';
@@ -108,8 +108,8 @@ export async function buildImage(
     request.cacheDir ?? join(storePaths.stateDir(storeDir), 'cache', 'build', image),
   );
   const logPath = join(buildDir, `${id}.log`);
-  await mkdir(outDir, { recursive: true });
-  await mkdir(cacheDir, { recursive: true });
+  await ensureDir(outDir);
+  await ensureDir(cacheDir);
   const log = createWriteStream(logPath, { flags: 'a' });
   const say = (line: string, step = false) => {
     log.write(`${line}\n`);

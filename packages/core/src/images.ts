@@ -29,11 +29,12 @@ export async function initStore(dir: string, options: { name?: string } = {}): P
     });
   }
   // A store inside another would be packed, exported and found by commands run in it.
-  for (let dir = dirname(storeDir); dirname(dir) !== dir; dir = dirname(dir)) {
+  for (let dir = dirname(storeDir); dir !== storeDir; dir = dirname(dir)) {
     if (await exists(join(dir, STORE_FILE)))
       throw new ImgctlError('CONFLICT', `${storeDir} is inside the image store ${dir}`, {
         hint: 'pick a directory outside it',
       });
+    if (dirname(dir) === dir) break;
   }
   const name = assertName(
     'store',

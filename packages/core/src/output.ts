@@ -1,5 +1,5 @@
 import { type ErrorCode, EXIT, ImgctlError, isImgctlError } from './errors.ts';
-import { printable } from './names.ts';
+import { terminalSafe } from './names.ts';
 
 /** A plain text table: a header row and aligned columns, no borders. */
 export function renderTable(headers: string[], rows: string[][]): string {
@@ -24,7 +24,12 @@ export interface ErrorReport {
  * How `program` (imgctl, imgagent) shows an error: a user error as one line plus its problems
  * and hint (or `{"error":…}` JSON on stdout); anything else as a bug with its stack.
  */
-export function describeError(program: string, json: boolean, failure: unknown): ErrorReport {
+export function describeError(
+  program: string,
+  json: boolean,
+  failure: unknown,
+  options: { debug?: boolean } = {},
+): ErrorReport {
   const error = fromSystemError(failure);
   if (isImgctlError(error)) {
     if (json) {
@@ -43,6 +48,9 @@ export function describeError(program: string, json: boolean, failure: unknown):
       ...error.details.map((d) => `  ${d}`),
     ];
     if (error.hint) lines.push(`hint: ${error.hint}`);
+    // IMGCTL_DEBUG=1: where it came from, e.g. the call behind a file system error
+    if (options.debug && error.cause instanceof Error && error.cause.stack)
+      lines.push(`cause: ${error.cause.stack}`);
     return { exitCode: error.exitCode, stdout: '', stderr: `${lines.join('\n')}\n` };
   }
   const stack = error instanceof Error ? (error.stack ?? error.message) : String(error);
@@ -70,17 +78,18 @@ const SYSTEM_ERRORS: Record<string, { code: ErrorCode; hint?: string }> = {
 };
 
 /**
- * A Node.js system error on a path the user gave (ENOENT: no such file or directory, open 'x')
- * as an ImgctlError with a code and hint (`x: no such file or directory (open)`); anything
- * else unchanged.
+ * A Node.js file system error (ENOENT: no such file or directory, open 'x') as an ImgctlError
+ * with a code and hint (`x: no such file or directory (open)`): most often a path the user
+ * gave. Anything else unchanged. IMGCTL_DEBUG=1 prints the call behind it.
  */
 function fromSystemError(error: unknown): unknown {
-  const e = error as NodeJS.ErrnoException;
+  const e = error as NodeJS.ErrnoException & { dest?: string };
   const known = typeof e?.code === 'string' ? SYSTEM_ERRORS[e.code] : undefined;
   if (!(error instanceof Error) || known === undefined || e.syscall === undefined) return error;
+  if (e.path === undefined) return error;
   const reason = /^E[A-Z]+: ([^,]+)/.exec(e.message)?.[1] ?? e.code!;
-  const where = e.path === undefined ? '' : `${printable(e.path)}: `;
-  return new ImgctlError(known.code, `${where}${reason} (${e.syscall})`, {
+  const where = terminalSafe(e.dest === undefined ? e.path : `${e.path} -> ${e.dest}`);
+  return new ImgctlError(known.code, `${where}: ${reason} (${e.syscall})`, {
     hint: known.hint,
     cause: error,
   });

@@ -241,10 +241,10 @@ async function probeTarget(
   if (run.exitCode !== 0 || marker < 0)
     throw new ImgctlError(
       'FAILED',
-      `probing ${where} failed (exit ${run.exitCode ?? '?'}): ${run.stderr.trim().slice(0, 200)}`,
+      `probing ${where} failed (exit ${run.exitCode ?? '?'}): ${terminalSafe(run.stderr.trim().slice(0, 200))}`,
     );
   const nodeExit = Number(lines[marker]!.slice('node-exit='.length));
-  const version = lines.slice(0, marker).join('\n').trim();
+  const version = terminalSafe(lines.slice(0, marker).join('\n').trim());
   const agentSha = /^([0-9a-f]{64})\s/.exec(lines[marker + 1] ?? '')?.[1];
   if (nodeExit === 127)
     throw new ImgctlError(

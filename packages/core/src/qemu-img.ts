@@ -43,7 +43,7 @@ export async function qemuImgInfo(
 ): Promise<QemuImgInfo> {
   // Said plainly here; qemu-img's own words for it are "Could not open …: Could not open …".
   await access(resolve(file), constants.R_OK).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT')
+    if (error.code === 'ENOENT' || error.code === 'ENOTDIR')
       throw new ImgctlError('NOT_FOUND', `${printable(file)} does not exist`, {
         hint: 'check the path of the disk image',
       });

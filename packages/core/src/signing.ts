@@ -13,12 +13,12 @@ import {
   verify,
 } from 'node:crypto';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { open, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { syncDirectory, writeFileAtomic } from './document.ts';
 import { ImgctlError } from './errors.ts';
 import { withStoreLock } from './lock.ts';
-import { exists, storePaths } from './store.ts';
+import { ensureDir, exists, storePaths } from './store.ts';
 import type { PlanDoc } from './types.ts';
 import { editYamlText } from './yaml-edit.ts';
 
@@ -235,7 +235,7 @@ export async function writeSigningKey(
     });
   }
   const key = generateSigningKey();
-  await mkdir(dirname(abs), { recursive: true, mode: 0o700 });
+  await ensureDir(dirname(abs), 0o700);
   const tmp = join(
     dirname(abs),
     `.${basename(abs)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`,

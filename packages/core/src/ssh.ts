@@ -7,7 +7,7 @@
  * temporary name renamed into place.
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { appendFile, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import ssh2, {
   type AgentAuthMethod,
@@ -18,6 +18,7 @@ import ssh2, {
 } from 'ssh2';
 import { ImgctlError } from './errors.ts';
 import { printable } from './names.ts';
+import { ensureDir } from './store.ts';
 
 // ssh2 is CommonJS: its named exports are not visible to ESM imports.
 const { Client: SshClient, utils } = ssh2;
@@ -280,7 +281,7 @@ export async function openKnownHosts(files: string[], writeFile: string): Promis
     accept(host, port, key) {
       const next = queue.then(async () => {
         if (checkHostKey(entries, host, port, key).status === 'known') return;
-        await mkdir(dirname(writeFile), { recursive: true, mode: 0o700 });
+        await ensureDir(dirname(writeFile), 0o700);
         const line = knownHostsLine(host, port, key);
         await appendFile(writeFile, line, { mode: 0o600 });
         entries.push(...parseKnownHosts(line, writeFile));

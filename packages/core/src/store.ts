@@ -117,15 +117,15 @@ export async function isDirectory(path: string): Promise<boolean> {
  * mkdir -p, level by level: Node's recursive mkdir never returns where the kernel refuses a new
  * directory with ENOENT under one that exists (/proc, /sys); this fails at once there.
  */
-export async function ensureDir(path: string): Promise<void> {
+export async function ensureDir(path: string, mode?: number): Promise<void> {
   try {
-    await mkdir(path);
+    await mkdir(path, { mode });
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'EEXIST' && (await isDirectory(path))) return;
     if (code !== 'ENOENT' || dirname(path) === path) throw error;
-    await ensureDir(dirname(path));
-    await mkdir(path).catch(async (again: NodeJS.ErrnoException) => {
+    await ensureDir(dirname(path), mode);
+    await mkdir(path, { mode }).catch(async (again: NodeJS.ErrnoException) => {
       if (!(again.code === 'EEXIST' && (await isDirectory(path)))) throw again;
     });
   }

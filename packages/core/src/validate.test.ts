@@ -544,6 +544,19 @@ describe('validateStore', () => {
     ]);
   });
 
+  it("never echoes a secret parameter's value in a type error", async () => {
+    const image = edit(IMAGE, '  url:\n', '  pin:\n    type: integer\n    secret: true\n  url:\n');
+    const record = edit(RECORD, '    port: 8080', '    port: 8080\n    pin: abc123');
+    const problems = await storeProblems({
+      ...GOOD_STORE,
+      'images/web/image.yaml': image,
+      'images/web/records/large.yaml': record,
+    });
+    expect(problems).toEqual([
+      'images/web/records/large.yaml:13:10 provision.parameters.pin: must be an integer (parameter type integer; got <redacted>)',
+    ]);
+  });
+
   it('refuses unknown disks and disks shrunk below the image', async () => {
     const record = edit(
       RECORD,

@@ -457,7 +457,7 @@ function checkImage(y: YamlFile, doc: Obj, out: Problem[]): void {
       );
     }
     if (parameter.default !== undefined) {
-      const wrong = typeMismatch(parameter.type, parameter.default);
+      const wrong = typeMismatch(parameter.type, parameter.default, parameter.secret === true);
       if (wrong) out.push(problemAt(y, ['parameters', name, 'default'], wrong));
     }
   }
@@ -594,7 +594,9 @@ function checkSizes(
         problemAt(
           y,
           segments,
-          `memory ${String(value)} is less than 1MiB (a number alone is bytes): give a unit, e.g. 512MiB`,
+          typeof value === 'number' || /^\d+$/.test(value)
+            ? `memory ${String(value)} is less than 1MiB (a number alone is bytes): give a unit, e.g. 512MiB`
+            : `memory ${value} is less than 1MiB`,
         ),
       );
   }
@@ -602,25 +604,29 @@ function checkSizes(
 
 const MIN_MEMORY = 1024 * 1024;
 
-/** Why `value` does not fit a parameter of `type`, or undefined when it does. */
-function typeMismatch(type: unknown, value: unknown): string | undefined {
+/**
+ * Why `value` does not fit a parameter of `type`, or undefined when it does; a secret's value
+ * is not echoed.
+ */
+function typeMismatch(type: unknown, value: unknown, secret: boolean): string | undefined {
+  const got = secret ? '<redacted>' : show(value);
   switch (type) {
     case 'integer':
       return Number.isInteger(value)
         ? undefined
-        : `must be an integer (parameter type integer; got ${show(value)})`;
+        : `must be an integer (parameter type integer; got ${got})`;
     case 'boolean':
       return typeof value === 'boolean'
         ? undefined
-        : `must be true or false (parameter type boolean; got ${show(value)})`;
+        : `must be true or false (parameter type boolean; got ${got})`;
     case 'size':
       return (typeof value === 'number' && Number.isInteger(value) && value >= 0) ||
         (typeof value === 'string' && SIZE_RE.test(value))
         ? undefined
-        : `${DEF_MESSAGES.size} (parameter type size; got ${show(value)})`;
+        : `${DEF_MESSAGES.size} (parameter type size; got ${got})`;
     case 'string':
       return value !== null && typeof value === 'object'
-        ? `must be a single value (parameter type string; got ${show(value)})`
+        ? `must be a single value (parameter type string; got ${got})`
         : undefined;
     default:
       return undefined;
@@ -854,7 +860,7 @@ function checkLayerParameters(
         }),
       );
     } else {
-      const wrong = typeMismatch(parameter.type, value);
+      const wrong = typeMismatch(parameter.type, value, parameter.secret === true);
       if (wrong) out.push(problemAt(y, segments, wrong));
     }
   }

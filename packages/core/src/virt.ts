@@ -239,7 +239,7 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
     await events.send('disks-ready');
 
     // Per-VM disks, each made under a temporary name and renamed into place.
-    await ensureDir(options.virtPath);
+    await ensureDir(options.virtPath, 0o755);
     for (const disk of disks) {
       deps.signal?.throwIfAborted();
       const tmp = `${disk.path}.tmp-${deps.randomHex(4)}`;
