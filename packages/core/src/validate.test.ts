@@ -187,6 +187,15 @@ describe('validateDocument: schema problems', () => {
     ]);
   });
 
+  it('refuses a disk of size 0, in an image and in a record', () => {
+    expect(check('Image', edit(IMAGE, '    size: 1GiB', '    size: 0'))).toEqual([
+      'f.yaml:27:11 disks[1].size: a disk of size 0 holds nothing',
+    ]);
+    expect(check('ImageRecord', edit(RECORD, '      size: 10GiB', '      size: 0B'))).toEqual([
+      'f.yaml:10:13 provision.disks.data.size: a disk of size 0 holds nothing',
+    ]);
+  });
+
   it('checks kind, apiVersion and types with the value found', () => {
     const text = edit(edit(IMAGE, 'kind: Image', 'kind: System'), '  vcpus: 1', '  vcpus: two');
     expect(check('Image', text)).toEqual([

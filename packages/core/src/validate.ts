@@ -369,7 +369,7 @@ function semanticProblems(
       }
       checkSizes(y, doc, [['provision', 'memory']], out, 'memory');
       for (const [id] of entries(path(doc, ['provision', 'disks']))) {
-        checkSizes(y, doc, [['provision', 'disks', id, 'size']], out);
+        checkSizes(y, doc, [['provision', 'disks', id, 'size']], out, 'disk');
       }
       break;
     case 'System':
@@ -431,7 +431,7 @@ function checkImage(y: YamlFile, doc: Obj, out: Problem[]): void {
         ),
       );
     }
-    checkSizes(y, doc, [['disks', i, 'size']], out);
+    checkSizes(y, doc, [['disks', i, 'size']], out, 'disk');
   }
   checkBoot(y, doc, new Set(ids.keys()), out);
   checkSizes(y, doc, [['devices', 'memory']], out, 'memory');
@@ -571,7 +571,7 @@ function checkSizes(
   doc: Obj,
   paths: PathSegment[][],
   out: Problem[],
-  kind: 'size' | 'memory' = 'size',
+  kind: 'size' | 'memory' | 'disk' = 'size',
 ): void {
   for (const segments of paths) {
     const value = path(doc, segments);
@@ -599,6 +599,8 @@ function checkSizes(
             : `memory ${value} is less than 1MiB`,
         ),
       );
+    if (kind === 'disk' && bytes === 0)
+      out.push(problemAt(y, segments, 'a disk of size 0 holds nothing'));
   }
 }
 
