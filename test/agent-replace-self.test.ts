@@ -4,7 +4,7 @@
  * loop device, then booted with qemu (software emulation) to read its serial console. The
  * targets are only files and loop devices this test makes; loop devices are always detached.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants, createReadStream } from 'node:fs';
 import { chmod, cp, open, readFile, stat, writeFile } from 'node:fs/promises';
@@ -54,9 +54,9 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
   const mounts: string[] = [];
   const servers: TestServer[] = [];
 
-  /** The real agent binary against a server, with this test's cache and log dirs. */
-  function agent(args: string[], url = server.url): Promise<AgentRun> {
-    return runAgent([
+  /** The agent's arguments against a server, with this test's token, cache and log dirs. */
+  function agentArgs(args: string[], url = server.url): string[] {
+    return [
       '--server',
       url,
       '--token-file',
@@ -66,7 +66,35 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
       '--log-dir',
       rig.paths.logs,
       ...args,
-    ]);
+    ];
+  }
+
+  /** The real agent binary, run to its end. */
+  function agent(args: string[], url = server.url): Promise<AgentRun> {
+    return runAgent(agentArgs(args, url));
+  }
+
+  /** The real agent binary started in the background, to act on while it runs. */
+  function spawnAgent(args: string[], url = server.url) {
+    const child = spawn(process.execPath, [AGENT_BIN, ...agentArgs(args, url)], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    const exited = new Promise<number>((resolve) =>
+      child.once('exit', (code) => resolve(code ?? -1)),
+    );
+    return { child, exited, stderr: () => stderr };
+  }
+
+  /** tiny-linux copied as `name`, with `root` as its system disk when given. */
+  async function copyImage(name: string, root?: string): Promise<void> {
+    const imgctl = (args: string[]) => execImgctl(['--store', store.dir, ...args]);
+    const copy = await imgctl(['image', 'copy', 'tiny-linux', name]);
+    expect(copy.exitCode, copy.stderr).toBe(0);
+    if (root === undefined) return;
+    const add = await imgctl(['disk', 'add', name, '--id', 'root', '--use', 'system', root]);
+    expect(add.exitCode, add.stderr).toBe(0);
   }
 
   /** `imgagent --replace-self --image tiny-linux --target-disk TARGET …`, through the rig's server. */
@@ -207,10 +235,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     const qcow2 = join(work.dir, 'root.qcow2');
     const rootBlob = join(store.dir, '.blobs/sha256', rootSha.slice(0, 2), rootSha);
     await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', rootBlob, qcow2]);
-    const imgctl = (args: string[]) => execImgctl(['--store', store.dir, ...args]);
-    expect((await imgctl(['image', 'copy', 'tiny-linux', 'tiny-q'])).exitCode).toBe(0);
-    const add = await imgctl(['disk', 'add', 'tiny-q', '--id', 'root', '--use', 'system', qcow2]);
-    expect(add.exitCode, add.stderr).toBe(0);
+    await copyImage('tiny-q', qcow2);
     const target = await makeFile(join(work.dir, 'qcow2-target.raw'), 80 * MiB);
     const run = await agent([
       '--replace-self',
@@ -387,15 +412,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
   });
 
   it('a provisioning script failing after the write: exit 1, the disk made unbootable again', async () => {
-    const copy = await execImgctl([
-      '--store',
-      store.dir,
-      'image',
-      'copy',
-      'tiny-linux',
-      'tiny-fail',
-    ]);
-    expect(copy.exitCode, copy.stderr).toBe(0);
+    await copyImage('tiny-fail');
     await writeFile(
       join(store.dir, 'images/tiny-fail/provision.sh'),
       '#!/bin/sh\necho "failing on purpose" >&2\nexit 3\n',
@@ -421,28 +438,7 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     await writeRandomFile(big, 384 * MiB);
     const root = join(store.dir, '.blobs/sha256', rootSha.slice(0, 2), rootSha);
     await execa('dd', [`if=${root}`, `of=${big}`, 'bs=1M', 'conv=notrunc', 'status=none']);
-    const copy = await execImgctl([
-      '--store',
-      store.dir,
-      'image',
-      'copy',
-      'tiny-linux',
-      'tiny-big',
-    ]);
-    expect(copy.exitCode, copy.stderr).toBe(0);
-    const add = await execImgctl([
-      '--store',
-      store.dir,
-      'disk',
-      'add',
-      'tiny-big',
-      '--id',
-      'root',
-      '--use',
-      'system',
-      big,
-    ]);
-    expect(add.exitCode, add.stderr).toBe(0);
+    await copyImage('tiny-big', big);
     const bigSha = await sha256File(big);
 
     const cutServer = await startServer({
@@ -455,63 +451,29 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     // the disk is certainly half-written.
     const proxy = await startStallProxy(cutServer.url, { stallAfter: 64 * MiB });
     onTestFinished(() => proxy.close());
-    const args = [
-      AGENT_BIN,
-      '--server',
-      proxy.url,
-      '--cache-dir',
-      rig.paths.cache,
-      '--log-dir',
-      rig.paths.logs,
-      '--replace-self',
-      '--image',
-      'tiny-big',
-      '--target-disk',
-      target,
-    ];
-    const child: ChildProcess = spawn(process.execPath, args, {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-    const exited = new Promise<number>((resolve) =>
-      child.once('exit', (code) => resolve(code ?? -1)),
-    );
+    const cut = ['--replace-self', '--image', 'tiny-big', '--target-disk', target];
+    const { child, exited, stderr } = spawnAgent(cut, proxy.url);
     await Promise.race([proxy.stalled, exited]);
     while (child.exitCode === null && (await stat(target)).blocks * 512 < 32 * MiB) await sleep(5);
     cutServer.proc.kill('SIGKILL');
     proxy.release();
-    const code = await exited;
-    expect(code, stderr).toBe(1);
-    expect(stderr).toMatch(/target disk .* is incomplete/);
+    expect(await exited, stderr()).toBe(1);
+    expect(stderr()).toMatch(/target disk .* is incomplete/);
     expect((await execa('sfdisk', ['--json', target], { reject: false })).exitCode).not.toBe(0);
 
     // The rerun writes it from the start (the target holds nothing recognisable now).
-    const rerun = await agent([
-      '--replace-self',
-      '--image',
-      'tiny-big',
-      '--target-disk',
-      target,
-      '--json',
-    ]);
+    const rerun = await agent([...cut, '--json']);
     expect(rerun.exitCode, rerun.stderr).toBe(0);
     expect(JSON.parse(rerun.stdout).disks[0]).toMatchObject({ verified: true, sha256: bigSha });
 
     // SIGTERM mid-write over that complete disk: the agent stops, says why, and leaves no
     // partition table behind (the old one was zeroed first, the new one never written).
-    const again = spawn(
-      process.execPath,
-      [...args.slice(0, 2), server.url, ...args.slice(3), '--force'],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    let termErr = '';
-    again.stderr!.setEncoding('utf8').on('data', (c: string) => (termErr += c));
-    const termExit = new Promise<number>((resolve) => again.once('exit', (c) => resolve(c ?? -1)));
-    while (again.exitCode === null && !termErr.includes('writing disk root')) await sleep(5);
-    again.kill('SIGTERM');
-    expect(await termExit, termErr).toBe(1);
-    expect(termErr).toMatch(/error\[FAILED\]: interrupted by SIGTERM/);
+    const again = spawnAgent([...cut, '--force']);
+    while (again.child.exitCode === null && !again.stderr().includes('writing disk root'))
+      await sleep(5);
+    again.child.kill('SIGTERM');
+    expect(await again.exited, again.stderr()).toBe(1);
+    expect(again.stderr()).toMatch(/error\[FAILED\]: interrupted by SIGTERM/);
     expect((await execa('sfdisk', ['--json', target], { reject: false })).exitCode).not.toBe(0);
   });
 });

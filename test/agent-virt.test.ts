@@ -9,7 +9,13 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { AGENT_BIN, type AgentRig, runAgent, startAgentRig } from './helpers/agent-rig.ts';
+import {
+  AGENT_BIN,
+  type AgentRig,
+  runAgent,
+  startAgentRig,
+  virtFlags,
+} from './helpers/agent-rig.ts';
 import {
   hashTree,
   makeTempDir,
@@ -50,19 +56,9 @@ describe('slow: imgagent --virt from the server to a running, configured VM', ()
       options.server ?? server.url,
       '--token-file',
       tokenFile,
-      '--virt-type',
-      'qemu',
       '--connect',
       'qemu:///system',
-      '--virt-path',
-      paths.virt,
-      '--cache-dir',
-      options.cache ?? paths.cache,
-      '--log-dir',
-      paths.logs,
-      '--virt-bridge',
-      BRIDGE,
-      '--nogfx',
+      ...virtFlags(paths, BRIDGE, options.cache),
       ...args,
     ];
   }

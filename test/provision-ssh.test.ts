@@ -11,7 +11,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { type AgentRig, startAgentRig } from './helpers/agent-rig.ts';
+import { type AgentRig, startAgentRig, virtFlags } from './helpers/agent-rig.ts';
 import {
   execImgctl,
   IMGCTL_BIN,
@@ -68,17 +68,7 @@ describe('slow: imgctl provision over SSH', () => {
         sshd.clientKey,
         '--known-hosts',
         hosts,
-        '--virt-type',
-        'qemu',
-        '--virt-path',
-        paths.virt,
-        '--cache-dir',
-        paths.cache,
-        '--log-dir',
-        paths.logs,
-        '--virt-bridge',
-        BRIDGE,
-        '--nogfx',
+        ...virtFlags(paths, BRIDGE),
         ...args,
       ],
       { cwd: store.dir, env: { IMGCTL_AGENT_BUNDLE: agentBundle } },

@@ -32,6 +32,23 @@ export interface AgentRig {
   stop(): Promise<void>;
 }
 
+/** The --virt flags the agent gets in the e2e tests: TCG, the rig's dirs, a bridge, no graphics. */
+export function virtFlags(paths: AgentRig['paths'], bridge: string, cache = paths.cache): string[] {
+  return [
+    '--virt-type',
+    'qemu',
+    '--virt-path',
+    paths.virt,
+    '--cache-dir',
+    cache,
+    '--log-dir',
+    paths.logs,
+    '--virt-bridge',
+    bridge,
+    '--nogfx',
+  ];
+}
+
 /** Builds the appliance and starts its server; `workPrefix` names the work directory. */
 export async function startAgentRig(workPrefix: string): Promise<AgentRig> {
   const store = await copyExampleStore();
