@@ -70,15 +70,17 @@ export async function editDocument(request: EditRequest): Promise<EditResult> {
       before,
       assignments.map((a) => ({ path: a.path, value: a.value })),
     );
-    const revision = (parseYaml(request.display, before).value as { revision?: unknown } | null)
-      ?.revision;
     if (
       request.bumpRevision &&
       after !== before &&
-      Number.isInteger(revision) &&
       !assignments.some((a) => a.path[0] === 'revision')
-    )
-      after = editYamlText(after, [{ path: ['revision'], value: (revision as number) + 1 }]);
+    ) {
+      const { revision } = (parseYaml(request.display, before).value ?? {}) as {
+        revision?: unknown;
+      };
+      if (Number.isInteger(revision))
+        after = editYamlText(after, [{ path: ['revision'], value: (revision as number) + 1 }]);
+    }
     const parsed = parseYaml(request.display, after);
     const problems = validateDocument(request.kind, parsed, request.validate);
     if (problems.length === 0 && request.check) problems.push(...(await request.check(parsed)));
