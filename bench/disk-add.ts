@@ -26,8 +26,8 @@ import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { addDisk } from '../packages/core/src/disks.ts';
-import { createImage, initStore } from '../packages/core/src/images.ts';
+import { addDisk } from '../packages/core/src/disks/disks.ts';
+import { createImage, initStore } from '../packages/core/src/store/images.ts';
 import { benchArgs } from './lib/args.ts';
 import { median, reportHead, writeReport } from './lib/report.ts';
 

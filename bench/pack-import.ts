@@ -19,8 +19,8 @@ import { mkdtemp, open, rm, stat, statfs } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { addDisk } from '../packages/core/src/disks.ts';
-import { createImage, initStore } from '../packages/core/src/images.ts';
+import { addDisk } from '../packages/core/src/disks/disks.ts';
+import { createImage, initStore } from '../packages/core/src/store/images.ts';
 import { benchArgs } from './lib/args.ts';
 import { median, reportHead, writeReport } from './lib/report.ts';
 

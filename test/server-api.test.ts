@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createClient } from '@imgctl/core/client';
+import { createClient } from '@imgctl/core/client/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   copyExampleStore,

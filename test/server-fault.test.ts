@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createClient } from '@imgctl/core/client';
+import { createClient } from '@imgctl/core/client/client';
 import { expect, it } from 'vitest';
 import { makeStore, makeTempDir, startServer, type TestServer } from './helpers/index.ts';
 

@@ -4,8 +4,8 @@
  *
  *   node pull-blob.mjs URL SHA256 CACHE_DIR
  */
-import { openBlobCache } from '@imgctl/core/blob-cache';
-import { createClient } from '@imgctl/core/client';
+import { openBlobCache } from '@imgctl/core/agent/blob-cache';
+import { createClient } from '@imgctl/core/client/client';
 
 const [url, hex, cacheDir] = process.argv.slice(2);
 if (!url || !hex || !cacheDir) throw new Error('usage: pull-blob URL SHA256 CACHE_DIR');

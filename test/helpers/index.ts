@@ -20,7 +20,7 @@ import {
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { initStore } from '@imgctl/core/images';
+import { initStore } from '@imgctl/core/store/images';
 import { execa } from 'execa';
 import { onTestFinished } from 'vitest';
 import { parse } from 'yaml';

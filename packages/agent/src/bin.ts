@@ -1,4 +1,4 @@
-import { ImgctlError } from '@imgctl/core/errors';
+import { ImgctlError } from '@imgctl/core/util/errors';
 import { main } from './main.ts';
 
 /**

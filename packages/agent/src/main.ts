@@ -2,25 +2,29 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
-import type { ProcessRunner } from '@imgctl/core/agent-steps';
-import { DEFAULT_CACHE_DIR } from '@imgctl/core/blob-cache';
-import { type Client, createClient } from '@imgctl/core/client';
-import { EXIT, ImgctlError } from '@imgctl/core/errors';
-import { systemProbe } from '@imgctl/core/host-check';
-import { isValidName } from '@imgctl/core/names';
-import { redactPlan } from '@imgctl/core/plan';
-import { formatSize, parseSize } from '@imgctl/core/sizes';
-import { type BootAction, replaceSelf, type ReplaceSelfResult } from '@imgctl/core/replace-self';
+import type { ProcessRunner } from '@imgctl/core/agent/steps';
+import { DEFAULT_CACHE_DIR } from '@imgctl/core/agent/blob-cache';
+import { type Client, createClient } from '@imgctl/core/client/client';
+import { EXIT, ImgctlError } from '@imgctl/core/util/errors';
+import { systemProbe } from '@imgctl/core/agent/host-check';
+import { isValidName } from '@imgctl/core/util/names';
+import { redactPlan } from '@imgctl/core/plan/plan';
+import { formatSize, parseSize } from '@imgctl/core/util/sizes';
+import {
+  type BootAction,
+  replaceSelf,
+  type ReplaceSelfResult,
+} from '@imgctl/core/agent/replace-self';
 import {
   DEFAULT_CONNECT,
   DEFAULT_LOG_DIR,
   DEFAULT_VIRT_PATH,
   provisionVirt,
   type VirtResult,
-} from '@imgctl/core/virt';
+} from '@imgctl/core/agent/virt';
 import { Command, CommanderError, Option } from 'commander';
 import { execa } from 'execa';
-import { describeError, renderTable } from '@imgctl/core/output';
+import { describeError, renderTable } from '@imgctl/core/util/output';
 
 export interface AgentIo {
   stdout: { write(chunk: string): unknown };

@@ -1,4 +1,4 @@
-import { describeError } from '@imgctl/core/output';
+import { describeError } from '@imgctl/core/util/output';
 import type { Io } from './io.ts';
 
 /** The one place that turns an error into output and an exit code. */

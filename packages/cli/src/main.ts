@@ -125,7 +125,7 @@ async function runCommand(
     json,
     async storeDir() {
       if (storeDir === undefined) {
-        const { findStore } = await import('@imgctl/core/store');
+        const { findStore } = await import('@imgctl/core/store/store');
         storeDir = await findStore({
           store: options.store as string | undefined,
           env: io.env,

@@ -5,7 +5,7 @@
  */
 import type { DefaultRenderer } from 'listr2';
 import { Listr, ListrLogger, type ListrTaskWrapper, ProcessOutput } from 'listr2';
-import { humanSize } from '@imgctl/core/sizes';
+import { humanSize } from '@imgctl/core/util/sizes';
 import type { Context } from './command.ts';
 import type { Io, Writer } from './io.ts';
 

@@ -1,5 +1,5 @@
 import { join, resolve } from 'node:path';
-import { buildImage } from '@imgctl/core/build';
+import { buildImage } from '@imgctl/core/disks/build';
 import type { Handler } from '../command.ts';
 import { withProgress } from '../progress.ts';
 

@@ -1,5 +1,5 @@
-import { captureFromDisks, captureFromDomain } from '@imgctl/core/capture';
-import { ImgctlError } from '@imgctl/core/errors';
+import { captureFromDisks, captureFromDomain } from '@imgctl/core/disks/capture';
+import { ImgctlError } from '@imgctl/core/util/errors';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], options, ctx) => {

@@ -1,5 +1,5 @@
-import { addDisk } from '@imgctl/core/disks';
-import { ImgctlError } from '@imgctl/core/errors';
+import { addDisk } from '@imgctl/core/disks/disks';
+import { ImgctlError } from '@imgctl/core/util/errors';
 import type { Handler } from '../command.ts';
 import { withProgress } from '../progress.ts';
 

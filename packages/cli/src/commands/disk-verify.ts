@@ -1,5 +1,5 @@
-import { verifyDisks } from '@imgctl/core/disks';
-import { ImgctlError } from '@imgctl/core/errors';
+import { verifyDisks } from '@imgctl/core/disks/disks';
+import { ImgctlError } from '@imgctl/core/util/errors';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([image], _options, ctx) => {

@@ -1,4 +1,4 @@
-import { exportImage } from '@imgctl/core/export';
+import { exportImage } from '@imgctl/core/disks/export';
 import type { Handler } from '../command.ts';
 import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 

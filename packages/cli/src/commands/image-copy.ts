@@ -1,4 +1,4 @@
-import { copyImage } from '@imgctl/core/images';
+import { copyImage } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([source, target], _options, ctx) => {

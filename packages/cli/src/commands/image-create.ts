@@ -1,4 +1,4 @@
-import { createImage } from '@imgctl/core/images';
+import { createImage } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], _options, ctx) => {

@@ -1,6 +1,6 @@
-import { listImages } from '@imgctl/core/images';
+import { listImages } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
-import { renderTable } from '@imgctl/core/output';
+import { renderTable } from '@imgctl/core/util/output';
 
 export const run: Handler = async (_args, _options, ctx) => {
   const images = await listImages(await ctx.storeDir());

@@ -1,4 +1,4 @@
-import { removeImage } from '@imgctl/core/images';
+import { removeImage } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], options, ctx) => {

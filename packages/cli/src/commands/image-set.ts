@@ -1,4 +1,4 @@
-import { setImage } from '@imgctl/core/images';
+import { setImage } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
 import { renderEdit } from './render-edit.ts';
 

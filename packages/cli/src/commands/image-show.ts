@@ -1,6 +1,6 @@
-import { showImage } from '@imgctl/core/images';
-import { imageForDisplay } from '@imgctl/core/redact';
-import { stringifyYaml } from '@imgctl/core/yaml-edit';
+import { showImage } from '@imgctl/core/store/images';
+import { imageForDisplay } from '@imgctl/core/plan/redact';
+import { stringifyYaml } from '@imgctl/core/yaml/yaml-edit';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], _options, ctx) => {

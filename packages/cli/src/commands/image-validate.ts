@@ -1,6 +1,6 @@
-import { formatProblem } from '@imgctl/core/document';
-import { ImgctlError } from '@imgctl/core/errors';
-import { validateStore } from '@imgctl/core/validate';
+import { formatProblem } from '@imgctl/core/yaml/document';
+import { ImgctlError } from '@imgctl/core/util/errors';
+import { validateStore } from '@imgctl/core/validate/validate';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], _options, ctx) => {

@@ -1,7 +1,7 @@
-import { ImgctlError } from '@imgctl/core/errors';
-import { importArchive } from '@imgctl/core/import';
-import { humanSize } from '@imgctl/core/sizes';
-import { importVirtImage } from '@imgctl/core/virt-image';
+import { ImgctlError } from '@imgctl/core/util/errors';
+import { importArchive } from '@imgctl/core/disks/import';
+import { humanSize } from '@imgctl/core/util/sizes';
+import { importVirtImage } from '@imgctl/core/disks/virt-image';
 import type { Handler } from '../command.ts';
 import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 

@@ -1,4 +1,4 @@
-import { initStore } from '@imgctl/core/images';
+import { initStore } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([dir], options, ctx) => {

@@ -1,5 +1,5 @@
 import { join, resolve } from 'node:path';
-import { DEFAULT_KEY_FILE, setStoreSigningKey, writeSigningKey } from '@imgctl/core/signing';
+import { DEFAULT_KEY_FILE, setStoreSigningKey, writeSigningKey } from '@imgctl/core/plan/signing';
 import type { Handler } from '../command.ts';
 
 /** With -o: a key pair at FILE and FILE.pub. Without: the store's key, set as its signing_key. */

@@ -1,4 +1,4 @@
-import { ImgctlError } from '@imgctl/core/errors';
+import { ImgctlError } from '@imgctl/core/util/errors';
 
 export function integerOption(value: unknown, flag: string): number | undefined {
   if (value === undefined) return undefined;

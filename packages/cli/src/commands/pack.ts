@@ -1,6 +1,6 @@
-import { ImgctlError } from '@imgctl/core/errors';
-import { packImage } from '@imgctl/core/pack';
-import { humanSize } from '@imgctl/core/sizes';
+import { ImgctlError } from '@imgctl/core/util/errors';
+import { packImage } from '@imgctl/core/disks/pack';
+import { humanSize } from '@imgctl/core/util/sizes';
 import type { Handler } from '../command.ts';
 import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 

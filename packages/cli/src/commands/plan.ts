@@ -1,7 +1,7 @@
-import { ImgctlError } from '@imgctl/core/errors';
-import { redactPlan, renderImageFile, resolvePlan } from '@imgctl/core/plan';
-import { findSystem } from '@imgctl/core/systems';
-import { stringifyYaml } from '@imgctl/core/yaml-edit';
+import { ImgctlError } from '@imgctl/core/util/errors';
+import { redactPlan, renderImageFile, resolvePlan } from '@imgctl/core/plan/plan';
+import { findSystem } from '@imgctl/core/store/systems';
+import { stringifyYaml } from '@imgctl/core/yaml/yaml-edit';
 import type { Handler } from '../command.ts';
 
 const RENDERABLE = ['kickstart'] as const;

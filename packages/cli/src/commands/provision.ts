@@ -2,10 +2,10 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hashFile } from '@imgctl/core/blobs';
-import { ImgctlError, isImgctlError } from '@imgctl/core/errors';
-import { isValidName, printable, terminalSafe } from '@imgctl/core/names';
-import { renderTable } from '@imgctl/core/output';
+import { hashFile } from '@imgctl/core/disks/blobs';
+import { ImgctlError, isImgctlError } from '@imgctl/core/util/errors';
+import { isValidName, printable, terminalSafe } from '@imgctl/core/util/names';
+import { renderTable } from '@imgctl/core/util/output';
 import {
   type ProvisionEvent,
   type ProvisionSummary,
@@ -13,14 +13,14 @@ import {
   provisionTargets,
   summaryExitCode,
   type TargetResult,
-} from '@imgctl/core/provision';
+} from '@imgctl/core/ssh/provision';
 import {
   connectSsh,
   loadIdentity,
   openKnownHosts,
   parseSshAddress,
   type RemoteShell,
-} from '@imgctl/core/ssh';
+} from '@imgctl/core/ssh/ssh';
 import { execa } from 'execa';
 import type { Context, Handler, Options } from '../command.ts';
 import { integerOption } from './options.ts';
@@ -201,7 +201,7 @@ async function resolveTargets(
     if (bare && storeDir !== undefined && isValidName(spec)) {
       const file = join(storeDir, 'systems', `${spec}.yaml`);
       if (existsSync(file)) {
-        const { showSystem } = await import('@imgctl/core/systems');
+        const { showSystem } = await import('@imgctl/core/store/systems');
         const system = await showSystem(storeDir, spec);
         if (!system.address)
           throw new ImgctlError('USAGE', `system '${spec}' has no address to reach it over SSH`, {

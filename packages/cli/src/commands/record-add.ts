@@ -1,4 +1,4 @@
-import { addRecord } from '@imgctl/core/records';
+import { addRecord } from '@imgctl/core/store/records';
 import type { Handler } from '../command.ts';
 import { integerOption } from './options.ts';
 

@@ -1,6 +1,6 @@
-import { listRecords } from '@imgctl/core/records';
+import { listRecords } from '@imgctl/core/store/records';
 import type { Handler } from '../command.ts';
-import { renderTable } from '@imgctl/core/output';
+import { renderTable } from '@imgctl/core/util/output';
 
 export const run: Handler = async ([image], _options, ctx) => {
   const records = await listRecords(await ctx.storeDir(), image!);

@@ -1,4 +1,4 @@
-import { removeRecord } from '@imgctl/core/records';
+import { removeRecord } from '@imgctl/core/store/records';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([image, record], options, ctx) => {

@@ -1,4 +1,4 @@
-import { setRecord } from '@imgctl/core/records';
+import { setRecord } from '@imgctl/core/store/records';
 import type { Handler } from '../command.ts';
 import { renderEdit } from './render-edit.ts';
 

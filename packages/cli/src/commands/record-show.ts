@@ -1,6 +1,6 @@
-import { showRecord } from '@imgctl/core/records';
-import { recordForDisplay } from '@imgctl/core/redact';
-import { stringifyYaml } from '@imgctl/core/yaml-edit';
+import { showRecord } from '@imgctl/core/store/records';
+import { recordForDisplay } from '@imgctl/core/plan/redact';
+import { stringifyYaml } from '@imgctl/core/yaml/yaml-edit';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([image, record], _options, ctx) => {

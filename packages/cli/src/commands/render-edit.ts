@@ -1,4 +1,4 @@
-import type { EditResult } from '@imgctl/core/edit';
+import type { EditResult } from '@imgctl/core/store/edit';
 import type { Result } from '../command.ts';
 
 export function renderEdit(result: EditResult): Result {

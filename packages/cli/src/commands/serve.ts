@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
-import { ImgctlError } from '@imgctl/core/errors';
-import { DEFAULT_PORT, startServer } from '@imgctl/core/server';
-import { parseYamlValue } from '@imgctl/core/quick-yaml';
+import { ImgctlError } from '@imgctl/core/util/errors';
+import { DEFAULT_PORT, startServer } from '@imgctl/core/server/server';
+import { parseYamlValue } from '@imgctl/core/yaml/quick-yaml';
 import type { Handler } from '../command.ts';
 
 /**

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { writeFileAtomic } from '@imgctl/core/document';
-import { ImgctlError } from '@imgctl/core/errors';
+import { writeFileAtomic } from '@imgctl/core/yaml/document';
+import { ImgctlError } from '@imgctl/core/util/errors';
 import {
   keyIdOf,
   parsePrivateKey,
@@ -13,8 +13,8 @@ import {
   signPlan,
   type TrustedKey,
   verifyPlanWithAny,
-} from '@imgctl/core/signing';
-import type { PlanDoc } from '@imgctl/core/types';
+} from '@imgctl/core/plan/signing';
+import type { PlanDoc } from '@imgctl/core/store/types';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([file], options, ctx) => {

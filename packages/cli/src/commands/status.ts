@@ -1,7 +1,7 @@
-import { parseDuration, provisioningStatus, type SystemStatus } from '@imgctl/core/events';
-import { assertName, terminalSafe } from '@imgctl/core/names';
+import { parseDuration, provisioningStatus, type SystemStatus } from '@imgctl/core/server/events';
+import { assertName, terminalSafe } from '@imgctl/core/util/names';
 import type { Handler } from '../command.ts';
-import { renderTable } from '@imgctl/core/output';
+import { renderTable } from '@imgctl/core/util/output';
 
 /** Reads .state/events of the store directly: no server needed. */
 export const run: Handler = async (_args, options, ctx) => {

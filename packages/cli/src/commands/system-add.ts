@@ -1,5 +1,5 @@
-import { ImgctlError } from '@imgctl/core/errors';
-import { addSystem } from '@imgctl/core/systems';
+import { ImgctlError } from '@imgctl/core/util/errors';
+import { addSystem } from '@imgctl/core/store/systems';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], options, ctx) => {

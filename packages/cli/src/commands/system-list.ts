@@ -1,6 +1,6 @@
-import { listSystems } from '@imgctl/core/systems';
+import { listSystems } from '@imgctl/core/store/systems';
 import type { Handler } from '../command.ts';
-import { renderTable } from '@imgctl/core/output';
+import { renderTable } from '@imgctl/core/util/output';
 
 export const run: Handler = async (_args, _options, ctx) => {
   const systems = await listSystems(await ctx.storeDir());

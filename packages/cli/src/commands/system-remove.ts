@@ -1,4 +1,4 @@
-import { removeSystem } from '@imgctl/core/systems';
+import { removeSystem } from '@imgctl/core/store/systems';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], _options, ctx) => {

@@ -1,4 +1,4 @@
-import { setSystem } from '@imgctl/core/systems';
+import { setSystem } from '@imgctl/core/store/systems';
 import type { Handler } from '../command.ts';
 import { renderEdit } from './render-edit.ts';
 

@@ -1,6 +1,6 @@
-import { systemForDisplay } from '@imgctl/core/redact';
-import { findSystem } from '@imgctl/core/systems';
-import { stringifyYaml } from '@imgctl/core/yaml-edit';
+import { systemForDisplay } from '@imgctl/core/plan/redact';
+import { findSystem } from '@imgctl/core/store/systems';
+import { stringifyYaml } from '@imgctl/core/yaml/yaml-edit';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([key], _options, ctx) => {

@@ -1,6 +1,6 @@
-import { formatProblem } from '@imgctl/core/document';
-import { ImgctlError } from '@imgctl/core/errors';
-import { verifyStore } from '@imgctl/core/verify';
+import { formatProblem } from '@imgctl/core/yaml/document';
+import { ImgctlError } from '@imgctl/core/util/errors';
+import { verifyStore } from '@imgctl/core/disks/verify';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async (_args, options, ctx) => {

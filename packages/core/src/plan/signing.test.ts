@@ -1,0 +1,96 @@
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  canonicalJson,
+  formatSignatureHeader,
+  generateSigningKey,
+  parsePrivateKey,
+  parsePublicKey,
+  parseSignatureHeader,
+  signPlan,
+  verifyPlan,
+  writeSigningKey,
+} from './signing.ts';
+import type { PlanDoc } from '../store/types.ts';
+
+const plan = {
+  apiVersion: 'imgctl/v1',
+  kind: 'Plan',
+  image: { name: 'web', revision: 3 },
+  disks: [{ id: 'root', sha256: 'a'.repeat(64) }],
+  parameters: { b: 1, a: 'x' },
+} as unknown as PlanDoc;
+
+describe('canonicalJson', () => {
+  it('sorts keys at every level and drops undefined members', () => {
+    expect(canonicalJson({ b: 1, a: { d: [1, { z: 1, y: 2 }], c: undefined } })).toBe(
+      '{"a":{"d":[1,{"y":2,"z":1}]},"b":1}',
+    );
+  });
+  it('is the same whatever order the value was built in', () => {
+    expect(canonicalJson({ x: 1, y: 2 })).toBe(canonicalJson({ y: 2, x: 1 }));
+  });
+  it('refuses NaN', () => {
+    expect(() => canonicalJson({ a: Number.NaN })).toThrow(/NaN/);
+  });
+});
+
+describe('plan signatures', () => {
+  const key = generateSigningKey();
+  const priv = parsePrivateKey(key.privateKeyPem, 'test');
+  const pub = parsePublicKey(key.publicKeyPem, 'test.pub');
+
+  it('verifies a plan signed by the key, in any key order', () => {
+    const signature = signPlan(plan, priv);
+    expect(signature.key_id).toBe(key.keyId);
+    const reordered = Object.fromEntries(Object.entries(plan).reverse());
+    expect(() => verifyPlan(reordered, signature, pub)).not.toThrow();
+  });
+
+  it('refuses a changed blob hash with INTEGRITY', () => {
+    const signature = signPlan(plan, priv);
+    const changed = structuredClone(plan);
+    changed.disks[0]!.sha256 = 'b'.repeat(64);
+    expect(() => verifyPlan(changed, signature, pub)).toThrow(
+      expect.objectContaining({ code: 'INTEGRITY' }),
+    );
+  });
+
+  it('refuses a signature by another key, naming both key ids', () => {
+    const other = generateSigningKey();
+    const signature = signPlan(plan, parsePrivateKey(other.privateKeyPem, 'other'));
+    expect(() => verifyPlan(plan, signature, pub)).toThrow(new RegExp(other.keyId));
+  });
+
+  it('round-trips the signature header', () => {
+    const signature = signPlan(plan, priv);
+    expect(parseSignatureHeader(formatSignatureHeader(signature))).toEqual(signature);
+    expect(() => parseSignatureHeader('garbage')).toThrow(
+      expect.objectContaining({ code: 'INTEGRITY' }),
+    );
+  });
+
+  it('refuses a key that is not ed25519 PEM', () => {
+    expect(() => parsePublicKey('not a key', 'k.pub')).toThrow(/k.pub is not a public key/);
+  });
+});
+
+describe('writeSigningKey', () => {
+  let dir: string | undefined;
+  afterEach(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('writes the private key with mode 0600 and refuses to overwrite it without force', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'imgctl-key-'));
+    const file = join(dir, 'keys/signing.key');
+    const written = await writeSigningKey(file);
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    expect(await readFile(`${file}.pub`, 'utf8')).toContain('BEGIN PUBLIC KEY');
+    await expect(writeSigningKey(file)).rejects.toMatchObject({ code: 'CONFLICT' });
+    const again = await writeSigningKey(file, { force: true });
+    expect(again.keyId).not.toBe(written.keyId);
+  });
+});

@@ -1,0 +1,381 @@
+/**
+ * Plan signatures (docs/server.md, "Signing"): ed25519 over the canonical JSON of the plan, so
+ * an agent holding the public key can check that the plan — and through it every blob, named by
+ * its sha256 — came from this store.
+ */
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  sign,
+  verify,
+} from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { open, readFile, rename, rm } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
+import { syncDirectory, writeFileAtomic } from '../yaml/document.ts';
+import { ImgctlError } from '../util/errors.ts';
+import { withStoreLock } from '../store/lock.ts';
+import { ensureDir, exists, storePaths } from '../store/store.ts';
+import type { PlanDoc } from '../store/types.ts';
+import { editYamlText } from '../yaml/yaml-edit.ts';
+
+export const SIGNATURE_ALGORITHM = 'ed25519';
+/** The HTTP header a signed response carries: `alg=ed25519, key_id=HEX16, sig=BASE64`. */
+export const SIGNATURE_HEADER = 'imgctl-signature';
+
+export interface PlanSignature {
+  algorithm: typeof SIGNATURE_ALGORITHM;
+  /** first 16 hex digits of the sha256 of the public key (DER, SubjectPublicKeyInfo) */
+  key_id: string;
+  /** base64 of the 64-byte ed25519 signature over canonicalJson(plan) */
+  value: string;
+}
+
+/** A plan saved with its signature: what `imgctl sign` writes and `imgctl sign --verify` reads. */
+export interface SignedPlan {
+  apiVersion: 'imgctl/v1';
+  kind: 'SignedPlan';
+  plan: PlanDoc;
+  signature: PlanSignature;
+}
+
+/**
+ * JSON with object keys sorted (by UTF-16 code units), no whitespace, members whose value is
+ * undefined dropped — the same bytes for the same value whatever order it was built in.
+ */
+export function canonicalJson(value: unknown): string {
+  if (value === null || typeof value === 'boolean' || typeof value === 'string')
+    return JSON.stringify(value);
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value))
+      throw new ImgctlError('USAGE', 'canonical JSON cannot hold NaN or Infinity');
+    return JSON.stringify(value);
+  }
+  if (Array.isArray(value))
+    return `[${value.map((v) => (v === undefined ? 'null' : canonicalJson(v))).join(',')}]`;
+  if (typeof value === 'object') {
+    const obj = value as Record<string, unknown>;
+    const members = Object.keys(obj)
+      .filter((k) => obj[k] !== undefined)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson(obj[k])}`);
+    return `{${members.join(',')}}`;
+  }
+  throw new ImgctlError('USAGE', `canonical JSON cannot hold a ${typeof value}`);
+}
+
+export interface GeneratedKey {
+  /** PKCS#8 PEM; write it with mode 0600 and never print it */
+  privateKeyPem: string;
+  /** SubjectPublicKeyInfo PEM */
+  publicKeyPem: string;
+  keyId: string;
+}
+
+export function generateSigningKey(): GeneratedKey {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  return {
+    privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicKeyPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+    keyId: keyIdOf(publicKey),
+  };
+}
+
+/** The key id of a public key, or of the public half of a private key. */
+export function keyIdOf(key: KeyObject): string {
+  const pub = key.type === 'private' ? createPublicKey(key) : key;
+  const der = pub.export({ type: 'spki', format: 'der' });
+  return createHash('sha256').update(der).digest('hex').slice(0, 16);
+}
+
+/** Reads an ed25519 private key (PEM); `source` names it in errors. */
+export function parsePrivateKey(pem: string | Buffer, source: string): KeyObject {
+  return parseEd25519Key(pem, source, 'private', "make one with 'imgctl keygen'");
+}
+
+/** Reads an ed25519 public key (PEM); a private key is accepted and its public half used. */
+export function parsePublicKey(pem: string | Buffer | KeyObject, source: string): KeyObject {
+  if (typeof pem === 'object' && !Buffer.isBuffer(pem)) {
+    return pem.type === 'private' ? createPublicKey(pem) : pem;
+  }
+  const hint = "the .pub file 'imgctl keygen' wrote next to the private key";
+  return parseEd25519Key(pem, source, 'public', hint);
+}
+
+function parseEd25519Key(
+  pem: string | Buffer,
+  source: string,
+  kind: 'private' | 'public',
+  hint: string,
+): KeyObject {
+  let key: KeyObject;
+  try {
+    key = kind === 'private' ? createPrivateKey(pem) : createPublicKey(pem);
+  } catch (error) {
+    throw new ImgctlError('VALIDATION', `${source} is not a ${kind} key in PEM form`, {
+      cause: error,
+      hint,
+    });
+  }
+  if (key.asymmetricKeyType !== 'ed25519')
+    throw new ImgctlError('VALIDATION', `${source} is a ${key.asymmetricKeyType} key, not ed25519`);
+  return key;
+}
+
+export function signPlan(plan: PlanDoc, privateKey: KeyObject): PlanSignature {
+  const value = sign(null, Buffer.from(canonicalJson(plan)), privateKey).toString('base64');
+  return { algorithm: SIGNATURE_ALGORITHM, key_id: keyIdOf(privateKey), value };
+}
+
+/** Throws ImgctlError INTEGRITY unless `signature` is `publicKey`'s over exactly this plan. */
+export function verifyPlan(plan: unknown, signature: PlanSignature, publicKey: KeyObject): void {
+  if (signature.algorithm !== SIGNATURE_ALGORITHM)
+    throw new ImgctlError(
+      'INTEGRITY',
+      `the plan is signed with '${String(signature.algorithm)}', not ${SIGNATURE_ALGORITHM}`,
+    );
+  const expected = keyIdOf(publicKey);
+  if (signature.key_id !== expected) {
+    throw new ImgctlError(
+      'INTEGRITY',
+      `the plan is signed by key ${String(signature.key_id)}, not by the trusted key ${expected}`,
+      { hint: 'check which key the server signs with (GET /v1) and which one you trust' },
+    );
+  }
+  const sig = Buffer.from(String(signature.value), 'base64');
+  let ok = false;
+  try {
+    ok = sig.length === 64 && verify(null, Buffer.from(canonicalJson(plan)), publicKey, sig);
+  } catch {
+    ok = false;
+  }
+  if (!ok) {
+    throw new ImgctlError(
+      'INTEGRITY',
+      `the plan's signature does not match its content (key ${expected})`,
+      { hint: 'the plan was changed after it was signed, or signed by another key' },
+    );
+  }
+}
+
+export function formatSignatureHeader(signature: PlanSignature): string {
+  return `alg=${signature.algorithm}, key_id=${signature.key_id}, sig=${signature.value}`;
+}
+
+/** Parses an `Imgctl-Signature` header; INTEGRITY when it is malformed. */
+export function parseSignatureHeader(header: string): PlanSignature {
+  const fields = new Map<string, string>();
+  for (const part of header.split(',')) {
+    const eq = part.indexOf('=');
+    if (eq > 0) fields.set(part.slice(0, eq).trim(), part.slice(eq + 1).trim());
+  }
+  const algorithm = fields.get('alg');
+  const keyId = fields.get('key_id');
+  const value = fields.get('sig');
+  if (algorithm !== SIGNATURE_ALGORITHM || !keyId || !value) {
+    throw new ImgctlError('INTEGRITY', `malformed ${SIGNATURE_HEADER} header`);
+  }
+  return { algorithm, key_id: keyId, value };
+}
+
+/** Reads a saved signed plan (`imgctl sign` output); VALIDATION when it is not one. */
+export function parseSignedPlan(text: string, source: string): SignedPlan {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (error) {
+    throw new ImgctlError('VALIDATION', `${source} is not JSON`, { cause: error });
+  }
+  const d = doc as Partial<SignedPlan> | null;
+  if (
+    !d ||
+    typeof d !== 'object' ||
+    d.kind !== 'SignedPlan' ||
+    typeof d.plan !== 'object' ||
+    d.plan === null ||
+    typeof d.signature !== 'object' ||
+    d.signature === null
+  ) {
+    throw new ImgctlError(
+      'VALIDATION',
+      `${source} is not a signed plan (kind: SignedPlan with plan and signature)`,
+      {
+        hint: "sign a plan with 'imgctl sign PLAN.json', or save one with GET /v1/plan?format=signed",
+      },
+    );
+  }
+  return d as SignedPlan;
+}
+
+/** Where `imgctl keygen` puts a store's key when not told otherwise (.state/ is git-ignored). */
+export const DEFAULT_KEY_FILE = '.state/keys/signing.key';
+
+export interface WrittenKey {
+  privateKey: string;
+  publicKey: string;
+  keyId: string;
+  publicKeyPem: string;
+}
+
+/**
+ * Makes an ed25519 key pair: the private key at `file` (mode 0600, written whole or not at all)
+ * and the public key at `file.pub`. CONFLICT when `file` exists, unless `force`.
+ */
+export async function writeSigningKey(
+  file: string,
+  options: { force?: boolean } = {},
+): Promise<WrittenKey> {
+  const abs = resolve(file);
+  if (!options.force && (await exists(abs))) {
+    throw new ImgctlError('CONFLICT', `${file} already exists`, {
+      hint: 'pass --force to replace it (signatures made with the old key stop verifying)',
+    });
+  }
+  const key = generateSigningKey();
+  await ensureDir(dirname(abs), 0o700);
+  const tmp = join(
+    dirname(abs),
+    `.${basename(abs)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`,
+  );
+  try {
+    const handle = await open(tmp, 'wx', 0o600);
+    try {
+      await handle.writeFile(key.privateKeyPem);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await writeFileAtomic(`${abs}.pub`, key.publicKeyPem);
+    await rename(tmp, abs);
+  } catch (error) {
+    await rm(tmp, { force: true });
+    throw error;
+  }
+  await syncDirectory(dirname(abs));
+  return {
+    privateKey: abs,
+    publicKey: `${abs}.pub`,
+    keyId: key.keyId,
+    publicKeyPem: key.publicKeyPem,
+  };
+}
+
+/**
+ * Sets `signing_key` in store.yaml (comments kept): relative to the store when the key is
+ * inside it, absolute otherwise.
+ */
+export async function setStoreSigningKey(storeDir: string, keyFile: string): Promise<string> {
+  const rel = relative(storeDir, resolve(keyFile));
+  const value = rel.startsWith('..') || isAbsolute(rel) ? resolve(keyFile) : rel;
+  await withStoreLock(storeDir, async () => {
+    const file = storePaths.storeFile(storeDir);
+    const text = await readFile(file, 'utf8');
+    await writeFileAtomic(file, editYamlText(text, [{ path: ['signing_key'], value }]));
+  });
+  return value;
+}
+
+/** store.yaml's signing_key and trusted_keys, as written (not validated beyond their types). */
+async function readStoreKeys(
+  storeDir: string,
+): Promise<{ signingKey?: string; trustedKeys: string[] }> {
+  const { parseYamlValue } = await import('../yaml/quick-yaml.ts');
+  const doc = parseYamlValue(await readFile(storePaths.storeFile(storeDir), 'utf8')) as {
+    signing_key?: unknown;
+    trusted_keys?: unknown;
+  } | null;
+  const signingKey = doc?.signing_key;
+  const trusted = doc?.trusted_keys ?? [];
+  if (!Array.isArray(trusted) || trusted.some((k) => typeof k !== 'string' || k === '')) {
+    throw new ImgctlError('VALIDATION', 'store.yaml: trusted_keys must be a list of file names', {
+      hint: 'e.g. trusted_keys: [keys/2025.pub] — public key files, relative to the store',
+    });
+  }
+  return {
+    signingKey: typeof signingKey === 'string' && signingKey !== '' ? signingKey : undefined,
+    trustedKeys: trusted as string[],
+  };
+}
+
+async function readKeyFile(storeDir: string, configured: string, field: string): Promise<Buffer> {
+  const file = isAbsolute(configured) ? configured : resolve(storeDir, configured);
+  try {
+    return await readFile(file);
+  } catch (error) {
+    throw new ImgctlError('NOT_FOUND', `${field} ${configured} cannot be read`, {
+      cause: error,
+    });
+  }
+}
+
+/** The private key store.yaml's `signing_key` names; NOT_FOUND when there is none. */
+export async function readStoreSigningKey(
+  storeDir: string,
+): Promise<{ key: KeyObject; file: string }> {
+  const { signingKey: configured } = await readStoreKeys(storeDir);
+  if (configured === undefined) {
+    throw new ImgctlError('NOT_FOUND', 'store.yaml has no signing_key', {
+      hint: "make one with 'imgctl keygen', or pass --key FILE",
+    });
+  }
+  const pem = await readKeyFile(storeDir, configured, 'signing_key');
+  const file = isAbsolute(configured) ? configured : resolve(storeDir, configured);
+  return { key: parsePrivateKey(pem, `signing_key ${configured}`), file };
+}
+
+/** A public key a signature is checked against, and where it came from (for messages). */
+export interface TrustedKey {
+  key: KeyObject;
+  keyId: string;
+  source: string;
+}
+
+/**
+ * The public keys a store trusts plans from: the public half of its `signing_key`, and each
+ * file `trusted_keys` names (PEM public keys, relative to the store or absolute) — e.g. the key
+ * it signed with before a `keygen --force`, or another store's. NOT_FOUND when there are none.
+ */
+export async function readStoreTrustedKeys(storeDir: string): Promise<TrustedKey[]> {
+  const { signingKey, trustedKeys } = await readStoreKeys(storeDir);
+  const keys: TrustedKey[] = [];
+  if (signingKey !== undefined) {
+    const pem = await readKeyFile(storeDir, signingKey, 'signing_key');
+    const key = parsePublicKey(parsePrivateKey(pem, `signing_key ${signingKey}`), signingKey);
+    keys.push({ key, keyId: keyIdOf(key), source: `signing_key ${signingKey}` });
+  }
+  for (const file of trustedKeys) {
+    const source = `trusted_keys ${file}`;
+    const key = parsePublicKey(await readKeyFile(storeDir, file, 'trusted_keys'), source);
+    keys.push({ key, keyId: keyIdOf(key), source });
+  }
+  if (keys.length === 0) {
+    throw new ImgctlError('NOT_FOUND', 'store.yaml has neither signing_key nor trusted_keys', {
+      hint: "pass --key FILE.pub, or list the key's .pub file in trusted_keys",
+    });
+  }
+  return keys;
+}
+
+/**
+ * verifyPlan with the one of `keys` whose id the signature names; INTEGRITY when none does.
+ * Returns the key that verified it.
+ */
+export function verifyPlanWithAny(
+  plan: unknown,
+  signature: PlanSignature,
+  keys: readonly TrustedKey[],
+): TrustedKey {
+  const match = keys.find((k) => k.keyId === signature.key_id);
+  if (!match) {
+    throw new ImgctlError(
+      'INTEGRITY',
+      `the plan is signed by key ${String(signature.key_id)}, which is not trusted here (trusted: ${keys.map((k) => `${k.keyId} from ${k.source}`).join(', ')})`,
+      { hint: "verify with --key FILE.pub, or add that key's .pub file to trusted_keys" },
+    );
+  }
+  verifyPlan(plan, signature, match.key);
+  return match;
+}

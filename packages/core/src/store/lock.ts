@@ -1,0 +1,80 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ImgctlError } from '../util/errors.ts';
+import { finishStoreWrites } from './store-txn.ts';
+
+/** The stores whose lock the current async call chain holds, so nested calls do not wait on it. */
+const held = new AsyncLocalStorage<ReadonlySet<string>>();
+
+export interface LockOptions {
+  /** how long to wait for another writer, ms */
+  timeoutMs?: number;
+}
+
+/**
+ * Runs `fn` holding the store-wide writer lock (`.state/lock`, created exclusively and holding
+ * the owner's pid). A lock whose owner is gone is taken over, so a killed writer never wedges
+ * the store, and what such a writer committed is completed (finishStoreWrites) before `fn`
+ * reads anything.
+ */
+export async function withStoreLock<T>(
+  storeDir: string,
+  fn: () => Promise<T>,
+  options: LockOptions = {},
+): Promise<T> {
+  const key = resolve(storeDir);
+  const outer = held.getStore();
+  if (outer?.has(key)) return fn();
+  const stateDir = join(storeDir, '.state');
+  await mkdir(stateDir, { recursive: true });
+  const lockPath = join(stateDir, 'lock');
+  const deadline = Date.now() + (options.timeoutMs ?? 60_000);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const handle = await open(lockPath, 'wx');
+      await handle.writeFile(`${process.pid}\n`);
+      await handle.close();
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const stalePid = await stalePidOf(lockPath);
+      if (stalePid !== undefined && (await stalePidOf(lockPath)) === stalePid) {
+        await rm(lockPath, { force: true });
+        continue;
+      }
+      if (Date.now() > deadline) {
+        throw new ImgctlError('CONFLICT', `the store is locked by another writer (${lockPath})`, {
+          hint: 'wait for the other imgctl command to finish; remove the file only if no imgctl is running',
+        });
+      }
+      await sleep(Math.min(10 + attempt * 5, 100) + Math.random() * 10);
+    }
+  }
+  try {
+    await finishStoreWrites(storeDir);
+    return await held.run(new Set([...(outer ?? []), key]), fn);
+  } finally {
+    await rm(lockPath, { force: true });
+  }
+}
+
+/** The pid written in the lock when that process no longer exists, else undefined. */
+async function stalePidOf(lockPath: string): Promise<number | undefined> {
+  let text: string;
+  try {
+    text = await readFile(lockPath, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const pid = Number.parseInt(text, 10);
+  // An empty file is a writer between open and write; give it time rather than stealing.
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  try {
+    process.kill(pid, 0);
+    return undefined;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ESRCH' ? pid : undefined;
+  }
+}
