@@ -24,7 +24,7 @@ import {
 import { execa } from 'execa';
 import type { Context, Handler, Options } from '../command.ts';
 import { integerOption } from './options.ts';
-import { AGENT_OPTIONS } from './provision-spec.ts';
+import { agentArguments } from './agent-options.ts';
 
 const DEFAULT_USER = 'root';
 
@@ -145,28 +145,6 @@ export const run: Handler = async (args, options, ctx) => {
   }
   return { data: summary, text: summaryTable(summary), exitCode: summaryExitCode(summary) };
 };
-
-/**
- * The agent's arguments from the pass-through options, in their table order; not the --set
- * values, which go through stdin (they may be secrets).
- */
-export function agentArguments(options: Options): string[] {
-  const argv: string[] = [];
-  for (const o of AGENT_OPTIONS) {
-    const flag = o.flags.split(/[ ,]+/).find((f) => f.startsWith('--'))!;
-    const value = options[o.key];
-    if (o.key === 'agentArg' || o.key === 'set') continue;
-    if (o.negated) {
-      if (value === false) argv.push(flag);
-    } else if (o.value === 'repeat') {
-      for (const v of (value as string[] | undefined) ?? []) argv.push(flag, v);
-    } else if (o.value === true) {
-      if (value !== undefined) argv.push(flag, String(value));
-    } else if (value === true) argv.push(flag);
-  }
-  argv.push(...((options.agentArg as string[] | undefined) ?? []));
-  return argv;
-}
 
 async function readTargetsFile(file: string): Promise<string[]> {
   let text: string;
