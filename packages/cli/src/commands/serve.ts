@@ -1,4 +1,6 @@
 import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { readTokenFile } from '@imgctl/core/client/token';
 import { ImgctlError } from '@imgctl/core/util/errors';
 import { DEFAULT_PORT, startServer } from '@imgctl/core/server/server';
 import { parseYamlValue } from '@imgctl/core/yaml/quick-yaml';
@@ -26,8 +28,10 @@ export const run: Handler = async (_args, options, ctx) => {
           key: await readInput(keyFile, '--tls-key'),
         }
       : undefined;
-  const readToken = await readTokenFile(options.readTokenFile, '--read-token-file');
-  const writeToken = await readTokenFile(options.writeTokenFile, '--write-token-file');
+  const tokenFrom = (file: unknown) =>
+    typeof file === 'string' ? readTokenFile(resolve(ctx.io.cwd, file)) : undefined;
+  const readToken = await tokenFrom(options.readTokenFile);
+  const writeToken = await tokenFrom(options.writeTokenFile);
   const stderr = ctx.io.stderr;
   // Lines are written once per turn of the event loop: one write for a burst of requests.
   let pending: string[] = [];
@@ -93,19 +97,4 @@ async function readInput(file: string, flag: string): Promise<Buffer> {
   } catch (error) {
     throw new ImgctlError('NOT_FOUND', `${flag} ${file} cannot be read`, { cause: error });
   }
-}
-
-async function readTokenFile(file: unknown, flag: string): Promise<string | undefined> {
-  if (typeof file !== 'string') return undefined;
-  const token = (await readInput(file, flag)).toString('utf8').trim();
-  if (!/^[\x21-\x7e]{16,4096}$/.test(token)) {
-    throw new ImgctlError(
-      'USAGE',
-      `${flag} ${file} must hold one token of 16 to 4096 printable characters`,
-      {
-        hint: 'make one with: openssl rand -hex 32 > FILE',
-      },
-    );
-  }
-  return token;
 }
