@@ -13,7 +13,7 @@ import { formatSize } from '../util/sizes.ts';
 import { exists, storePaths } from '../store/store.ts';
 import type { BootEntry, Disk, DiskUse, ImageDoc, Nic } from '../store/types.ts';
 import { validateDocument } from '../validate/validate.ts';
-import { childElements, firstChild, parseXml, textOf, type XmlElement } from './virt-image.ts';
+import { childElements, firstChild, parseXml, textOf } from './xml.ts';
 import { stringifyYaml } from '../yaml/yaml-edit.ts';
 
 const FORMATS: ReadonlyArray<Disk['format']> = ['raw', 'qcow2', 'vmdk', 'vdi', 'vhdx'];
@@ -603,5 +603,3 @@ export async function captureFromDomain(
     },
   );
 }
-
-export type { XmlElement };

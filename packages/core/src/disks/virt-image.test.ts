@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { readDomainXml } from './capture.ts';
-import { convertVirtImage, parseXml } from './virt-image.ts';
+import { convertVirtImage } from './virt-image.ts';
+import { parseXml } from './xml.ts';
 
 const code = (fn: () => unknown) => {
   try {
