@@ -1,11 +1,10 @@
+import { reportError } from '@imgctl/core/util/output';
+import { VERSION } from '@imgctl/core/util/version';
 import { Command, CommanderError, Option } from 'commander';
 import type { CommandSpec, Context, Options } from './command.ts';
 import { allCommands } from './commands/index.ts';
-import { reportError } from './errors.ts';
 import type { Io } from './io.ts';
 import { renderResult } from './render.ts';
-
-const VERSION = '0.1.0';
 
 /** Parses argv, runs one command and returns the process exit code; never exits. */
 export async function main(argv: string[], io: Io): Promise<number> {
@@ -144,6 +143,6 @@ async function runCommand(
     renderResult(io, json, result);
     return result.exitCode ?? 0;
   } catch (error) {
-    return reportError(io, json, error);
+    return reportError('imgctl', io, json, error);
   }
 }

@@ -33,3 +33,8 @@ export function printable(text: string): string {
   const clipped = text.length > 80 ? `${text.slice(0, 80)}…` : text;
   return clipped.replace(/[^\x20-\x7e]/g, hexEscape);
 }
+
+/** A camelCase option name as its flag: `replaceSelf` → `replace-self`. */
+export function kebab(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}

@@ -64,6 +64,25 @@ export function describeError(
   };
 }
 
+/** What a binary's error report is written to. */
+export interface ReportIo {
+  stdout: { write(chunk: string): unknown };
+  stderr: { write(chunk: string): unknown };
+  /** IMGCTL_DEBUG set: a user error's cause is printed with its stack */
+  env: Record<string, string | undefined>;
+}
+
+/**
+ * The one place a binary turns an error into output and an exit code: `describeError` written
+ * to `io`. Returns the exit code.
+ */
+export function reportError(program: string, io: ReportIo, json: boolean, error: unknown): number {
+  const report = describeError(program, json, error, { debug: Boolean(io.env.IMGCTL_DEBUG) });
+  if (report.stdout) io.stdout.write(report.stdout);
+  if (report.stderr) io.stderr.write(report.stderr);
+  return report.exitCode;
+}
+
 /** What an operator can fix, not a bug: a file or directory missing, not allowed, full… */
 const SYSTEM_ERRORS: Record<string, { code: ErrorCode; hint?: string }> = {
   ENOENT: { code: 'NOT_FOUND', hint: 'check the path: it, or a directory on it, does not exist' },
