@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hashFile } from '@imgctl/core/disks/blobs';
@@ -14,19 +14,13 @@ import {
   summaryExitCode,
   type TargetResult,
 } from '@imgctl/core/ssh/provision';
-import {
-  connectSsh,
-  loadIdentity,
-  openKnownHosts,
-  parseSshAddress,
-  type RemoteShell,
-} from '@imgctl/core/ssh/ssh';
+import { connectSsh, loadIdentity, openKnownHosts, type RemoteShell } from '@imgctl/core/ssh/ssh';
+import { readTargetsFile, resolveServerUrl, resolveTargets } from '@imgctl/core/ssh/targets';
+import { readTokenFile } from '@imgctl/core/client/token';
 import { execa } from 'execa';
 import type { Context, Handler, Options } from '../command.ts';
 import { integerOption } from './options.ts';
 import { agentArguments } from './agent-options.ts';
-
-const DEFAULT_USER = 'root';
 
 export const run: Handler = async (args, options, ctx) => {
   const env = ctx.io.env;
@@ -67,8 +61,15 @@ export const run: Handler = async (args, options, ctx) => {
     throw new ImgctlError('USAGE', 'say what to provision: --image NAME or --system NAME', {
       hint: 'a target that is a system name brings its own --system',
     });
-  const server = await serverUrl(options, env, storeDir);
-  const token = await readToken(options, ctx.io.cwd);
+  const server = await resolveServerUrl({
+    given: options.server as string | undefined,
+    fromEnv: env.IMGCTL_SERVER,
+    storeDir,
+  });
+  const token =
+    options.tokenFile === undefined
+      ? undefined
+      : await readTokenFile(resolve(ctx.io.cwd, options.tokenFile as string));
   const agentBundle = await locateAgentBundle(ctx);
 
   const home = env.HOME ?? '/root';
@@ -145,103 +146,6 @@ export const run: Handler = async (args, options, ctx) => {
   }
   return { data: summary, text: summaryTable(summary), exitCode: summaryExitCode(summary) };
 };
-
-async function readTargetsFile(file: string): Promise<string[]> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    throw new ImgctlError(
-      'USAGE',
-      `--targets: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
-    );
-  }
-  return text
-    .split('\n')
-    .map((l) => l.replace(/#.*/, '').trim())
-    .filter((l) => l !== '');
-}
-
-/**
- * `[user@]host[:port]` is an address; a bare word naming a system of the store is that system
- * (its `address`, and `--system` for its agent); any other bare word is a host name.
- */
-async function resolveTargets(
-  specs: string[],
-  storeDir: string | undefined,
-): Promise<ProvisionTarget[]> {
-  const seen = new Set<string>();
-  const targets: ProvisionTarget[] = [];
-  for (const spec of specs) {
-    if (seen.has(spec)) continue;
-    seen.add(spec);
-    const bare = !/[@:[]/.test(spec);
-    if (bare && storeDir !== undefined && isValidName(spec)) {
-      const file = join(storeDir, 'systems', `${spec}.yaml`);
-      if (existsSync(file)) {
-        const { showSystem } = await import('@imgctl/core/store/systems');
-        const system = await showSystem(storeDir, spec);
-        if (!system.address)
-          throw new ImgctlError('USAGE', `system '${spec}' has no address to reach it over SSH`, {
-            hint: `imgctl system set ${spec} address=root@HOST, or give the target as [user@]host[:port]`,
-          });
-        targets.push({
-          label: spec,
-          ssh: parseSshAddress(system.address, DEFAULT_USER),
-          system: spec,
-        });
-        continue;
-      }
-    }
-    targets.push({ label: spec, ssh: parseSshAddress(spec, DEFAULT_USER) });
-  }
-  return targets;
-}
-
-async function serverUrl(
-  options: Options,
-  env: Record<string, string | undefined>,
-  storeDir: string | undefined,
-): Promise<string> {
-  let server = (options.server as string | undefined) ?? env.IMGCTL_SERVER;
-  if (server === undefined && storeDir !== undefined) {
-    const { parse } = await import('yaml');
-    const doc = parse(await readFile(join(storeDir, 'store.yaml'), 'utf8')) as {
-      server?: { url?: string };
-    };
-    server = doc.server?.url;
-  }
-  if (server === undefined)
-    throw new ImgctlError('USAGE', 'no server: give --server URL (as the targets reach it)', {
-      hint: "or set $IMGCTL_SERVER, or server.url in store.yaml (e.g. 'imgctl serve' on 0.0.0.0:8460)",
-    });
-  let url: URL;
-  try {
-    url = new URL(server);
-  } catch {
-    throw new ImgctlError('USAGE', `--server: not a URL: '${printable(server)}'`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    throw new ImgctlError('USAGE', '--server: only http:// and https:// URLs are supported');
-  return server;
-}
-
-async function readToken(options: Options, cwd: string): Promise<string | undefined> {
-  if (options.tokenFile === undefined) return undefined;
-  const file = resolve(cwd, options.tokenFile as string);
-  let token: string;
-  try {
-    token = (await readFile(file, 'utf8')).trim();
-  } catch (error) {
-    throw new ImgctlError(
-      'USAGE',
-      `--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
-    );
-  }
-  if (token === '' || /[\r\n\0]/.test(token))
-    throw new ImgctlError('USAGE', `--token-file: ${file} must hold one line`);
-  return token;
-}
 
 /** --identity files (errors are fatal); else the usual ~/.ssh keys that load, silently. */
 async function loadIdentities(options: Options, home: string, cwd: string): Promise<Buffer[]> {
