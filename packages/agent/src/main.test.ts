@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { main, setsFromEnv } from './main.ts';
+import { setsFromEnv } from './flags.ts';
+import { main } from './main.ts';
 
 async function agent(argv: string[]) {
   let stdout = '';
@@ -65,6 +66,24 @@ describe('imgagent', () => {
       (await agent(['--server', 'http://h', '--virt', '--virt-type', 'xen', '--image', 'x']))
         .exitCode,
     ).toBe(2);
+  });
+
+  it('with --json, reports a usage error commander finds as JSON on stdout too (exit 2)', async () => {
+    for (const argv of [
+      ['--bogus', '--json'],
+      ['--json', '--virt', '--virt-type', 'xen', '--image', 'x'],
+      ['--json', '--image'],
+    ]) {
+      const run = await agent(argv);
+      expect(run.exitCode).toBe(2);
+      expect(JSON.parse(run.stdout)).toMatchObject({
+        error: { code: 'USAGE', hint: 'imgagent --help' },
+      });
+      expect(run.stderr).toMatch(/^error: /);
+    }
+    const plain = await agent(['--bogus']);
+    expect(plain).toMatchObject({ exitCode: 2, stdout: '' });
+    expect(plain.stderr).toBe("error: unknown option '--bogus'\n");
   });
 
   it('never echoes a token', async () => {
