@@ -1,35 +1,28 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { initStore } from '../store/images.ts';
+import { storePaths } from '../store/store.ts';
 import { readTargetsFile, resolveServerUrl, resolveTargets } from './targets.ts';
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+let store: string;
+beforeEach(async () => {
+  store = await mkdtemp(join(tmpdir(), 'imgctl-targets-'));
+  await initStore(store, { name: 'test' });
+});
+afterEach(async () => {
+  await rm(store, { recursive: true, force: true });
 });
 
-/** A temp directory from a map of relative paths to file contents. */
-function makeTree(tree: Record<string, string>): string {
-  const dir = mkdtempSync(join(tmpdir(), 'imgctl-targets-'));
-  dirs.push(dir);
-  for (const [path, text] of Object.entries(tree)) {
-    mkdirSync(dirname(join(dir, path)), { recursive: true });
-    writeFileSync(join(dir, path), text);
-  }
-  return dir;
+async function addSystem(name: string, extra = ''): Promise<void> {
+  const yaml = `apiVersion: imgctl/v1\nkind: System\nname: ${name}\nhostname: ${name}\nimage: web\n`;
+  await writeFile(storePaths.systemFile(store, name), yaml + extra);
 }
-
-const storeYaml = (extra = '') => `apiVersion: imgctl/v1\nkind: ImageStore\nname: test\n${extra}`;
-const systemYaml = (name: string, extra = '') =>
-  `apiVersion: imgctl/v1\nkind: System\nname: ${name}\nhostname: ${name}\nimage: web\n${extra}`;
 
 describe('resolveTargets', () => {
   it("takes a bare word naming a system as that system's address, with --system", async () => {
-    const store = makeTree({
-      'store.yaml': storeYaml(),
-      'systems/web01.yaml': systemYaml('web01', 'address: admin@[2001:db8::5]:2222\n'),
-    });
+    await addSystem('web01', 'address: admin@[2001:db8::5]:2222\n');
     expect(await resolveTargets(['web01', 'hv1', 'root@web01', 'hv1'], store)).toEqual([
       {
         label: 'web01',
@@ -46,11 +39,8 @@ describe('resolveTargets', () => {
   });
 
   it('refuses a system without an address, and one that is not valid', async () => {
-    const store = makeTree({
-      'store.yaml': storeYaml(),
-      'systems/db01.yaml': systemYaml('db01'),
-      'systems/bad01.yaml': systemYaml('bad01', 'address: [1, 2]\n'),
-    });
+    await addSystem('db01');
+    await addSystem('bad01', 'address: [1, 2]\n');
     await expect(resolveTargets(['db01'], store)).rejects.toMatchObject({
       code: 'USAGE',
       message: "system 'db01' has no address to reach it over SSH",
@@ -61,18 +51,19 @@ describe('resolveTargets', () => {
 
 describe('readTargetsFile', () => {
   it('reads one target per line, skipping blank lines and comments', async () => {
-    const dir = makeTree({ targets: '# hypervisors\nroot@hv1\n\n  hv2:2222  # rack 2\nweb01\n' });
-    expect(await readTargetsFile(join(dir, 'targets'))).toEqual(['root@hv1', 'hv2:2222', 'web01']);
-    await expect(readTargetsFile(join(dir, 'nope'))).rejects.toMatchObject({
+    const file = join(store, 'targets');
+    await writeFile(file, '# hypervisors\nroot@hv1\n\n  hv2:2222  # rack 2\nweb01\n');
+    expect(await readTargetsFile(file)).toEqual(['root@hv1', 'hv2:2222', 'web01']);
+    await expect(readTargetsFile(join(store, 'nope'))).rejects.toMatchObject({
       code: 'USAGE',
-      message: `--targets: cannot read ${join(dir, 'nope')}: ENOENT`,
+      message: `--targets: cannot read ${join(store, 'nope')}: ENOENT`,
     });
   });
 });
 
 describe('resolveServerUrl', () => {
   it("is --server, else $IMGCTL_SERVER, else store.yaml's server.url", async () => {
-    const store = makeTree({ 'store.yaml': storeYaml('server:\n  url: http://imgsrv:8460\n') });
+    await appendFile(storePaths.storeFile(store), '  url: http://imgsrv:8460\n');
     expect(
       await resolveServerUrl({ given: 'http://a', fromEnv: 'http://b', storeDir: store }),
     ).toBe('http://a');
@@ -85,14 +76,14 @@ describe('resolveServerUrl', () => {
       code: 'USAGE',
       message: 'no server: give --server URL (as the targets reach it)',
     });
-    const bare = makeTree({ 'store.yaml': storeYaml() });
-    await expect(resolveServerUrl({ storeDir: bare })).rejects.toMatchObject({ code: 'USAGE' });
+    // `imgctl init` writes server.listen, not server.url.
+    await expect(resolveServerUrl({ storeDir: store })).rejects.toMatchObject({ code: 'USAGE' });
     await expect(resolveServerUrl({ given: 'ssh://imgsrv' })).rejects.toMatchObject({
       code: 'USAGE',
       message: '--server: only http:// and https:// URLs are supported',
     });
-    const invalid = makeTree({ 'store.yaml': storeYaml('server:\n  url: [1, 2]\n') });
-    await expect(resolveServerUrl({ storeDir: invalid })).rejects.toMatchObject({
+    await appendFile(storePaths.storeFile(store), '  url: [1, 2]\n');
+    await expect(resolveServerUrl({ storeDir: store })).rejects.toMatchObject({
       code: 'VALIDATION',
     });
   });
