@@ -1,5 +1,6 @@
 import { ImgctlError } from '@imgctl/core/util/errors';
-import { redactPlan, renderImageFile, resolvePlan } from '@imgctl/core/plan/plan';
+import { renderImageFile } from '@imgctl/core/plan/image-files';
+import { redactPlan, resolvePlan } from '@imgctl/core/plan/plan';
 import { findSystem } from '@imgctl/core/store/systems';
 import { stringifyYaml } from '@imgctl/core/yaml/yaml-edit';
 import type { Handler } from '../command.ts';

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ImgctlError } from '../util/errors.ts';
-import { type PlanRequest, redactPlan, renderImageFile, resolvePlan } from './plan.ts';
+import { renderImageFile } from './image-files.ts';
+import { type PlanRequest, redactPlan, resolvePlan } from './plan.ts';
 
 const stores: string[] = [];
 afterEach(() => {

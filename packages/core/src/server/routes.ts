@@ -17,7 +17,8 @@ import {
 } from './events.ts';
 import { listImages, loadImage, showImage } from '../store/images.ts';
 import { isValidName, printable } from '../util/names.ts';
-import { redactPlan, renderImageFile, resolvePlan } from '../plan/plan.ts';
+import { renderImageFile } from '../plan/image-files.ts';
+import { redactPlan, resolvePlan } from '../plan/plan.ts';
 import { parseYamlValue } from '../yaml/quick-yaml.ts';
 import { listRecords, showRecord } from '../store/records.ts';
 import { imageForDisplay, recordForDisplay, systemForDisplay } from '../plan/redact.ts';
