@@ -13,7 +13,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const outdirFlag = process.argv.indexOf('--outdir');
 const outdir =
   outdirFlag > 0 ? resolve(process.argv[outdirFlag + 1] ?? 'dist') : join(root, 'dist');
-// `--only imgagent`: one binary (imgctl provision builds the agent on demand this way)
+// `--only imgagent`: one binary (tests build the agent alone this way)
 const onlyFlag = process.argv.indexOf('--only');
 const only = onlyFlag > 0 ? process.argv[onlyFlag + 1] : undefined;
 

@@ -84,7 +84,7 @@ describe('slow: imgctl provision over SSH', () => {
     Object.assign(paths, rig.paths);
     removeBridge = await makeBridge(BRIDGE);
     // The agent bundle, built once: the sources may change under a running test (imgctl
-    // provision from a checkout rebuilds it when they do).
+    // provision from a checkout refuses a dist/imgagent.mjs older than them).
     await execa(process.execPath, [
       join(REPO_ROOT, 'scripts/build.mjs'),
       '--outdir',

@@ -17,8 +17,8 @@ import {
 import { connectSsh, loadIdentity, openKnownHosts, type RemoteShell } from '@imgctl/core/ssh/ssh';
 import { readTargetsFile, resolveServerUrl, resolveTargets } from '@imgctl/core/ssh/targets';
 import { readTokenFile } from '@imgctl/core/client/token';
-import { execa } from 'execa';
 import type { Context, Handler, Options } from '../command.ts';
+import type { Io } from '../io.ts';
 import { integerOption } from './options.ts';
 import { agentArguments } from './agent-options.ts';
 
@@ -70,7 +70,7 @@ export const run: Handler = async (args, options, ctx) => {
     options.tokenFile === undefined
       ? undefined
       : await readTokenFile(resolve(ctx.io.cwd, options.tokenFile as string));
-  const agentBundle = await locateAgentBundle(ctx);
+  const agentBundle = await locateAgentBundle(ctx.io);
 
   const home = env.HOME ?? '/root';
   const knownHostsFile = options.knownHosts
@@ -168,57 +168,47 @@ async function loadIdentities(options: Options, home: string, cwd: string): Prom
 const HERE = dirname(fileURLToPath(import.meta.url));
 
 /**
- * The single-file agent copied to the targets: $IMGCTL_AGENT_BUNDLE; else imgagent.mjs beside
- * the running imgctl bundle; else, from a source checkout, dist/imgagent.mjs when it is newer
- * than the sources, or a fresh build of it into node_modules/.cache/imgctl-agent/.
+ * The single-file agent copied to the targets, as `npm run build` makes it: $IMGCTL_AGENT_BUNDLE;
+ * else imgagent.mjs beside the running imgctl bundle; else, from a source checkout,
+ * dist/imgagent.mjs — refused when it is missing or older than the sources, as a target would
+ * run other code than the checkout's. `here` is the directory of the running imgctl code.
  */
-async function locateAgentBundle(ctx: Context): Promise<string> {
-  const fromEnv = ctx.io.env.IMGCTL_AGENT_BUNDLE;
+export async function locateAgentBundle(io: Pick<Io, 'env' | 'cwd'>, here = HERE): Promise<string> {
+  const fromEnv = io.env.IMGCTL_AGENT_BUNDLE;
   if (fromEnv) {
-    const file = resolve(ctx.io.cwd, fromEnv);
+    const file = resolve(io.cwd, fromEnv);
     if (!existsSync(file))
       throw new ImgctlError('NOT_FOUND', `IMGCTL_AGENT_BUNDLE: no such file ${file}`);
     return file;
   }
-  if (basename(HERE) === 'dist' || !HERE.endsWith(join('packages', 'cli', 'src', 'commands'))) {
-    const beside = join(HERE, 'imgagent.mjs');
+  if (basename(here) === 'dist' || !here.endsWith(join('packages', 'cli', 'src', 'commands'))) {
+    const beside = join(here, 'imgagent.mjs');
     if (existsSync(beside)) return beside;
     throw new ImgctlError('NOT_FOUND', `the agent bundle ${beside} is missing`, {
       hint: 'install imgagent.mjs beside imgctl.mjs (npm run build writes both), or set IMGCTL_AGENT_BUNDLE',
     });
   }
-  const root = resolve(HERE, '../../../..');
+  const root = resolve(here, '../../../..');
   const built = join(root, 'dist/imgagent.mjs');
-  const newest = await newestSource(root);
-  if (existsSync(built) && (await stat(built)).mtimeMs >= newest) return built;
-  const outdir = join(root, 'node_modules/.cache/imgctl-agent');
-  const cached = join(outdir, 'imgagent.mjs');
-  if (existsSync(cached) && (await stat(cached)).mtimeMs >= newest) return cached;
-  ctx.log(
-    'imgctl: building the agent bundle (dist/imgagent.mjs is missing or older than the sources)',
-  );
-  const build = await execa(
-    process.execPath,
-    [join(root, 'scripts/build.mjs'), '--outdir', outdir, '--only', 'imgagent'],
-    {
-      cwd: root,
-      reject: false,
-    },
-  );
-  if (build.exitCode !== 0 || !existsSync(cached))
-    throw new ImgctlError('FAILED', `building the agent bundle failed: ${build.stderr.trim()}`, {
-      hint: 'run npm run build and look at its errors',
-    });
-  return cached;
+  const hint = 'run npm run build (it writes dist/imgagent.mjs), or set IMGCTL_AGENT_BUNDLE';
+  if (!existsSync(built))
+    throw new ImgctlError('NOT_FOUND', `the agent bundle ${built} is missing`, { hint });
+  if ((await stat(built)).mtimeMs < (await newestSource(root)))
+    throw new ImgctlError(
+      'NOT_FOUND',
+      `the agent bundle ${built} is older than the sources of packages/core and packages/agent`,
+      { hint },
+    );
+  return built;
 }
 
-/** The newest modification time of the sources the agent bundle is built from. */
+/** The newest modification time of the sources the agent bundle is built from (tests aside). */
 async function newestSource(root: string): Promise<number> {
   let newest = 0;
   for (const pkg of ['core', 'agent']) {
     const dir = join(root, 'packages', pkg, 'src');
     for (const rel of await readdir(dir, { recursive: true })) {
-      if (!String(rel).endsWith('.ts')) continue;
+      if (!String(rel).endsWith('.ts') || String(rel).endsWith('.test.ts')) continue;
       newest = Math.max(newest, (await stat(join(dir, String(rel)))).mtimeMs);
     }
   }
