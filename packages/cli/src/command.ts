@@ -17,9 +17,19 @@ export interface Context {
   log(line: string): void;
 }
 
+/**
+ * The options of a command as commander gives them: keyed by the camelCased long flag
+ * (`--keep-scratch` → `keepScratch`), plus the global `store` and `json`.
+ */
 export type Options = Record<string, unknown>;
 
-export type Handler = (args: string[], options: Options, ctx: Context) => Promise<Result>;
+/**
+ * A command's handler. `O` is the shape of its options, declared next to it from its spec's
+ * flags: `--x <v>` gives a string, a repeatable or `<v...>` option a string[], a switch `--x`
+ * true; `--no-x` gives x false (true when not given). An option not given is absent unless it
+ * has a default; a handler called directly (tests) may leave out a defaulted one too.
+ */
+export type Handler<O = Options> = (args: string[], options: O, ctx: Context) => Promise<Result>;
 
 export interface OptionSpec {
   flags: string;

@@ -3,7 +3,12 @@ import { buildImage } from '@imgctl/core/disks/build';
 import type { Handler } from '../command.ts';
 import { withProgress } from '../progress.ts';
 
-export const run: Handler = async ([image], options, ctx) => {
+export interface BuildOptions {
+  record?: string;
+  keepScratch?: boolean;
+}
+
+export const run: Handler<BuildOptions> = async ([image], options, ctx) => {
   // One download cache for many stores (CI, tests): $IMGCTL_BUILD_CACHE/IMAGE.
   const cacheRoot = ctx.io.env.IMGCTL_BUILD_CACHE;
   const storeDir = await ctx.storeDir();
@@ -12,7 +17,7 @@ export const run: Handler = async ([image], options, ctx) => {
       storeDir,
       {
         image: image!,
-        record: options.record as string | undefined,
+        record: options.record,
         keepScratch: Boolean(options.keepScratch),
         cacheDir: cacheRoot ? join(resolve(ctx.io.cwd, cacheRoot), image!) : undefined,
       },

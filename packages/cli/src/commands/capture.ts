@@ -2,9 +2,18 @@ import { captureFromDisks, captureFromDomain } from '@imgctl/core/disks/capture'
 import { ImgctlError } from '@imgctl/core/util/errors';
 import type { Handler } from '../command.ts';
 
-export const run: Handler = async ([name], options, ctx) => {
-  const disks = options.fromDisk as string[] | undefined;
-  const domain = options.fromDomain as string | undefined;
+export interface CaptureOptions {
+  fromDisk?: string[];
+  /** comma-separated, one per --from-disk file */
+  use?: string;
+  fromDomain?: string;
+  connect?: string;
+  force?: boolean;
+}
+
+export const run: Handler<CaptureOptions> = async ([name], options, ctx) => {
+  const disks = options.fromDisk;
+  const domain = options.fromDomain;
   if ((disks === undefined) === (domain === undefined)) {
     throw new ImgctlError(
       'USAGE',
@@ -16,11 +25,11 @@ export const run: Handler = async ([name], options, ctx) => {
     disks !== undefined
       ? await captureFromDisks(storeDir, name!, {
           files: disks,
-          uses: typeof options.use === 'string' ? options.use.split(',') : undefined,
+          uses: options.use?.split(','),
         })
       : await captureFromDomain(storeDir, name!, {
           domain: domain!,
-          connect: options.connect as string | undefined,
+          connect: options.connect,
           force: Boolean(options.force),
         });
   for (const note of result.notReplicated) ctx.log(`warning: ${note}`);

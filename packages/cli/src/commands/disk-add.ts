@@ -1,17 +1,27 @@
 import { addDisk } from '@imgctl/core/disks/disks';
+import type { DiskUse } from '@imgctl/core/store/types';
 import { ImgctlError } from '@imgctl/core/util/errors';
 import type { Handler } from '../command.ts';
 import { withProgress } from '../progress.ts';
 
-export const run: Handler = async ([image, file], options, ctx) => {
-  const id = options.id as string | undefined;
-  const use = options.use as string | undefined;
+export interface DiskAddOptions {
+  id?: string;
+  use?: string;
+  url?: string;
+  keep?: boolean;
+  keepRaw?: boolean;
+  size?: string;
+  format?: string;
+}
+
+export const run: Handler<DiskAddOptions> = async ([image, file], options, ctx) => {
+  const { id, use } = options;
   if (id === undefined || use === undefined) {
     throw new ImgctlError('USAGE', 'disk add needs --id ID and --use system|data|scratch', {
       hint: 'imgctl disk add IMAGE --id root --use system FILE',
     });
   }
-  const source = file ?? (options.url as string | undefined) ?? `an empty ${use} disk`;
+  const source = file ?? options.url ?? `an empty ${use} disk`;
   const storeDir = await ctx.storeDir();
   const result = await withProgress(ctx, {}, (progress) => {
     progress.step(`disk ${id}: adding ${source}`);
@@ -20,12 +30,13 @@ export const run: Handler = async ([image, file], options, ctx) => {
       {
         image: image!,
         id,
-        use: use as 'system' | 'data' | 'scratch',
+        // addDisk refuses any other use as a usage error, naming it
+        use: use as DiskUse,
         file,
-        url: options.url as string | undefined,
+        url: options.url,
         keep: Boolean(options.keep),
-        size: options.size as string | undefined,
-        format: options.format as string | undefined,
+        size: options.size,
+        format: options.format,
         keepRaw: Boolean(options.keepRaw),
       },
       {

@@ -1,7 +1,11 @@
 import { removeImage } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
 
-export const run: Handler = async ([name], options, ctx) => {
+export interface RemoveOptions {
+  force?: boolean;
+}
+
+export const run: Handler<RemoveOptions> = async ([name], options, ctx) => {
   const result = await removeImage(await ctx.storeDir(), name!, { force: Boolean(options.force) });
   const note =
     result.usedBy.length > 0 ? ` (still named by systems: ${result.usedBy.join(', ')})` : '';

@@ -5,9 +5,15 @@ import { importVirtImage } from '@imgctl/core/disks/virt-image';
 import type { Handler } from '../command.ts';
 import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 
-export const run: Handler = async ([source], options, ctx) => {
-  const from = (options.from as string | undefined) ?? 'archive';
-  const as = options.as as string | undefined;
+export interface ImportOptions {
+  as?: string;
+  force?: boolean;
+  /** 'archive' (the default) or 'virt-image' */
+  from?: string;
+}
+
+export const run: Handler<ImportOptions> = async ([source], options, ctx) => {
+  const { from = 'archive', as } = options;
   const force = Boolean(options.force);
   if (from === 'virt-image') {
     const result = await importVirtImage(await ctx.storeDir(), source!, { as, force });

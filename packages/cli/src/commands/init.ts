@@ -1,10 +1,14 @@
 import { initStore } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
 
-export const run: Handler = async ([dir], options, ctx) => {
+export interface InitOptions {
+  name?: string;
+}
+
+export const run: Handler<InitOptions> = async ([dir], options, ctx) => {
   const { resolve } = await import('node:path');
   const result = await initStore(resolve(ctx.io.cwd, dir ?? '.'), {
-    name: options.name as string | undefined,
+    name: options.name,
   });
   return {
     data: result,

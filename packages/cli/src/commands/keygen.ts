@@ -2,9 +2,14 @@ import { join, resolve } from 'node:path';
 import { DEFAULT_KEY_FILE, setStoreSigningKey, writeSigningKey } from '@imgctl/core/plan/signing';
 import type { Handler } from '../command.ts';
 
+export interface KeygenOptions {
+  output?: string;
+  force?: boolean;
+}
+
 /** With -o: a key pair at FILE and FILE.pub. Without: the store's key, set as its signing_key. */
-export const run: Handler = async (_args, options, ctx) => {
-  const output = options.output as string | undefined;
+export const run: Handler<KeygenOptions> = async (_args, options, ctx) => {
+  const { output } = options;
   const force = Boolean(options.force);
   if (output !== undefined) {
     const key = await writeSigningKey(resolve(ctx.io.cwd, output), { force });

@@ -6,9 +6,13 @@ import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
 
 /** Packs and imports smaller than this show no percentages: they are over in a moment. */
 
-export const run: Handler = async ([image], options, ctx) => {
-  const output = options.output;
-  if (typeof output !== 'string') {
+export interface PackOptions {
+  output?: string;
+}
+
+export const run: Handler<PackOptions> = async ([image], options, ctx) => {
+  const { output } = options;
+  if (output === undefined) {
     throw new ImgctlError('USAGE', 'pack needs -o FILE (FILE.tar, FILE.tar.gz or FILE.tar.zst)');
   }
   const storeDir = await ctx.storeDir();

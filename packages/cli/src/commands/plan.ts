@@ -5,25 +5,32 @@ import { findSystem } from '@imgctl/core/store/systems';
 import { stringifyYaml } from '@imgctl/core/yaml/yaml-edit';
 import type { Handler } from '../command.ts';
 
-const RENDERABLE = ['kickstart'] as const;
+const RENDERABLE: readonly string[] = ['kickstart'];
 
-export const run: Handler = async ([image], options, ctx) => {
+export interface PlanOptions {
+  record?: string;
+  /** a name, MAC address or hostname */
+  system?: string;
+  set?: string[];
+  vmName?: string;
+  render?: string;
+}
+
+export const run: Handler<PlanOptions> = async ([image], options, ctx) => {
   const storeDir = await ctx.storeDir();
-  const render = options.render as string | undefined;
-  if (render !== undefined && !RENDERABLE.includes(render as (typeof RENDERABLE)[number])) {
+  const { render } = options;
+  if (render !== undefined && !RENDERABLE.includes(render)) {
     throw new ImgctlError('USAGE', `--render takes one of: ${RENDERABLE.join(', ')}`);
   }
   // --system accepts a MAC address or hostname too; the plan itself names systems.
   const system =
-    typeof options.system === 'string'
-      ? (await findSystem(storeDir, options.system)).name
-      : undefined;
+    options.system === undefined ? undefined : (await findSystem(storeDir, options.system)).name;
   const plan = await resolvePlan(storeDir, {
     image: image!,
-    record: options.record as string | undefined,
+    record: options.record,
     system,
-    sets: (options.set as string[] | undefined) ?? [],
-    vmName: options.vmName as string | undefined,
+    sets: options.set ?? [],
+    vmName: options.vmName,
   });
   if (render !== undefined) {
     const rendered = await renderImageFile(storeDir, plan, 'kickstart');

@@ -2,14 +2,23 @@ import { addRecord } from '@imgctl/core/store/records';
 import type { Handler } from '../command.ts';
 import { integerOption } from './options.ts';
 
-export const run: Handler = async ([image, record], options, ctx) => {
+export interface RecordAddOptions {
+  from?: string;
+  description?: string;
+  vcpus?: string;
+  memory?: string;
+  diskSize?: string[];
+  param?: string[];
+}
+
+export const run: Handler<RecordAddOptions> = async ([image, record], options, ctx) => {
   const result = await addRecord(await ctx.storeDir(), image!, record!, {
-    from: options.from as string | undefined,
-    description: options.description as string | undefined,
+    from: options.from,
+    description: options.description,
     vcpus: integerOption(options.vcpus, '--vcpus'),
-    memory: options.memory as string | undefined,
-    diskSizes: options.diskSize as string[] | undefined,
-    params: options.param as string[] | undefined,
+    memory: options.memory,
+    diskSizes: options.diskSize,
+    params: options.param,
   });
   return { data: result, text: `added ${result.file}` };
 };

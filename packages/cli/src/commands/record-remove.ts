@@ -1,7 +1,11 @@
 import { removeRecord } from '@imgctl/core/store/records';
 import type { Handler } from '../command.ts';
 
-export const run: Handler = async ([image, record], options, ctx) => {
+export interface RemoveOptions {
+  force?: boolean;
+}
+
+export const run: Handler<RemoveOptions> = async ([image, record], options, ctx) => {
   const result = await removeRecord(await ctx.storeDir(), image!, record!, {
     force: Boolean(options.force),
   });

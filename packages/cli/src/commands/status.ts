@@ -3,12 +3,17 @@ import { assertName, terminalSafe } from '@imgctl/core/util/names';
 import type { Handler } from '../command.ts';
 import { renderTable } from '@imgctl/core/util/output';
 
+export interface StatusOptions {
+  system?: string;
+  /** a duration such as 90s, 10m, 2h; the spec's default is 10m */
+  stalledAfter?: string;
+}
+
 /** Reads .state/events of the store directly: no server needed. */
-export const run: Handler = async (_args, options, ctx) => {
+export const run: Handler<StatusOptions> = async (_args, options, ctx) => {
   const storeDir = await ctx.storeDir();
-  const system =
-    options.system === undefined ? undefined : assertName('system', String(options.system));
-  const stalledAfterMs = parseDuration(String(options.stalledAfter ?? '10m'), '--stalled-after');
+  const system = options.system === undefined ? undefined : assertName('system', options.system);
+  const stalledAfterMs = parseDuration(options.stalledAfter ?? '10m', '--stalled-after');
   const now = new Date();
   const statuses = await provisioningStatus(storeDir, { system, now, stalledAfterMs });
   const text =

@@ -2,22 +2,34 @@ import { ImgctlError } from '@imgctl/core/util/errors';
 import { addSystem } from '@imgctl/core/store/systems';
 import type { Handler } from '../command.ts';
 
-export const run: Handler = async ([name], options, ctx) => {
-  if (typeof options.image !== 'string') {
+export interface SystemAddOptions {
+  image?: string;
+  record?: string;
+  hostname?: string;
+  address?: string;
+  interface?: string[];
+  sshKey?: string[];
+  param?: string[];
+  targetDisk?: string;
+  description?: string;
+}
+
+export const run: Handler<SystemAddOptions> = async ([name], options, ctx) => {
+  if (options.image === undefined) {
     throw new ImgctlError('USAGE', '--image is required', {
       hint: `imgctl system add ${name} --image IMAGE`,
     });
   }
   const result = await addSystem(await ctx.storeDir(), name!, {
     image: options.image,
-    record: options.record as string | undefined,
-    hostname: options.hostname as string | undefined,
-    address: options.address as string | undefined,
-    interfaces: options.interface as string[] | undefined,
-    sshKeys: options.sshKey as string[] | undefined,
-    params: options.param as string[] | undefined,
-    targetDisk: options.targetDisk as string | undefined,
-    description: options.description as string | undefined,
+    record: options.record,
+    hostname: options.hostname,
+    address: options.address,
+    interfaces: options.interface,
+    sshKeys: options.sshKey,
+    params: options.param,
+    targetDisk: options.targetDisk,
+    description: options.description,
   });
   return { data: result, text: `added ${result.file}` };
 };

@@ -3,7 +3,11 @@ import { ImgctlError } from '@imgctl/core/util/errors';
 import { verifyStore } from '@imgctl/core/disks/verify';
 import type { Handler } from '../command.ts';
 
-export const run: Handler = async (_args, options, ctx) => {
+export interface VerifyOptions {
+  gc?: boolean;
+}
+
+export const run: Handler<VerifyOptions> = async (_args, options, ctx) => {
   const gc = Boolean(options.gc);
   const result = await verifyStore(await ctx.storeDir(), {
     gc,
