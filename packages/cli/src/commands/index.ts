@@ -5,10 +5,10 @@ import { provisionCommands } from './provision-spec.ts';
 import { recordCommands } from './record.ts';
 import { serverCommands } from './server.ts';
 import { systemCommands } from './system.ts';
-import { topCommands } from './top.ts';
+import { topLevelCommands } from './top-level.ts';
 
 export const allCommands: CommandSpec[] = [
-  ...topCommands,
+  ...topLevelCommands,
   ...imageCommands,
   ...recordCommands,
   ...systemCommands,

@@ -1,6 +1,10 @@
 import type { CommandSpec } from '../command.ts';
 
-export const topCommands: CommandSpec[] = [
+/**
+ * Commands without a noun that work on the store and its images as a whole: make the store,
+ * resolve a plan, build, pack, import, export, capture, verify.
+ */
+export const topLevelCommands: CommandSpec[] = [
   {
     path: ['init'],
     summary: 'create an image store (store.yaml, common/, custom_scripts/, images/, systems/)',
