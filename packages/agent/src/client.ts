@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { type Client, createClient } from '@imgctl/core/client/client';
+import { checkServerUrl } from '@imgctl/core/client/server-url';
+import { readTokenFile } from '@imgctl/core/client/token';
 import { ImgctlError } from '@imgctl/core/util/errors';
 import type { Flags } from './flags.ts';
 
@@ -13,16 +15,7 @@ export async function makeClient(
   const server = flags.server ?? env.IMGAGENT_SERVER;
   if (!server)
     throw new ImgctlError('USAGE', 'no server: give --server URL (or set IMGAGENT_SERVER)');
-  let url: URL;
-  try {
-    url = new URL(server);
-  } catch {
-    throw new ImgctlError('USAGE', `--server: not a URL: '${server.slice(0, 200)}'`, {
-      hint: 'e.g. --server http://imgsrv:8460',
-    });
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    throw new ImgctlError('USAGE', `--server: only http:// and https:// URLs are supported`);
+  checkServerUrl(server);
   const token = await readToken(flags, env, cwd);
   const trustKey = await readTrustKey(flags, cwd);
   return createClient({ baseUrl: server, token, trustKey, retries: 2 });
@@ -37,18 +30,7 @@ async function readToken(
   if (flags.token !== undefined && flags.tokenFile !== undefined)
     throw new ImgctlError('USAGE', 'give --token or --token-file, not both');
   if (flags.tokenFile === undefined) return flags.token ?? env.IMGAGENT_TOKEN;
-  const file = resolve(cwd, flags.tokenFile);
-  let token: string;
-  try {
-    token = (await readFile(file, 'utf8')).trim();
-  } catch (error) {
-    throw new ImgctlError(
-      'USAGE',
-      `--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? error}`,
-    );
-  }
-  if (token === '') throw new ImgctlError('USAGE', `--token-file: ${file} is empty`);
-  return token;
+  return readTokenFile(resolve(cwd, flags.tokenFile));
 }
 
 /** The server's signing public key from --trust: plans must then be signed by it. */
