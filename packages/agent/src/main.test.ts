@@ -1,4 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { setsFromEnv } from './flags.ts';
 import { main } from './main.ts';
 
@@ -107,5 +110,30 @@ describe('imgagent', () => {
     expect(setsFromEnv('["a=1","db_password=x y"]')).toEqual(['a=1', 'db_password=x y']);
     for (const bad of ['a=1', '{"a":1}', '[1]'])
       expect(() => setsFromEnv(bad)).toThrowError(/IMGAGENT_SETS must be a JSON array/);
+  });
+});
+
+describe('imgagent --token-file and --server', () => {
+  it('reads a token file by the rule of imgctl serve, naming the file, never the token', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'imgagent-token-'));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const short = join(dir, 'short');
+    await writeFile(short, 'SECRET-12\n');
+    const run = await agent(['--server', 'http://h', '--token-file', short, '--list', 'images']);
+    expect(run.exitCode).toBe(3);
+    expect(run.stderr).toContain(`token file ${short} holds 9 characters`);
+    expect(run.stderr + run.stdout).not.toContain('SECRET');
+
+    const nope = join(dir, 'nope');
+    const missing = await agent(['--server', 'http://h', '--token-file', nope, '--list', 'images']);
+    expect(missing.exitCode).toBe(4);
+    expect(missing.stderr).toContain(`token file ${nope} cannot be read (ENOENT)`);
+  });
+
+  it('takes only an http(s) server URL, its control characters escaped', async () => {
+    const run = await agent(['--server', 'nope\x1b[2J', '--list', 'images']);
+    expect(run.exitCode).toBe(2);
+    expect(run.stderr).toContain("--server: not a URL: 'nope\\x1b[2J'");
+    expect((await agent(['--server', 'ftp://h', '--list', 'images'])).exitCode).toBe(2);
   });
 });
