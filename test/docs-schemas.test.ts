@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { formatProblem, parseYaml } from '../packages/core/src/yaml/document.ts';
-import { type DocKind, validateDocument } from '../packages/core/src/validate/validate.ts';
+import { validateDocument } from '../packages/core/src/validate/document.ts';
+import type { DocKind } from '../packages/core/src/validate/schemas.ts';
 
 /** docs/formats.md and schemas/*.json describe the same fields: neither may get ahead. */
 

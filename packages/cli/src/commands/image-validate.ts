@@ -1,6 +1,6 @@
 import { formatProblem } from '@imgctl/core/yaml/document';
 import { ImgctlError } from '@imgctl/core/util/errors';
-import { validateStore } from '@imgctl/core/validate/validate';
+import { validateStore } from '@imgctl/core/validate/store';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], _options, ctx) => {

@@ -19,7 +19,7 @@ import { resolvePlan } from '../plan/plan.ts';
 import { ensureDir, exists, storePaths } from '../store/store.ts';
 import type { StoreFile } from '../store/store-txn.ts';
 import type { Disk, PlanDoc } from '../store/types.ts';
-import { validateDocument } from '../validate/validate.ts';
+import { validateDocument } from '../validate/document.ts';
 import { editYamlText } from '../yaml/yaml-edit.ts';
 
 export interface BuildRequest {

@@ -12,7 +12,7 @@ import * as scaffold from '../store/scaffold.ts';
 import { formatSize } from '../util/sizes.ts';
 import { exists, storePaths } from '../store/store.ts';
 import type { BootEntry, Disk, DiskUse, ImageDoc, Nic } from '../store/types.ts';
-import { validateDocument } from '../validate/validate.ts';
+import { validateDocument } from '../validate/document.ts';
 import { childElements, firstChild, parseXml, textOf } from './xml.ts';
 import { stringifyYaml } from '../yaml/yaml-edit.ts';
 

@@ -25,7 +25,7 @@ import { type QemuImgInfo, qemuImgInfo } from './qemu-img.ts';
 import { formatSize, parseSize } from '../util/sizes.ts';
 import { exists, listNames, storePaths } from '../store/store.ts';
 import type { Disk, DiskUse, ImageDoc, ImageRecordDoc } from '../store/types.ts';
-import { validateDocument } from '../validate/validate.ts';
+import { validateDocument } from '../validate/document.ts';
 import { editYamlText, type YamlEdit } from '../yaml/yaml-edit.ts';
 
 export interface AddDiskRequest {

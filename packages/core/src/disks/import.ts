@@ -33,7 +33,7 @@ import {
 } from './pack.ts';
 import { exists, storePaths } from '../store/store.ts';
 import type { ImageDoc } from '../store/types.ts';
-import { validateDocument } from '../validate/validate.ts';
+import { validateDocument } from '../validate/document.ts';
 import { editYamlText } from '../yaml/yaml-edit.ts';
 
 export interface ImportProgress {

@@ -4,7 +4,7 @@ import { hashFile, listBlobs, removeStaleTmpFiles } from './blobs.ts';
 import { parseYaml, type Problem } from '../yaml/document.ts';
 import { withStoreLock } from '../store/lock.ts';
 import { exists, listNames, mapLimit, storePaths } from '../store/store.ts';
-import { validateStore } from '../validate/validate.ts';
+import { validateStore } from '../validate/store.ts';
 
 export interface StoreVerification {
   blobs: {

@@ -15,7 +15,7 @@ import {
   type PlanDoc,
   type SystemDoc,
 } from '../store/types.ts';
-import { loadDocument } from '../validate/validate.ts';
+import { loadDocument } from '../validate/load.ts';
 import { compact } from './compact.ts';
 import { resolveDevices, resolveDisks } from './disks-and-devices.ts';
 import { resolveProvision } from './image-files.ts';

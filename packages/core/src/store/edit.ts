@@ -9,7 +9,8 @@ import {
 } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { withStoreLock } from './lock.ts';
-import { type DocKind, type ValidateOptions, validateDocument } from '../validate/validate.ts';
+import { type ValidateOptions, validateDocument } from '../validate/document.ts';
+import type { DocKind } from '../validate/schemas.ts';
 import { editYamlText } from '../yaml/yaml-edit.ts';
 
 /** Keys that identify a document; changing them would move it, which only copy/add/remove do. */

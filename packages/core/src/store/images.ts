@@ -12,7 +12,9 @@ import * as scaffold from './scaffold.ts';
 import { ensureDir, exists, listNames, listNamesSync, STORE_FILE, storePaths } from './store.ts';
 import { listSystems } from './systems.ts';
 import type { ImageDoc } from './types.ts';
-import { computedTemplateProblems, loadDocument, validateDocument } from '../validate/validate.ts';
+import { validateDocument } from '../validate/document.ts';
+import { computedTemplateProblems } from '../validate/image.ts';
+import { loadDocument } from '../validate/load.ts';
 import { editYamlText } from '../yaml/yaml-edit.ts';
 
 export interface InitResult {

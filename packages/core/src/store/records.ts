@@ -8,7 +8,8 @@ import { withStoreLock } from './lock.ts';
 import { assertName } from '../util/names.ts';
 import { ensureDir, exists, listNames, mapLimit, storePaths } from './store.ts';
 import type { ImageRecordDoc } from './types.ts';
-import { checkOverlay, loadDocument } from '../validate/validate.ts';
+import { checkOverlay } from '../validate/cross.ts';
+import { loadDocument } from '../validate/load.ts';
 import { editYamlText, stringifyYaml } from '../yaml/yaml-edit.ts';
 
 export interface RecordInput {

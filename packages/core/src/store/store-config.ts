@@ -3,7 +3,7 @@
  * every reader: defaults, the server's address, the signing key.
  */
 import { isAbsolute, resolve } from 'node:path';
-import { loadDocument } from '../validate/validate.ts';
+import { loadDocument } from '../validate/load.ts';
 import { STORE_FILE, storePaths } from './store.ts';
 import type { ImageStoreDoc } from './types.ts';
 

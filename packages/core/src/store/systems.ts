@@ -9,7 +9,8 @@ import { assertName, isValidName, printable } from '../util/names.ts';
 import { parseYamlValue } from '../yaml/quick-yaml.ts';
 import { exists, listNames, mapLimit, storePaths } from './store.ts';
 import type { Interface, SystemDoc } from './types.ts';
-import { checkOverlay, loadDocument } from '../validate/validate.ts';
+import { checkOverlay } from '../validate/cross.ts';
+import { loadDocument } from '../validate/load.ts';
 import { stringifyYaml } from '../yaml/yaml-edit.ts';
 
 export interface SystemInput {

@@ -1,0 +1,274 @@
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { formatProblem, parseYaml } from '../yaml/document.ts';
+import { quickParse } from '../yaml/quick-yaml.ts';
+import { validateStore } from './store.ts';
+import { edit, GOOD_STORE, IMAGE, makeStore, RECORD, SYSTEM } from './test-documents.ts';
+
+async function storeProblems(
+  tree: Record<string, string>,
+  options?: { images?: string[] },
+): Promise<string[]> {
+  return (await validateStore(await makeStore(tree), options)).problems.map(formatProblem);
+}
+
+describe('validateStore', () => {
+  it('accepts a valid store and counts what it read', async () => {
+    const result = await validateStore(await makeStore(GOOD_STORE));
+    expect(result.problems.map(formatProblem)).toEqual([]);
+    expect(result.counts).toEqual({ images: 1, records: 2, systems: 1 });
+  });
+
+  it('finds custom script sets in the store too, and reports missing ones', async () => {
+    const tree = {
+      ...GOOD_STORE,
+      'images/web/image.yaml': edit(
+        IMAGE,
+        'custom_scripts: [base]',
+        'custom_scripts: [base, shared, nope]',
+      ),
+    };
+    expect(await storeProblems({ ...tree, 'custom_scripts/shared/10-a.sh': '' })).toEqual([
+      "images/web/image.yaml:38:34 provision.custom_scripts[2]: custom script set 'nope' not found in images/web/custom_scripts/ or custom_scripts/",
+    ]);
+  });
+
+  it('reports a named provision script or kickstart that is missing', async () => {
+    const tree = {
+      ...GOOD_STORE,
+      'images/web/image.yaml': `${IMAGE}  script: setup.sh\n  kickstart: web.ks\n`,
+    };
+    expect(await storeProblems({ ...tree, 'images/web/web.ks': 'text\n' })).toEqual([
+      'images/web/image.yaml:39:11 provision.script: setup.sh does not exist in images/web/',
+    ]);
+  });
+
+  it('reports an image directory without image.yaml and its records', async () => {
+    const problems = await storeProblems({
+      ...GOOD_STORE,
+      'images/db/records/default.yaml':
+        'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: db\n',
+    });
+    expect(problems).toEqual([
+      'images/db/image.yaml:1:1 (document): image directory images/db has no image.yaml',
+      'images/db/records/default.yaml:4:8 image: record of a missing image: images/db/image.yaml does not exist',
+    ]);
+  });
+
+  it('refuses overrides of parameters that are not customizable, computed or not declared, naming the layer', async () => {
+    const record = edit(
+      RECORD,
+      '    port: 8080',
+      '    port: 8080\n    edition: enterprise\n    colour: blue',
+    );
+    const system = edit(SYSTEM, '  port: 8081', '  port: "x"\n  edition: pro\n  url: http://x/');
+    expect(
+      await storeProblems({
+        ...GOOD_STORE,
+        'images/web/records/large.yaml': record,
+        'systems/web1.yaml': system,
+      }),
+    ).toEqual([
+      "images/web/records/large.yaml:13:5 provision.parameters.edition: parameter 'edition' is not customizable (set by record 'large')",
+      "images/web/records/large.yaml:14:5 provision.parameters.colour: parameter 'colour' is not declared by image 'web'",
+      "systems/web1.yaml:16:9 parameters.port: must be an integer (parameter type integer; got 'x')",
+      "systems/web1.yaml:17:3 parameters.edition: parameter 'edition' is not customizable (set by system 'web1')",
+      "systems/web1.yaml:18:3 parameters.url: parameter 'url' is computed by the image (set by system 'web1')",
+    ]);
+  });
+
+  it("never echoes a secret parameter's value in a type error", async () => {
+    const image = edit(IMAGE, '  url:\n', '  pin:\n    type: integer\n    secret: true\n  url:\n');
+    const record = edit(RECORD, '    port: 8080', '    port: 8080\n    pin: abc123');
+    const problems = await storeProblems({
+      ...GOOD_STORE,
+      'images/web/image.yaml': image,
+      'images/web/records/large.yaml': record,
+    });
+    expect(problems).toEqual([
+      'images/web/records/large.yaml:13:10 provision.parameters.pin: must be an integer (parameter type integer; got <redacted>)',
+    ]);
+  });
+
+  it('refuses unknown disks and disks shrunk below the image', async () => {
+    const record = edit(
+      RECORD,
+      '    data:\n      size: 10GiB',
+      '    data:\n      size: 512MiB\n    logs:\n      size: 1GiB',
+    );
+    expect(await storeProblems({ ...GOOD_STORE, 'images/web/records/large.yaml': record })).toEqual(
+      [
+        "images/web/records/large.yaml:10:13 provision.disks.data.size: size 512MiB is smaller than the image's disk 'data' (1GiB); disks can grow, not shrink",
+        "images/web/records/large.yaml:11:5 provision.disks.logs: unknown disk 'logs' (image 'web' has disks: system, data)",
+      ],
+    );
+  });
+
+  it('reports systems of missing images or records, and shared MACs or hostnames', async () => {
+    const web2 = edit(edit(SYSTEM, 'name: web1', 'name: web2'), 'record: large', 'record: huge');
+    const db = edit(edit(SYSTEM, 'name: web1', 'name: db'), 'image: web', 'image: db');
+    const problems = await storeProblems({
+      ...GOOD_STORE,
+      'systems/web2.yaml': web2.replace('hostname: web1.example.com', 'hostname: WEB1.example.com'),
+      'systems/db.yaml': edit(db, 'hostname: web1.example.com', 'hostname: db').replace(
+        /\nparameters:[\s\S]*$/,
+        '\n',
+      ),
+    });
+    expect(problems).toEqual([
+      "systems/db.yaml:5:8 image: image 'db' does not exist",
+      "systems/web1.yaml:9:10 interfaces[0].mac: MAC 52:54:00:12:34:56 is also used by system 'db'",
+      "systems/web2.yaml:4:11 hostname: hostname 'WEB1.example.com' is also used by system 'web1'",
+      "systems/web2.yaml:6:9 record: image 'web' has no record 'huge' (records: default, large)",
+      "systems/web2.yaml:9:10 interfaces[0].mac: MAC 52:54:00:12:34:56 is also used by system 'db'",
+    ]);
+  });
+
+  it('validates only the named images and the systems that use them', async () => {
+    const tree = {
+      ...GOOD_STORE,
+      'images/api/image.yaml': 'apiVersion: imgctl/v1\nkind: Image\nname: api\n',
+      'systems/other.yaml':
+        'apiVersion: imgctl/v1\nkind: System\nname: other\nhostname: other\nimage: api\nbogus: 1\n',
+    };
+    const result = await validateStore(await makeStore(tree), { images: ['web'] });
+    expect(result.problems).toEqual([]);
+    expect(result.counts).toEqual({ images: 1, records: 2, systems: 1 });
+    await expect(validateStore(await makeStore(tree), { images: ['nope'] })).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+    });
+    expect((await storeProblems(tree)).length).toBeGreaterThan(0);
+  });
+
+  it('reports a missing store.yaml and validates it', async () => {
+    const dir = await makeStore({});
+    await rm(join(dir, 'store.yaml'));
+    expect((await validateStore(dir)).problems.map(formatProblem)).toEqual([
+      'store.yaml:1:1 (document): missing store.yaml: this is not an image store',
+    ]);
+    expect(
+      await storeProblems({
+        'store.yaml':
+          'apiVersion: imgctl/v1\nkind: ImageStore\nname: lab\nserver:\n  listen: everywhere\n',
+      }),
+    ).toEqual(['store.yaml:5:11 server.listen: must be [host:]port, like 0.0.0.0:8080']);
+  });
+
+  it('validates a store of 1,000 images quickly', async () => {
+    const tree: Record<string, string> = {};
+    for (let i = 0; i < 1000; i++) {
+      tree[`images/img${i}/image.yaml`] = edit(IMAGE, 'name: web', `name: img${i}`);
+      tree[`images/img${i}/custom_scripts/base/10-a.sh`] = '';
+      tree[`images/img${i}/records/default.yaml`] =
+        `apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: img${i}\n`;
+    }
+    const dir = await makeStore(tree);
+    const started = performance.now();
+    const result = await validateStore(dir);
+    expect(result.problems).toEqual([]);
+    expect(result.counts.images).toBe(1000);
+    expect(performance.now() - started).toBeLessThan(5000);
+  }, 60_000);
+});
+
+describe('quickParse', () => {
+  const full = (text: string) => {
+    const y = parseYaml('q.yaml', text);
+    return y.problems.length > 0 ? 'invalid' : y.value;
+  };
+
+  it('reads exactly what the YAML parser reads, or declines', () => {
+    const scalars = [
+      'yes',
+      'no',
+      'on',
+      '0o17',
+      '0x1f',
+      '1e3',
+      '.5',
+      '1.',
+      '-',
+      '1_000',
+      '12:30',
+      '~',
+      'Null',
+      'TRUE',
+      '+1',
+      '-0',
+      '007',
+      '1.0e+3',
+      '.inf',
+      '-.Inf',
+      '.NaN',
+      'a: b',
+      'a #b',
+      'a#b',
+      '@x',
+      '`x',
+      '%x',
+      '!x',
+      '&x',
+      '*x',
+      '|x',
+      '>x',
+      '?x',
+      'x:',
+      '[a]',
+      '{a: 1}',
+      '[a, "b"]',
+      '[]',
+      '{}',
+      '[1, 2.5, true, null, x]',
+      '{a: 1, b: [x]}',
+      '"a\\nb"',
+      "'it''s'",
+      '"quoted # not a comment"',
+      "'single'",
+      'http://x/{{ a }}',
+      '$HOME',
+      '(x)',
+      '9999999999999999999',
+      'a, b',
+      '2024-01-01T00:00:00Z',
+      'x # comment',
+      '"x" # comment',
+      '-x',
+      'ssh-ed25519 AAAA user@host',
+    ];
+    const docs = [
+      IMAGE,
+      RECORD,
+      SYSTEM,
+      ...scalars.map((s) => `k: ${s}\n`),
+      ...scalars.map((s) => `k:\n  - ${s}\n`),
+      'a:\n- 1\n- 2\nb: x\n',
+      'a:\n  b:\n    c: 1\n  d: 2\n',
+      'a: 1\na: 2\n',
+      'a: |\n  one\n\n  # not a comment\n  two\n\nb: 1\n',
+      'a: |-\n  one\n    two\nb: 1\n',
+      'a: >\n  folded\n  text\n',
+      'a: x\n  continued\n',
+      'a:\r\n  b: 1\r\n',
+      'null: 1\ntrue: 2\n1: 3\n',
+      '- 1\n- 2\n',
+      '--- \na: 1\n',
+      'a: [1,\n  2]\n',
+      'a:\n  - b: 1\n    c: 2\n  -   d: 3\n  -\n    e: 4\n',
+      'a: "x\n  y"\n',
+      '\tb: 1\n',
+    ];
+    let quick = 0;
+    const differ: unknown[] = [];
+    for (const text of docs) {
+      const value = quickParse(text);
+      if (value === undefined) continue;
+      quick++;
+      const expected = full(text);
+      if (!isDeepStrictEqual(value, expected)) differ.push({ text, value, expected });
+    }
+    expect(differ).toEqual([]);
+    expect(quick).toBeGreaterThan(docs.length / 2);
+  });
+});
