@@ -1,11 +1,9 @@
-import { showImage } from '@imgctl/core/store/images';
-import { imageForDisplay } from '@imgctl/core/plan/redact';
+import { showImageRedacted } from '@imgctl/core/plan/redact';
 import { stringifyYaml } from '@imgctl/core/yaml/yaml-edit';
 import type { Handler } from '../command.ts';
 
 export const run: Handler = async ([name], _options, ctx) => {
-  const shown = await showImage(await ctx.storeDir(), name!);
-  const details = { ...shown, image: imageForDisplay(shown.image) };
+  const details = await showImageRedacted(await ctx.storeDir(), name!);
   const text = [
     stringifyYaml(details.image).trimEnd(),
     '',

@@ -4,9 +4,34 @@
  * `<redacted>`. design.md §3: a secret is never printed. A machine gets its secrets in the plan
  * alone (redactPlan for everyone without a token).
  */
-import { loadImage } from '../store/images.ts';
+import { type ImageDetails, loadImage, showImage } from '../store/images.ts';
+import { showRecord } from '../store/records.ts';
+import { findSystem } from '../store/systems.ts';
 import { REDACTED } from './plan.ts';
 import type { ImageDoc, ImageRecordDoc, SystemDoc } from '../store/types.ts';
+
+/** showImage, the defaults of the image's secret parameters redacted. */
+export async function showImageRedacted(storeDir: string, name: string): Promise<ImageDetails> {
+  const shown = await showImage(storeDir, name);
+  return { ...shown, image: imageForDisplay(shown.image) };
+}
+
+/** showRecord, the values the record gives secret parameters of its image redacted. */
+export async function showRecordRedacted(
+  storeDir: string,
+  image: string,
+  record: string,
+): Promise<ImageRecordDoc> {
+  return recordForDisplay(storeDir, await showRecord(storeDir, image, record));
+}
+
+/**
+ * findSystem (by name, MAC or hostname), the values the system gives secret parameters of its
+ * image redacted.
+ */
+export async function findSystemRedacted(storeDir: string, key: string): Promise<SystemDoc> {
+  return systemForDisplay(storeDir, await findSystem(storeDir, key));
+}
 
 /** The image's secret parameters; every parameter when the image cannot be read (unknowable). */
 async function secretsOf(storeDir: string, image: string): Promise<Set<string> | 'all'> {
@@ -38,8 +63,7 @@ function redacted(
   );
 }
 
-/** The image descriptor with the defaults of its secret parameters redacted. */
-export function imageForDisplay(image: ImageDoc): ImageDoc {
+function imageForDisplay(image: ImageDoc): ImageDoc {
   const secrets = secretParameters(image);
   if (secrets.size === 0) return image;
   const parameters = { ...image.parameters };
@@ -49,18 +73,13 @@ export function imageForDisplay(image: ImageDoc): ImageDoc {
   return { ...image, parameters };
 }
 
-/** The record with the values it gives secret parameters of its image redacted. */
-export async function recordForDisplay(
-  storeDir: string,
-  record: ImageRecordDoc,
-): Promise<ImageRecordDoc> {
+async function recordForDisplay(storeDir: string, record: ImageRecordDoc): Promise<ImageRecordDoc> {
   if (record.provision?.parameters === undefined) return record;
   const parameters = redacted(record.provision.parameters, await secretsOf(storeDir, record.image));
   return { ...record, provision: { ...record.provision, parameters } };
 }
 
-/** The system with the values it gives secret parameters of its image redacted. */
-export async function systemForDisplay(storeDir: string, system: SystemDoc): Promise<SystemDoc> {
+async function systemForDisplay(storeDir: string, system: SystemDoc): Promise<SystemDoc> {
   if (system.parameters === undefined) return system;
   return {
     ...system,

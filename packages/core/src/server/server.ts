@@ -1,7 +1,7 @@
 /**
  * The provisioning server (`imgctl serve`, docs/server.md): HTTP/1.1 or HTTPS over node:http,
  * read-only unless a write token is configured. This file owns the request lifecycle — limits,
- * path decoding, tokens, bodies, errors as JSON, one log line per request; server-routes.ts
+ * path decoding, tokens, bodies, errors as JSON, one log line per request; routes.ts's table
  * answers.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -18,7 +18,8 @@ import { performance } from 'node:perf_hooks';
 import { type ErrorCode, ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
 import { HttpError } from './files.ts';
-import { createRoutes, type Reply } from './routes.ts';
+import type { Reply } from './route-table.ts';
+import { createRoutes } from './routes.ts';
 
 export interface ServerOptions {
   storeDir: string;

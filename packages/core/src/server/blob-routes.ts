@@ -1,0 +1,29 @@
+/** GET /v1/blobs/sha256/{hex}: disk contents, streamed with Range support (docs/server.md, Blobs). */
+import { printable } from '../util/names.ts';
+import { SHA256_HEX } from '../store/store.ts';
+import { HttpError, sendBlob } from './files.ts';
+import type { RouteContext } from './route-context.ts';
+import { queryOf } from './route-helpers.ts';
+import { notFoundBelow, type Route } from './route-table.ts';
+
+export function blobRoutes({ storeDir }: RouteContext): Route[] {
+  return [
+    {
+      method: 'GET',
+      path: '/v1/blobs/sha256/:hex',
+      async handle(request, match) {
+        queryOf(request.query, []);
+        const hex = match.param('hex');
+        if (!SHA256_HEX.test(hex))
+          throw new HttpError(
+            400,
+            'USAGE',
+            `invalid sha256 '${printable(hex)}': 64 lowercase hex digits`,
+          );
+        const bytes = await sendBlob(request.req, request.res, storeDir, hex);
+        return { streamed: true, bytes };
+      },
+    },
+    notFoundBelow('/v1/blobs/sha256/:hex'),
+  ];
+}

@@ -1,0 +1,185 @@
+/**
+ * What the routes share about the store: its watch, and what is kept while the directories it
+ * was read from are unchanged — store.yaml, the signing key, system look-ups (resolved plans are
+ * kept by the plan route, with `kept`).
+ */
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { readFileSync, realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { ImgctlError } from '../util/errors.ts';
+import { isValidName, printable } from '../util/names.ts';
+import { keyIdOf, parsePrivateKey } from '../plan/signing.ts';
+import { loadStoreConfig, signingKeyPath } from '../store/store-config.ts';
+import { findSystem, showSystem } from '../store/systems.ts';
+import type { ImageStoreDoc } from '../store/types.ts';
+import { HttpError, lstatInStore, type StoreWatch, watchStore } from './files.ts';
+import { listDir } from './route-helpers.ts';
+
+/** entries kept in each cache: plans by query, system look-ups by key */
+const CACHE_SIZE = 512;
+/** a name, a MAC address or a hostname */
+export const SYSTEM_KEY =
+  /^([0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}))$/;
+
+export interface Signer {
+  key: KeyObject;
+  keyId: string;
+  publicKeyPem: string;
+}
+
+export interface SystemRef {
+  name: string;
+  image: string;
+}
+
+/** A value kept while the directories it was read from are unchanged (StoreWatch.stamp). */
+export interface Kept<T> {
+  stamp: number;
+  value: T;
+}
+
+export interface RouteContext {
+  storeDir: string;
+  now: () => Date;
+  watch: StoreWatch;
+  dirs: { images: string; systems: string };
+  /** store.yaml (refused when a symlink); undefined when it cannot be read or is not valid */
+  storeConfig(): Promise<ImageStoreDoc | undefined>;
+  /** The store's signing key (store.yaml's signing_key); call after `await watch.settled()`. */
+  signer(): Promise<Signer | undefined>;
+  /**
+   * A system by name, MAC or hostname; its file must not be a symlink (nor, for a MAC or
+   * hostname, any system file). Call after `await watch.settled()`.
+   */
+  lookupSystem(key: string): Promise<SystemRef>;
+  /** stops watching the store */
+  close(): void;
+}
+
+/**
+ * What `cache` holds under `key` if it is still current (`stamp` is that of the directories
+ * it depends on now, taken after `await watch.settled()`); else `make()`'s, kept (unless the
+ * store is not watched) until it fails.
+ */
+export function kept<T>(
+  cache: Map<string, Kept<Promise<T>>>,
+  key: string,
+  stamp: number | undefined,
+  make: () => Promise<T>,
+): Promise<T> {
+  const hit = cache.get(key);
+  if (hit && hit.stamp === stamp) return hit.value;
+  const value = make();
+  if (stamp === undefined) return value;
+  cache.delete(key);
+  cache.set(key, { stamp, value });
+  if (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value!);
+  value.catch(() => {
+    if (cache.get(key)?.value === value) cache.delete(key);
+  });
+  return value;
+}
+
+export function createRouteContext(
+  storeDir: string,
+  now: () => Date,
+  log: (line: string) => void,
+): RouteContext {
+  // Kept while the directories they were read from are unchanged (see watchStore): a hit
+  // costs a few map look-ups.
+  const watch = watchStore(storeDir, log);
+  const configCache = new Map<string, Kept<Promise<ImageStoreDoc | undefined>>>();
+  const lookupCache = new Map<string, Kept<Promise<SystemRef>>>();
+  /** the signer, for as long as store.yaml is the same object and its key's directories unchanged */
+  let signerCache:
+    | {
+        config: ImageStoreDoc | undefined;
+        stamp: number;
+        signer: Signer | undefined;
+        keyDirs: string[];
+      }
+    | undefined;
+  const dirs = {
+    images: join(storeDir, 'images'),
+    systems: join(storeDir, 'systems'),
+  };
+
+  function storeConfig(): Promise<ImageStoreDoc | undefined> {
+    lstatInStore(storeDir, ['store.yaml']);
+    return kept(configCache, 'store.yaml', watch.stamp([storeDir]), () =>
+      loadStoreConfig(storeDir).catch(() => undefined),
+    );
+  }
+
+  async function signer(): Promise<Signer | undefined> {
+    const config = await storeConfig();
+    const stamp = watch.stamp(signerCache?.keyDirs ?? []);
+    if (signerCache && signerCache.config === config && signerCache.stamp === stamp)
+      return signerCache.signer;
+    const keyPath = config && signingKeyPath(storeDir, config);
+    let value: Signer | undefined;
+    const keyDirs: string[] = [];
+    if (keyPath) {
+      // Watched before it is read, so a new key (keygen --force) is used at once; where a link
+      // leads too, as the key may be outside the store.
+      keyDirs.push(dirname(keyPath));
+      try {
+        keyDirs.push(dirname(realpathSync(keyPath)));
+      } catch {
+        // unreadable: said below
+      }
+      for (const dir of keyDirs) watch.add(dir);
+      let pem: Buffer;
+      try {
+        pem = readFileSync(keyPath);
+      } catch (error) {
+        throw new ImgctlError('NOT_FOUND', `signing_key ${keyPath} cannot be read`, {
+          cause: error,
+          hint: "create it with 'imgctl keygen', or fix signing_key in store.yaml",
+        });
+      }
+      const key = parsePrivateKey(pem, `signing_key ${keyPath}`);
+      value = { key, keyId: keyIdOf(key), publicKeyPem: keyPublicPem(key) };
+    }
+    // Stamped over the key's directories as they are watched now.
+    const keyStamp = watch.stamp(keyDirs);
+    signerCache =
+      stamp === undefined || keyStamp === undefined
+        ? undefined
+        : { config, stamp: keyStamp, signer: value, keyDirs };
+    return value;
+  }
+
+  function lookupSystem(key: string): Promise<SystemRef> {
+    if (!SYSTEM_KEY.test(key) || key.includes('..'))
+      throw new HttpError(
+        400,
+        'USAGE',
+        `invalid system '${printable(key)}': give a name, a MAC address or a hostname`,
+      );
+    return kept(lookupCache, key, watch.stamp([storeDir, dirs.systems]), async () => {
+      const byName =
+        isValidName(key) && lstatInStore(storeDir, ['systems', `${key}.yaml`]) !== undefined;
+      if (!byName) {
+        for (const name of listDir(dirs.systems)) lstatInStore(storeDir, ['systems', name]);
+      }
+      const doc = byName ? await showSystem(storeDir, key) : await findSystem(storeDir, key);
+      return { name: doc.name, image: doc.image };
+    });
+  }
+
+  return {
+    storeDir,
+    now,
+    watch,
+    dirs,
+    storeConfig,
+    signer,
+    lookupSystem,
+    close: () => watch.close(),
+  };
+}
+
+function keyPublicPem(key: KeyObject): string {
+  return createPublicKey(key).export({ type: 'spki', format: 'pem' }).toString();
+}

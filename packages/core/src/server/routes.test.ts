@@ -1,0 +1,190 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { HttpError } from './files.ts';
+import { createRouter, type Reply, type Route, type RouteRequest } from './route-table.ts';
+import { createRoutes, type Routes } from './routes.ts';
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0)) cleanup();
+});
+
+function request(method: string, target: string): RouteRequest {
+  const url = new URL(target, 'http://x');
+  return {
+    method,
+    segments: url.pathname.split('/').filter((s) => s !== ''),
+    query: url.searchParams,
+    authed: false,
+    // Only the blob route streams through these; no test here reaches it.
+    req: undefined as unknown as IncomingMessage,
+    res: undefined as unknown as ServerResponse,
+  };
+}
+
+async function refusal(reply: Promise<Reply>): Promise<HttpError> {
+  const error = await reply.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(HttpError);
+  return error as HttpError;
+}
+
+describe('createRouter', () => {
+  const echo =
+    (name: string): Route['handle'] =>
+    async (_request, match) => ({
+      status: 200,
+      type: 'text/plain',
+      body: `${name} ${match.rest.join('/')}`,
+    });
+  const router = createRouter([
+    { method: 'GET', path: '/', handle: echo('root') },
+    { method: 'GET', path: '/v1/things/:thing/parts/*path', handle: echo('parts') },
+    {
+      method: 'GET',
+      path: '/v1/things/:thing',
+      handle: async (_request, match) => ({
+        status: 200,
+        type: 'text/plain',
+        body: `thing ${match.param('thing')}`,
+      }),
+    },
+    { method: 'POST', path: '/v1/things/:thing', handle: echo('post') },
+    { method: 'GET', path: '/v1/things/:thing/*rest', handle: echo('below') },
+  ]);
+  const body = async (method: string, target: string) => {
+    const reply = await router.handle(request(method, target));
+    return 'body' in reply ? String(reply.body) : '';
+  };
+
+  it('answers with the first route whose method and pattern fit, HEAD as GET', async () => {
+    expect(await body('GET', '/')).toBe('root ');
+    expect(await body('HEAD', '/v1/things/a')).toBe('thing a');
+    expect(await body('POST', '/v1/things/a')).toBe('post ');
+    expect(await body('GET', '/v1/things/a/parts/b/c')).toBe('parts b/c');
+    expect(await body('GET', '/v1/things/a/parts')).toBe('below parts');
+  });
+
+  it('gives 404 naming the path when no route fits', async () => {
+    const error = await refusal(router.handle(request('GET', '/v1/nothing/here')));
+    expect(error.status).toBe(404);
+    expect(error.message).toBe('no such route /v1/nothing/here');
+    expect((await refusal(router.handle(request('DELETE', '/v1/things/a')))).status).toBe(404);
+  });
+
+  it('derives the methods a path takes from every route matching it', () => {
+    expect(router.methodsFor([])).toEqual(['GET', 'HEAD']);
+    expect(router.methodsFor(['v1', 'things', 'a'])).toEqual(['GET', 'HEAD', 'POST']);
+    expect(router.methodsFor(['v1', 'things', 'a', 'parts', 'b'])).toEqual(['GET', 'HEAD']);
+    expect(router.methodsFor(['v1', 'things'])).toEqual([]);
+  });
+});
+
+const IMAGE = `apiVersion: imgctl/v1
+kind: Image
+name: web
+label: Web
+revision: 1
+boot:
+  - type: hvm
+    arch: x86_64
+    loader: hd
+    drives:
+      - disk: root
+        target: vda
+devices:
+  vcpus: 1
+  memory: 512MiB
+disks:
+  - id: root
+    use: system
+    format: qcow2
+    size: 1GiB
+parameters:
+  motd:
+    default: hello
+  admin_password:
+    default: changeme
+    secret: true
+`;
+
+function storeRoutes(): Routes {
+  const dir = mkdtempSync(join(tmpdir(), 'imgctl-routes-'));
+  const tree: Record<string, string> = {
+    'store.yaml': 'apiVersion: imgctl/v1\nkind: ImageStore\nname: lab\n',
+    'images/web/image.yaml': IMAGE,
+    'images/web/provision.sh': '#!/bin/sh\n',
+    'images/web/records/default.yaml':
+      'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: web\n',
+  };
+  for (const [path, text] of Object.entries(tree)) {
+    mkdirSync(dirname(join(dir, path)), { recursive: true });
+    writeFileSync(join(dir, path), text);
+  }
+  const routes = createRoutes(dir, () => new Date('2026-01-05T10:00:00Z'));
+  cleanups.push(() => {
+    routes.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return routes;
+}
+
+async function jsonOf(reply: Promise<Reply>): Promise<unknown> {
+  const r = await reply;
+  if (!('body' in r)) throw new Error('streamed');
+  expect(r.type).toBe('application/json');
+  return JSON.parse(String(r.body));
+}
+
+describe('the route table of imgctl serve', () => {
+  it('serves the server, an image with its secret redacted, and a provisioning script', async () => {
+    const routes = storeRoutes();
+    expect(await jsonOf(routes.handle(request('GET', '/v1')))).toEqual({
+      apiVersion: 'imgctl/v1',
+      kind: 'Server',
+      store: 'lab',
+      signing: null,
+    });
+    const shown = (await jsonOf(routes.handle(request('GET', '/v1/images/web')))) as {
+      image: { parameters: Record<string, { default: unknown }> };
+      records: string[];
+    };
+    expect(shown.image.parameters.admin_password!.default).toBe('<redacted>');
+    expect(shown.image.parameters.motd!.default).toBe('hello');
+    expect(shown.records).toEqual(['default']);
+    const script = await routes.handle(request('GET', '/v1/images/web/files/provision.sh'));
+    expect(script).toMatchObject({ status: 200, body: Buffer.from('#!/bin/sh\n') });
+  });
+
+  it('takes GET and HEAD under each resource, POST at /v1/events only', () => {
+    const routes = storeRoutes();
+    const methods = (path: string) => routes.methodsFor(path.split('/').filter(Boolean));
+    expect(methods('/')).toEqual(['GET', 'HEAD']);
+    expect(methods('/v1/images')).toEqual(['GET', 'HEAD']);
+    expect(methods('/v1/images/web/records/default/x')).toEqual(['GET', 'HEAD']);
+    expect(methods('/v1/plan/x')).toEqual(['GET', 'HEAD']);
+    expect(methods('/v1/blobs/sha256/ab')).toEqual(['GET', 'HEAD']);
+    expect(methods('/v1/events')).toEqual(['POST']);
+    expect(methods('/v1/events/x')).toEqual([]);
+    expect(methods('/v1/blobs')).toEqual([]);
+    expect(methods('/v2')).toEqual([]);
+  });
+
+  it('checks what a deeper path extends before saying it does not exist', async () => {
+    const routes = storeRoutes();
+    const bad = await refusal(routes.handle(request('GET', '/v1/images/Bad!/anything')));
+    expect([bad.status, bad.message]).toEqual([400, "invalid image name 'Bad!'"]);
+    const query = await refusal(routes.handle(request('GET', '/v1/images/web/records/a/b?x=1')));
+    expect([query.status, query.message]).toEqual([400, "unknown query parameter 'x'"]);
+    const below = await refusal(routes.handle(request('GET', '/v1/images/web/records/a/b')));
+    expect([below.status, below.message]).toEqual([
+      404,
+      'no such route /v1/images/web/records/a/b',
+    ]);
+  });
+});
