@@ -44,7 +44,9 @@ function applyEdit(text: string, edit: YamlEdit): string {
     const replacement = renderScalar(edit.value, node);
     if (replacement !== undefined) {
       const [start, end] = node.range;
-      return text.slice(0, start) + replacement + text.slice(end);
+      // A block scalar's range takes in the line break that ends it; the next key needs it back.
+      const lineBreak = /\r?\n$/.exec(text.slice(start, end))?.[0] ?? '';
+      return text.slice(0, start) + replacement + lineBreak + text.slice(end);
     }
   }
   const inserted = edit.value === undefined ? undefined : insertNewKey(text, doc, edit);
