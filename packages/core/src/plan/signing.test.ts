@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -10,7 +10,9 @@ import {
   parsePublicKey,
   parseSignatureHeader,
   signPlan,
+  signPlanFile,
   verifyPlan,
+  verifySignedPlanFile,
   writeSigningKey,
 } from './signing.ts';
 import type { PlanDoc } from '../store/types.ts';
@@ -92,5 +94,55 @@ describe('writeSigningKey', () => {
     await expect(writeSigningKey(file)).rejects.toMatchObject({ code: 'CONFLICT' });
     const again = await writeSigningKey(file, { force: true });
     expect(again.keyId).not.toBe(written.keyId);
+  });
+});
+
+describe('signPlanFile and verifySignedPlanFile', () => {
+  let cwd: string | undefined;
+  afterEach(async () => {
+    if (cwd) await rm(cwd, { recursive: true, force: true });
+  });
+  const noStore = () => Promise.reject(new Error('the store is not needed with a key file'));
+  /** The options naming `file` (and `keyFile`) in the test's directory, with no store. */
+  const named = (file: string, keyFile?: string) => ({
+    file,
+    keyFile,
+    cwd: cwd!,
+    storeDir: noStore,
+  });
+
+  it('signs a saved plan with a key file and verifies it with the public key', async () => {
+    cwd = await mkdtemp(join(tmpdir(), 'imgctl-sign-'));
+    await writeSigningKey(join(cwd, 'k.key'));
+    await writeFile(join(cwd, 'plan.json'), JSON.stringify(plan));
+    const signed = await signPlanFile(named('plan.json', 'k.key'));
+    expect(signed).toMatchObject({ apiVersion: 'imgctl/v1', kind: 'SignedPlan', plan });
+    await writeFile(join(cwd, 'signed.json'), JSON.stringify(signed));
+    const verified = await verifySignedPlanFile(named('signed.json', 'k.key.pub'));
+    expect(verified.key).toMatchObject({ keyId: signed.signature.key_id, source: 'k.key.pub' });
+    expect(verified.blobs).toEqual([`root=sha256:${'a'.repeat(64)}`]);
+
+    // A signed plan given to sign is re-signed: its plan, not the envelope.
+    const again = await signPlanFile(named('signed.json', 'k.key'));
+    expect(again.plan).toEqual(plan);
+
+    const tampered = { ...signed, plan: { ...plan, parameters: { a: 'y', b: 1 } } };
+    await writeFile(join(cwd, 'tampered.json'), JSON.stringify(tampered));
+    await expect(verifySignedPlanFile(named('tampered.json', 'k.key.pub'))).rejects.toMatchObject({
+      code: 'INTEGRITY',
+    });
+  });
+
+  it('says which file is not a plan or cannot be read, before asking for the store', async () => {
+    cwd = await mkdtemp(join(tmpdir(), 'imgctl-sign-'));
+    await writeFile(join(cwd, 'image.json'), '{"kind":"Image"}');
+    await expect(signPlanFile(named('image.json'))).rejects.toMatchObject({
+      code: 'VALIDATION',
+      message: 'image.json is not a plan (kind: Plan)',
+    });
+    await expect(verifySignedPlanFile(named('nope.json'))).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+      message: 'nope.json cannot be read',
+    });
   });
 });

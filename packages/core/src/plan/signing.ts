@@ -379,3 +379,83 @@ export function verifyPlanWithAny(
   verifyPlan(plan, signature, match.key);
   return match;
 }
+
+/** The files of `imgctl sign`, named as the user gave them (so in messages), read from `cwd`. */
+export interface SignFileOptions {
+  /** the plan, or signed plan, as given */
+  file: string;
+  /** a key file as given: the private key to sign with, or the public key to verify with */
+  keyFile?: string;
+  cwd: string;
+  /**
+   * The store whose signing_key (or trusted keys) serve when there is no keyFile; asked for
+   * only then, and after the plan is read (a plan that cannot be read says so first).
+   */
+  storeDir: () => Promise<string>;
+}
+
+/**
+ * The signed plan `imgctl sign` writes: the plan of `file` (as `imgctl plan --json` prints it,
+ * or the plan inside a signed plan, re-signed) signed with `keyFile` or the store's signing_key.
+ */
+export async function signPlanFile(options: SignFileOptions): Promise<SignedPlan> {
+  const plan = planOf(await readInput(options.cwd, options.file), options.file);
+  const key = options.keyFile
+    ? parsePrivateKey(await readInput(options.cwd, options.keyFile), options.keyFile)
+    : (await readStoreSigningKey(await options.storeDir())).key;
+  return { apiVersion: 'imgctl/v1', kind: 'SignedPlan', plan, signature: signPlan(plan, key) };
+}
+
+/** A signed plan whose signature checked out, and by which key. */
+export interface VerifiedPlan {
+  plan: PlanDoc;
+  key: TrustedKey;
+  /** `ID=sha256:HEX` of each disk with contents: what the signature vouches for */
+  blobs: string[];
+}
+
+/**
+ * Checks the signed plan of `file` against `keyFile` (a public key) or the keys the store
+ * trusts; INTEGRITY when it does not verify.
+ */
+export async function verifySignedPlanFile(options: SignFileOptions): Promise<VerifiedPlan> {
+  const signed = parseSignedPlan(await readInput(options.cwd, options.file), options.file);
+  let keys: TrustedKey[];
+  if (options.keyFile) {
+    const pem = await readInput(options.cwd, options.keyFile);
+    const key = parsePublicKey(pem, options.keyFile);
+    keys = [{ key, keyId: keyIdOf(key), source: options.keyFile }];
+  } else keys = await readStoreTrustedKeys(await options.storeDir());
+  const key = verifyPlanWithAny(signed.plan, signed.signature, keys);
+  const blobs = (signed.plan.disks ?? [])
+    .filter((d) => d.sha256)
+    .map((d) => `${d.id}=sha256:${d.sha256}`);
+  return { plan: signed.plan, key, blobs };
+}
+
+/** A plan (as `imgctl plan --json` prints it), or the plan inside a signed plan (re-signed). */
+function planOf(text: string, source: string): PlanDoc {
+  let doc: { kind?: unknown; plan?: unknown } | null;
+  try {
+    doc = JSON.parse(text) as typeof doc;
+  } catch (error) {
+    throw new ImgctlError('VALIDATION', `${source} is not JSON`, {
+      cause: error,
+      hint: "save a plan with 'imgctl plan IMAGE --json > plan.json'",
+    });
+  }
+  if (doc?.kind === 'SignedPlan') return parseSignedPlan(text, source).plan;
+  if (doc?.kind !== 'Plan')
+    throw new ImgctlError('VALIDATION', `${source} is not a plan (kind: Plan)`, {
+      hint: "save a plan with 'imgctl plan IMAGE --json > plan.json'",
+    });
+  return doc as unknown as PlanDoc;
+}
+
+async function readInput(cwd: string, file: string): Promise<string> {
+  try {
+    return await readFile(resolve(cwd, file), 'utf8');
+  } catch (error) {
+    throw new ImgctlError('NOT_FOUND', `${file} cannot be read`, { cause: error });
+  }
+}
