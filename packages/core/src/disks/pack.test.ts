@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseManifest } from './import.ts';
+import { parseManifest } from './import-extract.ts';
 import { compressionFor, isSafeRelPath, tarHeader } from './pack.ts';
 
 const HEX = 'a'.repeat(64);
