@@ -4,7 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hashFile } from '@imgctl/core/disks/blobs';
 import { ImgctlError, isImgctlError } from '@imgctl/core/util/errors';
-import { isValidName, printable, terminalSafe } from '@imgctl/core/util/names';
+import { isValidName, kebab, printable, terminalSafe } from '@imgctl/core/util/names';
 import { renderTable } from '@imgctl/core/util/output';
 import {
   type ProvisionEvent,
@@ -321,8 +321,4 @@ function summaryTable(summary: ProvisionSummary): string {
     ? `all ${summary.targets.length} target(s) provisioned`
     : `${failed} of ${summary.targets.length} target(s) not provisioned${summary.cancelled ? ' (interrupted)' : ''}`;
   return `${table}\n${tail}`;
-}
-
-function kebab(name: string): string {
-  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }
