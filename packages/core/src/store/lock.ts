@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImgctlError } from '../util/errors.ts';
@@ -14,10 +14,9 @@ export interface LockOptions {
 }
 
 /**
- * Runs `fn` holding the store-wide writer lock (`.state/lock`, created exclusively and holding
- * the owner's pid). A lock whose owner is gone is taken over, so a killed writer never wedges
- * the store, and what such a writer committed is completed (finishStoreWrites) before `fn`
- * reads anything.
+ * Runs `fn` holding the store-wide writer lock (`.state/lock`, holding the owner's pid). A lock
+ * whose owner is gone is taken over, so a killed writer never wedges the store, and what such a
+ * writer committed is completed (finishStoreWrites) before `fn` reads anything.
  */
 export async function withStoreLock<T>(
   storeDir: string,
@@ -32,31 +31,43 @@ export async function withStoreLock<T>(
   const lockPath = join(stateDir, 'lock');
   const deadline = Date.now() + (options.timeoutMs ?? 60_000);
   for (let attempt = 0; ; attempt++) {
-    try {
-      const handle = await open(lockPath, 'wx');
-      await handle.writeFile(`${process.pid}\n`);
-      await handle.close();
-      break;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      const stalePid = await stalePidOf(lockPath);
-      if (stalePid !== undefined && (await stalePidOf(lockPath)) === stalePid) {
-        await rm(lockPath, { force: true });
-        continue;
-      }
-      if (Date.now() > deadline) {
-        throw new ImgctlError('CONFLICT', `the store is locked by another writer (${lockPath})`, {
-          hint: 'wait for the other imgctl command to finish; remove the file only if no imgctl is running',
-        });
-      }
-      await sleep(Math.min(10 + attempt * 5, 100) + Math.random() * 10);
+    if (await createLock(lockPath)) break;
+    const stalePid = await stalePidOf(lockPath);
+    if (stalePid !== undefined && (await stalePidOf(lockPath)) === stalePid) {
+      await rm(lockPath, { force: true });
+      continue;
     }
+    if (Date.now() > deadline) {
+      throw new ImgctlError('CONFLICT', `the store is locked by another writer (${lockPath})`, {
+        hint: 'wait for the other imgctl command to finish; remove the file only if no imgctl is running',
+      });
+    }
+    await sleep(Math.min(10 + attempt * 5, 100) + Math.random() * 10);
   }
   try {
     await finishStoreWrites(storeDir);
     return await held.run(new Set([...(outer ?? []), key]), fn);
   } finally {
     await rm(lockPath, { force: true });
+  }
+}
+
+/**
+ * Creates the lock with the pid already in it: the pid goes to a file of this process's own,
+ * which is then linked as the lock (EEXIST when another writer holds it). A writer killed at any
+ * point leaves either no lock or one naming it, never an empty lock nobody could tell was stale.
+ */
+async function createLock(lockPath: string): Promise<boolean> {
+  const own = `${lockPath}.${process.pid}`;
+  await writeFile(own, `${process.pid}\n`);
+  try {
+    await link(own, lockPath);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  } finally {
+    await rm(own, { force: true });
   }
 }
 
@@ -69,7 +80,6 @@ async function stalePidOf(lockPath: string): Promise<number | undefined> {
     return undefined;
   }
   const pid = Number.parseInt(text, 10);
-  // An empty file is a writer between open and write; give it time rather than stealing.
   if (!Number.isInteger(pid) || pid <= 0) return undefined;
   try {
     process.kill(pid, 0);
