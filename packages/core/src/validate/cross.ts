@@ -17,8 +17,11 @@ import {
 } from './read-store.ts';
 import { entries, isObject, list, type Obj, path, sizeOrUndefined } from './values.ts';
 
-export /** Parameters a record or system sets: declared by the image, customizable, not computed, of the right type. */
-function checkLayerParameters(
+/**
+ * Parameters a record or system sets: declared by the image, customizable, not computed, of the
+ * right type.
+ */
+export function checkLayerParameters(
   y: YamlFile,
   at: string[],
   doc: Obj,

@@ -112,7 +112,7 @@ function semanticProblems(
   return out;
 }
 
-/** `problems` without repeats (two checks may find the same one), in file, line and column order. */
+/** `problems` without repeats (two checks may find the same one), in file, line, column order. */
 export function sortUniqueProblems(problems: Problem[]): Problem[] {
   const seen = new Set<string>();
   return problems

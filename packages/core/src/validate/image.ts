@@ -1,11 +1,17 @@
-/** The rules of an image that its schema cannot express, and the checks records and plans share with it. */
+/**
+ * The rules of an image that its schema cannot express, and the checks records and plans share
+ * with it.
+ */
 import { type PathSegment, type Problem, problemAt, type YamlFile } from '../yaml/document.ts';
 import { parseSize, SIZE_PATTERN } from '../util/sizes.ts';
 import { checkTemplate } from '../template/template.ts';
 import { DEF_MESSAGES } from './schemas.ts';
 import { entries, isObject, list, type Obj, path, show } from './values.ts';
 
-/** Duplicate disk ids, a disk's content without its checksum, boot drives, sizes, parameter defaults. */
+/**
+ * Duplicate disk ids, a disk's content without its checksum, boot drives, sizes and parameter
+ * defaults.
+ */
 export function checkImage(y: YamlFile, doc: Obj, out: Problem[]): void {
   const ids = new Map<string, number>();
   for (const [i, disk] of list(doc.disks).entries()) {
@@ -134,7 +140,10 @@ export function checkBoot(y: YamlFile, doc: Obj, diskIds: Set<unknown>, out: Pro
 const SIZE_RE = new RegExp(SIZE_PATTERN);
 const MIN_MEMORY = 1024 * 1024;
 
-/** Sizes the schema accepts but that are too large to be exact in bytes. */
+/**
+ * Sizes the schema accepts but that cannot be meant: too large to be exact in bytes, a `memory`
+ * under 1MiB, a `disk` of 0 bytes.
+ */
 export function checkSizes(
   y: YamlFile,
   doc: Obj,

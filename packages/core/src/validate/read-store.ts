@@ -25,9 +25,10 @@ export interface SystemEntry {
   doc?: Obj;
 }
 
+/** How many files one validation reads at once. */
 export const CONCURRENCY = 64;
 
-/** An image directory: its image.yaml and its records, in file-name order; parts it lacks are absent. */
+/** An image directory: its image.yaml and records (in file-name order); what it lacks is absent. */
 export async function readImage(
   storeDir: string,
   name: string,

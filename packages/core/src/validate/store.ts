@@ -1,4 +1,7 @@
-/** The whole store checked at once: every document, the files images name, and the references between them. */
+/**
+ * The whole store checked at once: every document, the files images name, and the references
+ * between documents.
+ */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseYaml, type Problem, problemAt } from '../yaml/document.ts';

@@ -2,7 +2,7 @@
 import { type Problem, problemAt, type YamlFile } from '../yaml/document.ts';
 import { isObject, list, type Obj } from './values.ts';
 
-/** Each interface has its own name and MAC, and either DHCP or a static address with its gateway. */
+/** Each interface has its own name and MAC, and either DHCP or a static address and gateway. */
 export function checkInterfaces(y: YamlFile, doc: Obj, out: Problem[]): void {
   const names = new Map<string, number>();
   const macs = new Map<string, number>();

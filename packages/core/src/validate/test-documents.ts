@@ -95,7 +95,7 @@ function edit(text: string, from: string, to: string): string {
   return text.replace(from, to);
 }
 
-/** A temporary store holding `tree` (and a store.yaml unless `tree` has one), removed after the test. */
+/** A temporary store of `tree` (plus a store.yaml unless `tree` has one), removed after a test. */
 export async function makeStore(tree: Record<string, string>): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'imgctl-validate-'));
   onTestFinished(() => rm(dir, { recursive: true, force: true }));
