@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import type { Client } from '@imgctl/core/client/client';
 import type { Flags } from '../flags.ts';
 import type { AgentIo } from '../io.ts';
-import { processRunner } from '../process-runner.ts';
+import { processRunner } from '@imgctl/core/util/process';
 
 /** What an action gets: the parsed flags, a client of the server, and its surroundings. */
 export interface ActionContext {

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { ProcessRunner } from './steps.ts';
+import type { ProcessRunner } from '../util/process.ts';
 import { addConfigPartition, CONFIG_PARTITION_BYTES } from './config-partition.ts';
 
 const MiB = 1024 * 1024;

@@ -9,7 +9,8 @@
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type ProcessRunner, run } from './steps.ts';
+import type { ProcessRunner } from '../util/process.ts';
+import { run } from './steps.ts';
 import { ImgctlError } from '../util/errors.ts';
 import type { SeedFiles } from './seed.ts';
 import { formatSize } from '../util/sizes.ts';

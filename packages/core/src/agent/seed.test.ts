@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { renderSeed, writeSeedIso, type ProcessRunner } from './seed.ts';
+import type { ProcessRunner } from '../util/process.ts';
+import { renderSeed, writeSeedIso } from './seed.ts';
 import type { PlanDoc } from '../store/types.ts';
 
 const plan = {

@@ -2,6 +2,7 @@ import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { stringifyYaml } from '../yaml/yaml-edit.ts';
 import type { Interface, PlanDoc } from '../store/types.ts';
+import type { ProcessRunner } from '../util/process.ts';
 
 /** The three files of a cloud-init NoCloud seed. */
 export interface SeedFiles {
@@ -74,10 +75,6 @@ export function networkConfig(interfaces: Interface[]): Record<string, unknown> 
     ethernets[iface.name] = entry;
   }
   return { version: 2, ethernets };
-}
-
-export interface ProcessRunner {
-  run(file: string, args: string[], options?: { input?: string }): Promise<{ stdout: string }>;
 }
 
 /**

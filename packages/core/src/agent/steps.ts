@@ -9,25 +9,9 @@ import { ensureDir } from '../store/store.ts';
 import type { Client, DownloadProgress } from '../client/client.ts';
 import { type ErrorCode, ImgctlError, isImgctlError } from '../util/errors.ts';
 import type { Phase } from '../server/events.ts';
+import type { ProcessRunner, RunOptions } from '../util/process.ts';
 import { humanSize } from '../util/sizes.ts';
 import type { PlanDisk, PlanDoc } from '../store/types.ts';
-
-export interface RunOptions {
-  input?: string;
-  env?: Record<string, string>;
-  cwd?: string;
-  /** aborted: the program is terminated (for long ones: a conversion, a script) */
-  signal?: AbortSignal;
-}
-
-/** Runs a program with an argument array; rejects (with `stderr` on the error) when it fails. */
-export interface ProcessRunner {
-  run(
-    file: string,
-    args: string[],
-    options?: RunOptions,
-  ): Promise<{ stdout: string; stderr?: string }>;
-}
 
 /** What every agent flow needs from the outside world. */
 export interface StepDeps {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { ProcessRunner } from './steps.ts';
+import type { ProcessRunner } from '../util/process.ts';
 import { ImgctlError } from '../util/errors.ts';
 import {
   checkSeparate,

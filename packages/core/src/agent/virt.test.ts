@@ -5,7 +5,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ImgctlError } from '../util/errors.ts';
 import type { HostProbe } from './host-check.ts';
 import type { PlanDoc } from '../store/types.ts';
-import { type ProcessRunner, renderConfig } from './steps.ts';
+import type { ProcessRunner } from '../util/process.ts';
+import { renderConfig } from './steps.ts';
 import { provisionVirt, type VirtDeps, type VirtOptions } from './virt.ts';
 
 const ROOT = '1'.repeat(64);

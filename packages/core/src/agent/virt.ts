@@ -15,7 +15,6 @@ import {
   assertPullable,
   eventSender,
   interrupted,
-  type ProcessRunner,
   passwordHashes,
   type StepDeps,
   progressLogger,
@@ -24,6 +23,7 @@ import {
   runProvisioning,
   short,
 } from './steps.ts';
+import type { ProcessRunner } from '../util/process.ts';
 import { openBlobCache } from './blob-cache.ts';
 import type { Client, PlanQuery } from '../client/client.ts';
 import { type DomainDisk, type DomainNic, renderDomainXml } from './domain-xml.ts';

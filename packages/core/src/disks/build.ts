@@ -7,13 +7,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
-import { execa } from 'execa';
 import { hashFile } from './blobs.ts';
 import { type AddDiskResult, addDisks } from './disks.ts';
 import { parseYaml } from '../yaml/document.ts';
 import { invalid } from '../store/edit.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
+import { processRunner } from '../util/process.ts';
 import { renderImageFile } from '../plan/image-files.ts';
 import { resolvePlan } from '../plan/plan.ts';
 import { ensureDir, exists, storePaths } from '../store/store.ts';
@@ -21,6 +21,8 @@ import type { StoreFile } from '../store/store-txn.ts';
 import type { Disk, PlanDoc } from '../store/types.ts';
 import { validateDocument } from '../validate/document.ts';
 import { editYamlText } from '../yaml/yaml-edit.ts';
+
+const runner = processRunner();
 
 export interface BuildRequest {
   image: string;
@@ -246,30 +248,16 @@ async function runScript(
   signal: AbortSignal | undefined,
   logPath: string,
 ): Promise<void> {
-  const child = execa(script, [], {
-    cwd,
-    env,
-    extendEnv: true,
-    stdin: 'ignore',
-    all: true,
-    buffer: false,
-    reject: false,
-    cancelSignal: signal,
-    forceKillAfterDelay: 5000,
-  });
   try {
-    for await (const line of child.iterable({ from: 'all' })) say(line);
-  } catch {
-    // the exit status below says what happened
-  }
-  const result = await child;
-  if (result.exitCode !== 0) {
+    await runner.run(script, [], { cwd, env, extendEnv: true, signal, onLine: say });
+  } catch (error) {
+    const e = error as { exitCode?: number; signal?: string; shortMessage?: string };
     const how =
-      result.signal !== undefined
-        ? `was killed (${result.signal})`
-        : result.exitCode === undefined
-          ? `could not run: ${result.shortMessage}`
-          : `exited with status ${result.exitCode}`;
+      e.signal !== undefined
+        ? `was killed (${e.signal})`
+        : e.exitCode === undefined
+          ? `could not run: ${e.shortMessage}`
+          : `exited with status ${e.exitCode}`;
     throw new ImgctlError('FAILED', `build.sh ${how}; the store is unchanged`, {
       hint: `see the log: ${logPath}`,
     });
@@ -368,8 +356,11 @@ async function buildMetadataFile(
 }
 
 async function qemuImgVersion(): Promise<string> {
-  const result = await execa('qemu-img', ['--version'], { reject: false });
-  return /version (\S+)/.exec(result.stdout)?.[1] ?? 'unknown';
+  const stdout = await runner.run('qemu-img', ['--version']).then(
+    (result) => result.stdout,
+    (error: unknown) => (error as { stdout?: string }).stdout ?? '',
+  );
+  return /version (\S+)/.exec(stdout)?.[1] ?? 'unknown';
 }
 
 /** Scratch directories of earlier builds of this image whose imgctl is gone (killed). */

@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { execa } from 'execa';
 import { type StagedBlob, stageBlobFromFile } from './blobs.ts';
 import { formatProblem, parseYaml, syncDirectory } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { withStoreLock } from '../store/lock.ts';
 import { assertName, printable } from '../util/names.ts';
+import { processRunner } from '../util/process.ts';
 import { type QemuImgInfo, qemuImgInfo } from './qemu-img.ts';
 import * as scaffold from '../store/scaffold.ts';
 import { formatSize } from '../util/sizes.ts';
@@ -19,6 +19,7 @@ import { stringifyYaml } from '../yaml/yaml-edit.ts';
 const FORMATS: ReadonlyArray<Disk['format']> = ['raw', 'qcow2', 'vmdk', 'vdi', 'vhdx'];
 const USES: readonly DiskUse[] = ['system', 'data', 'scratch'];
 const ARCHES = ['x86_64', 'i686', 'aarch64', 'armv7l', 'ppc64le', 's390x', 'riscv64'];
+const runner = processRunner();
 
 export interface CapturedDisk {
   id: string;
@@ -334,18 +335,21 @@ async function captureDisks(
 export type VirshRunner = (args: string[]) => Promise<string>;
 
 export const runVirsh: VirshRunner = async (args) => {
-  const result = await execa('virsh', args, {
-    reject: false,
-    env: { LC_ALL: 'C' },
-    timeout: 60_000,
-  });
-  if (result.failed) {
-    if ((result.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT')
+  try {
+    const result = await runner.run('virsh', args, {
+      env: { LC_ALL: 'C' },
+      extendEnv: true,
+      timeout: 60_000,
+    });
+    return result.stdout;
+  } catch (error) {
+    const e = error as { code?: string; stderr?: string; shortMessage?: string };
+    if (e.code === 'ENOENT')
       throw new ImgctlError('HOST', 'virsh is not installed', {
         hint: 'install it (Debian: apt-get install libvirt-clients)',
       });
     const message =
-      String(result.stderr || result.shortMessage)
+      String(e.stderr || e.shortMessage)
         .split('\n')
         .find((l) => l.trim() !== '') ?? 'failed';
     throw new ImgctlError(
@@ -353,7 +357,6 @@ export const runVirsh: VirshRunner = async (args) => {
       `virsh ${args.filter((a) => a !== '--connect').join(' ')}: ${message.replace(/^error: /, '')}`,
     );
   }
-  return result.stdout;
 };
 
 export interface CaptureFromDomainOptions {

@@ -2,7 +2,6 @@ import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { execa } from 'execa';
 import {
   assertUnchanged,
   type BlobInfo,
@@ -21,6 +20,7 @@ import { loadImage } from '../store/images.ts';
 import { withStoreLock } from '../store/lock.ts';
 import { type StoreFile, writeStoreFiles } from '../store/store-txn.ts';
 import { assertName, printable } from '../util/names.ts';
+import { processRunner } from '../util/process.ts';
 import { type QemuImgInfo, qemuImgInfo } from './qemu-img.ts';
 import { formatSize, parseSize } from '../util/sizes.ts';
 import { exists, listNames, storePaths } from '../store/store.ts';
@@ -69,6 +69,7 @@ const SELF_CONTAINED_VMDK = new Set(['monolithicSparse', 'streamOptimized']);
 /** the order of a disk's keys when imgctl writes a new one */
 const DISK_KEYS = ['id', 'use', 'format', 'size', 'sha256', 'blob', 'url'] as const;
 const GiB = 1024 * 1024 * 1024;
+const runner = processRunner();
 /**
  * A raw file is stored as qcow2 when it has at least this many bytes of holes and less than
  * half of it is allocated: hashing the holes of a raw blob costs CPU in proportion to its
@@ -255,16 +256,22 @@ async function stageQcow2(
   const staged = await stageBlobWith(
     storeDir,
     async (tmp) => {
-      const result = await execa(
-        'qemu-img',
-        ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '--', source, tmp],
-        { reject: false, cancelSignal: options.signal, env: { LC_ALL: 'C' } },
-      );
-      if (result.failed) {
+      try {
+        await runner.run(
+          'qemu-img',
+          ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '--', source, tmp],
+          {
+            signal: options.signal,
+            env: { LC_ALL: 'C' },
+            extendEnv: true,
+          },
+        );
+      } catch (error) {
         options.signal?.throwIfAborted();
+        const e = error as { stderr?: string; shortMessage?: string };
         throw new ImgctlError(
           'FAILED',
-          `qemu-img convert of ${printable(file)} failed: ${String(result.stderr || result.shortMessage).split('\n')[0]}`,
+          `qemu-img convert of ${printable(file)} failed: ${String(e.stderr || e.shortMessage).split('\n')[0]}`,
           { hint: 'add it as it is with --keep-raw' },
         );
       }

@@ -7,9 +7,9 @@ import { type FileHandle, open, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import { execa } from 'execa';
 import { ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
+import { processRunner, startFilter } from '../util/process.ts';
 import { compressor } from './pack.ts';
 
 export interface SourceOptions {
@@ -185,7 +185,7 @@ async function* decompress(
   const { program, unpackArgs, install } = compressor(compression, options);
   const native = typeof (input as Readable & { fd?: unknown }).fd === 'number';
   const fifo = join(options.stage, 'decompressed.fifo');
-  await execa('mkfifo', ['-m', '600', '--', fifo]);
+  await processRunner().run('mkfifo', ['-m', '600', '--', fifo]);
   // Read-write first (it does not wait for a reader), so opening the read end does not wait
   // either; once the program holds its copy, ours is closed and the program's exit is EOF.
   const writeEnd = await open(fifo, 'r+');
@@ -193,11 +193,9 @@ async function* decompress(
   let child;
   try {
     readEnd = await open(fifo, 'r');
-    child = execa(program, unpackArgs, {
+    child = startFilter(program, unpackArgs, {
       stdin: native ? input : 'pipe',
       stdout: createWriteStream(fifo, { fd: writeEnd.fd, autoClose: false }),
-      stderr: 'pipe',
-      buffer: { stderr: true },
     });
   } catch (error) {
     await readEnd?.close();
@@ -205,7 +203,7 @@ async function* decompress(
   } finally {
     await writeEnd.close();
   }
-  const done = child.catch((error: unknown) => {
+  const done = child.done.catch((error: unknown) => {
     const missing = (error as NodeJS.ErrnoException).code === 'ENOENT';
     throw new ImgctlError(
       missing ? 'USAGE' : 'VALIDATION',

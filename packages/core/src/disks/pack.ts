@@ -3,12 +3,12 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { lstat, open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
-import { execa } from 'execa';
 import { Header, Pax } from 'tar';
 import { syncDirectory } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { loadImage } from '../store/images.ts';
 import { printable } from '../util/names.ts';
+import { startFilter } from '../util/process.ts';
 import { exists, SHA256_HEX, storePaths } from '../store/store.ts';
 
 /**
@@ -343,16 +343,13 @@ async function openSink(
   // ours, the compressed bytes never pass through here, and it works on the other core while
   // this one reads and hashes.
   const handle = await open(path, 'wx', 0o644);
-  const child = execa(program, packArgs, {
+  const child = startFilter(program, packArgs, {
     stdin: 'pipe',
-    // a stream with an fd is handed to the program as its stdout, not piped through here
     stdout: createWriteStream(path, { fd: handle.fd, autoClose: false }),
-    stderr: 'pipe',
-    buffer: { stdout: false, stderr: true },
   });
   const input: Writable = child.stdin!;
   const kill = () => child.kill();
-  const done: Promise<unknown> = child.then(() => handle.sync()).finally(() => handle.close());
+  const done: Promise<unknown> = child.done.then(() => handle.sync()).finally(() => handle.close());
   done.catch(() => undefined);
   return {
     write: (data) =>

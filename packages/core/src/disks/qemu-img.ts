@@ -1,9 +1,9 @@
 import { constants } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { execa } from 'execa';
 import { ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
+import { processRunner } from '../util/process.ts';
 
 /** What `qemu-img info` says about a disk image, read from its content (never its name). */
 export interface QemuImgInfo {
@@ -32,6 +32,7 @@ export interface Extent {
 }
 
 const TIMEOUT_MS = 60_000;
+const runner = processRunner();
 
 /**
  * `qemu-img info --output=json` of `file`. The path is made absolute so a name like `json:{…}`
@@ -103,25 +104,27 @@ async function runQemuImg(
   file: string,
   options: { signal?: AbortSignal },
 ): Promise<string> {
-  const result = await execa('qemu-img', args, {
-    reject: false,
-    timeout: TIMEOUT_MS,
-    cancelSignal: options.signal,
-    env: { LC_ALL: 'C' },
-  });
-  if (result.failed) {
-    if ((result.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') {
+  try {
+    const result = await runner.run('qemu-img', args, {
+      timeout: TIMEOUT_MS,
+      signal: options.signal,
+      env: { LC_ALL: 'C' },
+      extendEnv: true,
+    });
+    return result.stdout;
+  } catch (error) {
+    const e = error as { code?: string; stderr?: string; shortMessage?: string };
+    if (e.code === 'ENOENT') {
       throw new ImgctlError('HOST', 'qemu-img is not installed', {
         hint: 'install it (Debian: apt-get install qemu-utils)',
       });
     }
     options.signal?.throwIfAborted();
-    const message = String(result.stderr || result.shortMessage || 'failed')
+    const message = String(e.stderr || e.shortMessage || 'failed')
       .split('\n')[0]!
       .replace(/^qemu-img: /, '');
     throw new ImgctlError('VALIDATION', `qemu-img cannot read ${printable(file)}: ${message}`, {
       hint: 'give a disk image qemu-img understands (raw, qcow2, vmdk, vdi, vhdx)',
     });
   }
-  return result.stdout;
 }
