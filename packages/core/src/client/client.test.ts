@@ -74,6 +74,23 @@ describe('downloadBlob', () => {
     expect(existsSync(`${dest}.partial`)).toBe(false);
   });
 
+  it('downloads a blob that a proxy re-chunked, resuming it after a cut', async () => {
+    // No Content-Length: node:http sends the body chunked.
+    const { url, requests } = await serve((req, res, n) => {
+      const range = parseRange(req.headers.range, blob.length);
+      const start = range && range !== 'unsatisfiable' ? range.start : 0;
+      res.writeHead(range ? 206 : 200, {
+        ...(range ? { 'content-range': `bytes ${start}-${blob.length - 1}/${blob.length}` } : {}),
+      });
+      if (n === 1) res.write(blob.subarray(0, 1024 * 1024), () => res.destroy());
+      else res.end(blob.subarray(start));
+    });
+    const dest = join(await tempDir(), 'blob');
+    await createClient({ baseUrl: url, ...fast }).downloadBlob(hex, dest);
+    expect((await readFile(dest)).equals(blob)).toBe(true);
+    expect(requests[1]!.headers.range).toMatch(/^bytes=\d+-$/);
+  });
+
   it('rehashes a partial file left by an earlier run and asks only for the rest', async () => {
     const { url, requests } = await serve((req, res) => sendBlob(req, res));
     const dest = join(await tempDir(), 'blob');

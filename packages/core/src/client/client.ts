@@ -489,7 +489,7 @@ async function requestOnce(
       `GET blob sha256:${hex}`,
     );
   }
-  let total: number;
+  let total: number | undefined;
   if (status === 206) {
     const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(response.headers['content-range'] ?? '');
     if (!m || Number(m[1]) !== state.size) {
@@ -503,9 +503,13 @@ async function requestOnce(
       response.close();
       return 'restart';
     }
-    total = Number(response.headers['content-length'] ?? NaN);
+    // A chunked body (a proxy re-framed it) marks its end itself: its size is known once read.
+    total =
+      response.framing === 'chunked'
+        ? undefined
+        : Number(response.headers['content-length'] ?? NaN);
   }
-  if (!Number.isSafeInteger(total)) {
+  if (total !== undefined && !Number.isSafeInteger(total)) {
     response.close();
     throw new ImgctlError('FAILED', `GET blob sha256:${hex}: the server sent no length`);
   }
@@ -518,7 +522,7 @@ async function requestOnce(
     throw retryable(error, opts);
   }
   await writer.flush();
-  if (state.size !== total)
+  if (total !== undefined && state.size !== total)
     throw new Retryable(`the body ended at ${state.size} of ${total} bytes`);
   return 'complete';
 }
