@@ -17,6 +17,7 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DownloadOptions, DownloadResult } from '../client/client.ts';
 import { ImgctlError } from '../util/errors.ts';
+import { isAlive } from '../util/process.ts';
 import { ensureDir, SHA256_HEX } from '../store/store.ts';
 
 export const DEFAULT_CACHE_DIR = '/var/lib/imgctl/cache';
@@ -71,16 +72,6 @@ function checkHex(hex: string): string {
 
 function refKey(diskPath: string): string {
   return createHash('sha256').update(diskPath).digest('hex').slice(0, 32);
-}
-
-function isAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 async function exists(path: string): Promise<boolean> {

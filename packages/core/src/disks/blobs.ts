@@ -15,6 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import { syncDirectory } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
+import { isAlive } from '../util/process.ts';
 import { type Extent, qemuImgMap } from './qemu-img.ts';
 import { SHA256_HEX, storePaths } from '../store/store.ts';
 
@@ -297,20 +298,11 @@ export async function removeStaleTmpFiles(storeDir: string): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await readdirOrEmpty(blobTmpDir(storeDir))) {
     const pid = Number.parseInt(name, 10);
-    if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) continue;
+    if (isAlive(pid)) continue;
     await rm(join(blobTmpDir(storeDir), name), { recursive: true, force: true });
     removed.push(`.blobs/tmp/${name}`);
   }
   return removed;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 async function readdirOrEmpty(dir: string): Promise<string[]> {

@@ -13,7 +13,7 @@ import { parseYaml } from '../yaml/document.ts';
 import { invalid } from '../store/edit.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
-import { processRunner } from '../util/process.ts';
+import { isAlive, processRunner } from '../util/process.ts';
 import { renderImageFile } from '../plan/image-files.ts';
 import { resolvePlan } from '../plan/plan.ts';
 import { ensureDir, exists, storePaths } from '../store/store.ts';
@@ -373,15 +373,6 @@ async function removeStaleScratch(buildDir: string, image: string): Promise<void
     if (!pid || isAlive(pid)) continue;
     if (await exists(join(buildDir, name, '.keep'))) continue;
     await rm(join(buildDir, name), { recursive: true, force: true });
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }
 

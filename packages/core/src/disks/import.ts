@@ -5,6 +5,7 @@ import { formatProblem, parseYaml, syncDirectory } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { withStoreLock } from '../store/lock.ts';
 import { assertName, isValidName, printable } from '../util/names.ts';
+import { isAlive } from '../util/process.ts';
 import { type ExtractOptions, extractArchive, malformed, totalBytes } from './import-extract.ts';
 import { openSource } from './import-source.ts';
 import type { Manifest } from './pack.ts';
@@ -142,16 +143,6 @@ export async function cleanStaleImports(storeDir: string): Promise<string[]> {
     removed.push(entry);
   }
   return removed;
-}
-
-function isAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
-  }
 }
 
 /**

@@ -3,6 +3,7 @@ import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImgctlError } from '../util/errors.ts';
+import { isAlive } from '../util/process.ts';
 import { finishStoreWrites } from './store-txn.ts';
 
 /** The stores whose lock the current async call chain holds, so nested calls do not wait on it. */
@@ -81,10 +82,5 @@ async function stalePidOf(lockPath: string): Promise<number | undefined> {
   }
   const pid = Number.parseInt(text, 10);
   if (!Number.isInteger(pid) || pid <= 0) return undefined;
-  try {
-    process.kill(pid, 0);
-    return undefined;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'ESRCH' ? pid : undefined;
-  }
+  return isAlive(pid) ? undefined : pid;
 }
