@@ -120,7 +120,7 @@ describe('imgagent --token-file and --server', () => {
     const short = join(dir, 'short');
     await writeFile(short, 'SECRET-12\n');
     const run = await agent(['--server', 'http://h', '--token-file', short, '--list', 'images']);
-    expect(run.exitCode).toBe(3);
+    expect(run.exitCode).toBe(2);
     expect(run.stderr).toContain(`token file ${short} holds 9 characters`);
     expect(run.stderr + run.stdout).not.toContain('SECRET');
 

@@ -49,7 +49,7 @@ describe('readTokenFile', () => {
     ];
     for (const [content, problem] of cases) {
       const error = await refusal(content);
-      expect(error.code, JSON.stringify(content)).toBe('VALIDATION');
+      expect(error.code, JSON.stringify(content)).toBe('USAGE');
       expect(error.message).toMatch(problem);
       expect(error.message).toContain(join(dir, 'token'));
       expect(error.message).toContain('16 to 4096 printable characters');

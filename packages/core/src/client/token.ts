@@ -10,7 +10,7 @@ const TOKEN_HINT = 'make one with: openssl rand -hex 32 > FILE';
 
 /**
  * The token a file holds: one line of 16 to 4096 printable characters (no spaces), surrounding
- * whitespace (a trailing newline) ignored. NOT_FOUND when the file cannot be read, VALIDATION
+ * whitespace (a trailing newline) ignored. NOT_FOUND when the file cannot be read, USAGE
  * when it holds anything else; the messages name the file and never show its content.
  */
 export async function readTokenFile(file: string): Promise<string> {
@@ -34,7 +34,7 @@ export async function readTokenFile(file: string): Promise<string> {
           ? `holds ${token.length} characters`
           : 'holds characters other than printable ASCII';
   throw new ImgctlError(
-    'VALIDATION',
+    'USAGE',
     `token file ${file} ${problem}: it must hold one token of 16 to 4096 printable characters`,
     { hint: TOKEN_HINT },
   );
