@@ -21,6 +21,7 @@ import { ImgctlError } from '../util/errors.ts';
 const READ_BUFFER = 1024 * 1024;
 const MAX_HEAD = 64 * 1024;
 const MAX_CHUNK_LINE = 4 * 1024;
+const EMPTY = Buffer.alloc(0);
 const REDIRECTS = [301, 302, 303, 307, 308];
 const PROXY_HINT =
   'imgctl serve sends blobs as they are: let the proxy between here and the server pass /v1/blobs/ through unchanged';
@@ -193,7 +194,7 @@ export function httpGet(
               pending.then(
                 () => {
                   waiting = false;
-                  const rest = held ?? Buffer.alloc(0);
+                  const rest = held ?? EMPTY;
                   held = undefined;
                   pump(rest);
                   if (waiting || done) return;
@@ -207,14 +208,14 @@ export function httpGet(
           };
           onData = (chunk) => {
             if (done) return;
-            if (waiting) held = Buffer.concat([held ?? Buffer.alloc(0), chunk]);
+            if (waiting) held = Buffer.concat([held ?? EMPTY, chunk]);
             else pump(chunk);
           };
           onEnd = () => {
             ended = true;
             if (!waiting) settleEnd();
           };
-          const first = early ?? Buffer.alloc(0);
+          const first = early ?? EMPTY;
           early = undefined;
           pump(first);
           if (!waiting) socket.resume();
@@ -386,5 +387,3 @@ function chunkedBody(): BodyFraming {
     },
   };
 }
-
-const EMPTY = Buffer.alloc(0);
