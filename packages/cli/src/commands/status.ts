@@ -60,7 +60,7 @@ function details(s: SystemStatus): string {
 }
 
 /** 850ms, 12.3s, 4m05s, 2h10m */
-export function formatMs(ms: number): string {
+function formatMs(ms: number): string {
   if (ms < 1000) return `${Math.max(0, Math.round(ms))}ms`;
   if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`;
   const s = Math.round(ms / 1000);

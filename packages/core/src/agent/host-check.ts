@@ -231,7 +231,7 @@ interface Guest {
 }
 
 /** The <guest> entries of `virsh capabilities`: os type, arch and the domain types offered. */
-export function parseGuests(xml: string): Guest[] {
+function parseGuests(xml: string): Guest[] {
   const guests: Guest[] = [];
   for (const m of xml.matchAll(/<guest>([\s\S]*?)<\/guest>/g)) {
     const body = m[1]!;

@@ -56,7 +56,7 @@ export function renderSeed(plan: PlanDoc, options: SeedOptions): SeedFiles {
 }
 
 /** cloud-init network config version 2, one ethernet per interface, matched by MAC when known. */
-export function networkConfig(interfaces: Interface[]): Record<string, unknown> {
+function networkConfig(interfaces: Interface[]): Record<string, unknown> {
   const ethernets: Record<string, unknown> = {};
   for (const iface of interfaces) {
     const entry: Record<string, unknown> = {};

@@ -73,7 +73,7 @@ export interface BuildResult {
 }
 
 /** The file build.sh may leave in OUT_DIR to report versions and inputs. */
-export const BUILD_INFO = 'build-info.json';
+const BUILD_INFO = 'build-info.json';
 
 /**
  * Builds `request.image`: resolves the plan, renders the kickstart (if the image has one), runs

@@ -121,7 +121,7 @@ const KEY_ORDER = [
   'requires',
 ];
 
-export function descriptorText(doc: NewImage['doc']): string {
+function descriptorText(doc: NewImage['doc']): string {
   const full: Record<string, unknown> = { apiVersion: 'imgctl/v1', kind: 'Image', ...doc };
   const ordered: Record<string, unknown> = {};
   for (const key of KEY_ORDER) if (full[key] !== undefined) ordered[key] = full[key];
@@ -334,7 +334,7 @@ async function captureDisks(
 /** Runs virsh with an argument array; a stub in unit tests. */
 export type VirshRunner = (args: string[]) => Promise<string>;
 
-export const runVirsh: VirshRunner = async (args) => {
+const runVirsh: VirshRunner = async (args) => {
   try {
     const result = await runner.run('virsh', args, {
       env: { LC_ALL: 'C' },

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   assertUnchanged,
@@ -531,9 +531,4 @@ function withoutUndefined(disk: Disk): Disk {
   return Object.fromEntries(
     DISK_KEYS.filter((k) => disk[k] !== undefined).map((k) => [k, disk[k]]),
   ) as unknown as Disk;
-}
-
-/** Store-relative path of a blob, for messages. */
-export function blobDisplayPath(sha256: string): string {
-  return join('.blobs', 'sha256', sha256.slice(0, 2), sha256);
 }

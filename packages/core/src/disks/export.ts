@@ -25,7 +25,7 @@ const ZEROES = Buffer.alloc(1024 * 1024);
  * hashing on the way. With `expectedSha256`, a mismatch is an INTEGRITY error. Returns the
  * sha256 and size.
  */
-export async function copySparse(
+async function copySparse(
   src: string,
   dst: string,
   options: { expectedSha256?: string; onBytes?: (n: number) => void } = {},

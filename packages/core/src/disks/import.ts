@@ -117,7 +117,7 @@ export async function importArchive(
  * Removes the staging directories of imports whose process is gone; an image an interrupted
  * `--force` import had moved aside is put back first. Call holding the store lock.
  */
-export async function cleanStaleImports(storeDir: string): Promise<string[]> {
+async function cleanStaleImports(storeDir: string): Promise<string[]> {
   const stateDir = storePaths.stateDir(storeDir);
   let names: string[];
   try {

@@ -94,7 +94,7 @@ export function parseQemuImgInfo(json: string, file = 'the file'): QemuImgInfo {
   };
 }
 
-export function parseQemuImgMap(json: string): Extent[] {
+function parseQemuImgMap(json: string): Extent[] {
   const rows = JSON.parse(json) as Array<{ start: number; length: number; data: boolean }>;
   return rows.map((r) => ({ start: r.start, length: r.length, data: r.data }));
 }

@@ -12,7 +12,7 @@ import { parseCommandLineValue, typeValue } from './parameter-types.ts';
 import { asProblem, type Loaded } from './problems.ts';
 
 /** Names every template sees besides the parameters; a parameter may not take one of them. */
-export const TEMPLATE_VARIABLES = [
+const TEMPLATE_VARIABLES = [
   'IMAGE_STORE',
   'IMAGE_NAME',
   'VM_NAME',

@@ -22,7 +22,7 @@ import { ensureDir, exists, storePaths } from '../store/store.ts';
 import type { PlanDoc } from '../store/types.ts';
 import { editYamlText } from '../yaml/yaml-edit.ts';
 
-export const SIGNATURE_ALGORITHM = 'ed25519';
+const SIGNATURE_ALGORITHM = 'ed25519';
 /** The HTTP header a signed response carries: `alg=ed25519, key_id=HEX16, sig=BASE64`. */
 export const SIGNATURE_HEADER = 'imgctl-signature';
 
@@ -182,7 +182,7 @@ export function parseSignatureHeader(header: string): PlanSignature {
 }
 
 /** Reads a saved signed plan (`imgctl sign` output); VALIDATION when it is not one. */
-export function parseSignedPlan(text: string, source: string): SignedPlan {
+function parseSignedPlan(text: string, source: string): SignedPlan {
   let doc: unknown;
   try {
     doc = JSON.parse(text);
@@ -312,9 +312,7 @@ async function readKeyFile(storeDir: string, configured: string, field: string):
 }
 
 /** The private key store.yaml's `signing_key` names; NOT_FOUND when there is none. */
-export async function readStoreSigningKey(
-  storeDir: string,
-): Promise<{ key: KeyObject; file: string }> {
+async function readStoreSigningKey(storeDir: string): Promise<{ key: KeyObject; file: string }> {
   const { signingKey: configured } = await readStoreKeys(storeDir);
   if (configured === undefined) {
     throw new ImgctlError('NOT_FOUND', 'store.yaml has no signing_key', {
@@ -338,7 +336,7 @@ export interface TrustedKey {
  * file `trusted_keys` names (PEM public keys, relative to the store or absolute) — e.g. the key
  * it signed with before a `keygen --force`, or another store's. NOT_FOUND when there are none.
  */
-export async function readStoreTrustedKeys(storeDir: string): Promise<TrustedKey[]> {
+async function readStoreTrustedKeys(storeDir: string): Promise<TrustedKey[]> {
   const { signingKey, trustedKeys } = await readStoreKeys(storeDir);
   const keys: TrustedKey[] = [];
   if (signingKey !== undefined) {
@@ -363,7 +361,7 @@ export async function readStoreTrustedKeys(storeDir: string): Promise<TrustedKey
  * verifyPlan with the one of `keys` whose id the signature names; INTEGRITY when none does.
  * Returns the key that verified it.
  */
-export function verifyPlanWithAny(
+function verifyPlanWithAny(
   plan: unknown,
   signature: PlanSignature,
   keys: readonly TrustedKey[],

@@ -11,7 +11,7 @@ import { isValidName, printable } from '../util/names.ts';
 import { listSystems } from '../store/systems.ts';
 import { storePaths } from '../store/store.ts';
 
-export const PHASES = [
+const PHASES = [
   'started',
   'disks-ready',
   'configured',
@@ -142,7 +142,7 @@ async function appendLine(dir: string, file: string, line: string): Promise<void
 }
 
 /** Every event of one system (or all), oldest first; a torn last line is skipped. */
-export async function readEvents(storeDir: string, system?: string): Promise<ProvisionEvent[]> {
+async function readEvents(storeDir: string, system?: string): Promise<ProvisionEvent[]> {
   const dir = eventsDir(storeDir);
   let files: string[];
   if (system !== undefined) files = [`${system}.jsonl`];

@@ -277,7 +277,7 @@ export function parseRange(
   return { start, end: Math.min(last, size - 1) };
 }
 
-export const BLOB_CHUNK = 1024 * 1024;
+const BLOB_CHUNK = 1024 * 1024;
 
 /**
  * Answers GET/HEAD for one blob: ETag (the sha256), Content-Length, Accept-Ranges, immutable

@@ -124,7 +124,7 @@ export function notFoundBelow(
   };
 }
 
-export function notFound(segments: string[]): HttpError {
+function notFound(segments: string[]): HttpError {
   return new HttpError(404, 'NOT_FOUND', `no such route /${printable(segments.join('/'))}`, {
     hint: 'docs/server.md lists every route',
   });

@@ -26,7 +26,7 @@ export function createRoutes(
 }
 
 /** Every route, in the order they are tried: within a resource, a longer path first. */
-export function routeTable(ctx: RouteContext): Route[] {
+function routeTable(ctx: RouteContext): Route[] {
   return [
     ...serverRoutes(ctx),
     ...imageRoutes(ctx),

@@ -51,7 +51,7 @@ export interface RunningServer {
 }
 
 export const DEFAULT_PORT = 8460;
-export const MAX_HEADER_BYTES = 16 * 1024;
+const MAX_HEADER_BYTES = 16 * 1024;
 const MAX_URL_LENGTH = 4096;
 const DEFAULT_MAX_BODY = 64 * 1024;
 /** a body this far past the limit is not drained: the connection is closed instead */
@@ -68,7 +68,7 @@ const STATUS_OF: Record<ErrorCode, number> = {
 };
 
 /** The HTTP status an ImgctlError is answered with. */
-export function httpStatusOf(code: ErrorCode): number {
+function httpStatusOf(code: ErrorCode): number {
   return STATUS_OF[code];
 }
 

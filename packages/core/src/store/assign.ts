@@ -38,7 +38,7 @@ function parseValue(raw: string): unknown {
 
 const SEGMENT = /^([A-Za-z0-9_-]+)((?:\[\d+\])*)$/;
 
-export function parsePath(text: string): PathSegment[] {
+function parsePath(text: string): PathSegment[] {
   const segments: PathSegment[] = [];
   for (const part of text.split('.')) {
     const m = SEGMENT.exec(part);

@@ -79,7 +79,7 @@ export async function addSystem(
 }
 
 /** `eth0,mac=52:54:00:aa:bb:cc,ip=192.0.2.10/24,gateway=192.0.2.1,dns=192.0.2.53;192.0.2.54` */
-export function parseInterface(spec: string): Interface {
+function parseInterface(spec: string): Interface {
   const [name, ...fields] = spec.split(',');
   const iface: Interface = { name: name ?? '' };
   for (const field of fields) {

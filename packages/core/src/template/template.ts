@@ -14,7 +14,7 @@ import { ImgctlError } from '../util/errors.ts';
 import { parseSize } from '../util/sizes.ts';
 
 /** Bounds for one parse and one render; kickstarts are kilobytes, so these leave a wide margin. */
-export const TEMPLATE_LIMITS = {
+const TEMPLATE_LIMITS = {
   /** characters of template source */
   parseLimit: 1_000_000,
   /** milliseconds of rendering */

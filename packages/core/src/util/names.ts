@@ -1,7 +1,7 @@
 import { ImgctlError } from './errors.ts';
 
 /** Names of images, records, systems and VMs: they become path segments, so nothing else passes. */
-export const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 export function isValidName(name: string): boolean {
   return NAME_PATTERN.test(name) && name !== '.' && name !== '..' && !name.includes('..');

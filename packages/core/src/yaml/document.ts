@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, rm } from 'node:fs/promises';
+import { open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type Document, isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from 'yaml';
 
@@ -49,16 +49,12 @@ export function parseYaml(file: string, text: string): YamlFile {
   return { file, text, doc, lineCounter, value, problems };
 }
 
-export async function readYamlFile(absPath: string, displayName: string): Promise<YamlFile> {
-  return parseYaml(displayName, await readFile(absPath, 'utf8'));
-}
-
 /**
  * The line and column of the node at `segments`, or of the deepest node that exists on the way
  * there (so a missing key points at the mapping that lacks it). With `key`, points at the key of
  * the last segment instead of its value (for unknown keys).
  */
-export function locate(
+function locate(
   y: Pick<YamlFile, 'doc' | 'lineCounter'>,
   segments: readonly PathSegment[],
   options: { key?: boolean } = {},
