@@ -9,7 +9,7 @@ import type {
   PlanDoc,
   SystemDoc,
 } from '../store/types.ts';
-import { compact } from './compact.ts';
+import { compact } from '../util/compact.ts';
 import { asProblem, type Loaded } from './problems.ts';
 
 /** The image's disks at the sizes the record asks for; a disk never shrinks. */

@@ -6,7 +6,7 @@ import { printable } from '../util/names.ts';
 import { exists, storePaths } from '../store/store.ts';
 import { renderTemplate } from '../template/template.ts';
 import type { ImageDoc, PlanDoc } from '../store/types.ts';
-import { compact } from './compact.ts';
+import { compact } from '../util/compact.ts';
 
 /** Extra names a rendered image file (the kickstart) sees. */
 export const FILE_CONTEXT_NAMES = ['system', 'disks', 'devices'] as const;

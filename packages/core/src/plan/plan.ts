@@ -16,7 +16,7 @@ import {
   type SystemDoc,
 } from '../store/types.ts';
 import { loadDocument } from '../validate/load.ts';
-import { compact } from './compact.ts';
+import { compact } from '../util/compact.ts';
 import { resolveDevices, resolveDisks } from './disks-and-devices.ts';
 import { resolveProvision } from './image-files.ts';
 import { parseSets, resolveParameters, type ValueLayer } from './parameters.ts';

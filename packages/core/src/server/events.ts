@@ -6,6 +6,7 @@
 import { mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { syncDirectory } from '../yaml/document.ts';
+import { compact } from '../util/compact.ts';
 import { EXIT, type ErrorCode, ImgctlError } from '../util/errors.ts';
 import { isValidName, printable } from '../util/names.ts';
 import { listSystems } from '../store/systems.ts';
@@ -321,8 +322,4 @@ export function parseDuration(text: string, what = 'duration'): number {
   }
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? 's']!;
   return Math.round(Number(m[1]) * unit);
-}
-
-function compact<T extends object>(value: T): T {
-  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as T;
 }
