@@ -1,10 +1,10 @@
 /**
- * `imgctl provision` relays agent flags from a table of its own (cli/commands/agent-options.ts):
+ * `imgctl provision` relays agent flags from a table of its own (cli/agent-options.ts):
  * every one must be a flag the real `imgagent` accepts, taking a value exactly when the agent's
  * does, and an agent flag provision does not relay is one chosen not to be.
  */
 import { describe, expect, it } from 'vitest';
-import { AGENT_OPTIONS } from '../packages/cli/src/commands/agent-options.ts';
+import { AGENT_OPTIONS } from '../packages/cli/src/agent-options.ts';
 import { runAgent } from './helpers/agent-rig.ts';
 
 /** Agent flags provision sets itself or that make no sense across SSH; --agent-arg reaches them. */

@@ -1,5 +1,5 @@
 import type { CommandSpec } from '../command.ts';
-import { AGENT_OPTIONS } from './agent-options.ts';
+import { AGENT_OPTIONS } from '../agent-options.ts';
 
 export const provisionCommands: CommandSpec[] = [
   {

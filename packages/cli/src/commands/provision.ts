@@ -20,7 +20,7 @@ import { readTokenFile } from '@imgctl/core/client/token';
 import type { Context, Handler, Options } from '../command.ts';
 import type { Io } from '../io.ts';
 import { integerOption } from './options.ts';
-import { agentArguments } from './agent-options.ts';
+import { agentArguments } from '../agent-options.ts';
 
 export const run: Handler = async (args, options, ctx) => {
   const env = ctx.io.env;

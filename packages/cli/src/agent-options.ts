@@ -1,4 +1,4 @@
-import type { OptionSpec, Options } from '../command.ts';
+import type { OptionSpec, Options } from './command.ts';
 
 /**
  * imgagent options `imgctl provision` passes through unchanged: `key` is commander's name for
