@@ -17,7 +17,7 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DownloadOptions, DownloadResult } from '../client/client.ts';
 import { ImgctlError } from '../util/errors.ts';
-import { isAlive } from '../util/process.ts';
+import { isAlive } from '../util/pid.ts';
 import { ensureDir, SHA256_HEX } from '../store/store.ts';
 
 export const DEFAULT_CACHE_DIR = '/var/lib/imgctl/cache';

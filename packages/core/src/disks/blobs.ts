@@ -15,7 +15,7 @@ import { dirname, join, resolve } from 'node:path';
 import { syncDirectory } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
-import { isAlive } from '../util/process.ts';
+import { isAlive } from '../util/pid.ts';
 import { type Extent, qemuImgMap } from './qemu-img.ts';
 import { SHA256_HEX, storePaths } from '../store/store.ts';
 

@@ -5,7 +5,7 @@ import { formatProblem, parseYaml, syncDirectory } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { withStoreLock } from '../store/lock.ts';
 import { assertName, isValidName, printable } from '../util/names.ts';
-import { isAlive } from '../util/process.ts';
+import { isAlive } from '../util/pid.ts';
 import { type ExtractOptions, extractArchive, malformed, totalBytes } from './import-extract.ts';
 import { openSource } from './import-source.ts';
 import type { Manifest } from './pack.ts';

@@ -1,9 +1,10 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { link, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImgctlError } from '../util/errors.ts';
-import { isAlive } from '../util/process.ts';
+import { isAlive } from '../util/pid.ts';
 import { finishStoreWrites } from './store-txn.ts';
 
 /** The stores whose lock the current async call chain holds, so nested calls do not wait on it. */
@@ -46,6 +47,7 @@ export async function withStoreLock<T>(
     await sleep(Math.min(10 + attempt * 5, 100) + Math.random() * 10);
   }
   try {
+    await removeDeadOwnFiles(stateDir);
     await finishStoreWrites(storeDir);
     return await held.run(new Set([...(outer ?? []), key]), fn);
   } finally {
@@ -54,12 +56,13 @@ export async function withStoreLock<T>(
 }
 
 /**
- * Creates the lock with the pid already in it: the pid goes to a file of this process's own,
- * which is then linked as the lock (EEXIST when another writer holds it). A writer killed at any
- * point leaves either no lock or one naming it, never an empty lock nobody could tell was stale.
+ * Creates the lock with the pid already in it: the pid goes to a file of this attempt's own
+ * (`lock.PID.RANDOM`: two attempts of one process never share it), which is then linked as the
+ * lock (EEXIST when another writer holds it). A writer killed at any point leaves either no lock
+ * or one naming it, never an empty lock nobody could tell was stale.
  */
 async function createLock(lockPath: string): Promise<boolean> {
-  const own = `${lockPath}.${process.pid}`;
+  const own = `${lockPath}.${process.pid}.${randomBytes(4).toString('hex')}`;
   await writeFile(own, `${process.pid}\n`);
   try {
     await link(own, lockPath);
@@ -69,6 +72,16 @@ async function createLock(lockPath: string): Promise<boolean> {
     throw error;
   } finally {
     await rm(own, { force: true });
+  }
+}
+
+const OWN_FILE = /^lock\.(\d+)\.[0-9a-f]+$/;
+
+/** Removes the files of lock attempts whose process was killed before it could remove them. */
+async function removeDeadOwnFiles(stateDir: string): Promise<void> {
+  for (const name of await readdir(stateDir)) {
+    const pid = OWN_FILE.exec(name)?.[1];
+    if (pid !== undefined && !isAlive(Number(pid))) await rm(join(stateDir, name), { force: true });
   }
 }
 

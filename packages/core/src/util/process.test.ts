@@ -1,35 +1,5 @@
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { afterEach, describe, expect, it, vi } from 'vitest';
-import { isAlive, processRunner } from './process.ts';
-
-describe('isAlive', () => {
-  afterEach(() => {
-    vi.restoreAllMocks();
-  });
-
-  it('is true for this process and false for one that has exited', async () => {
-    expect(isAlive(process.pid)).toBe(true);
-    const child = spawn('true');
-    await once(child, 'exit');
-    expect(isAlive(child.pid!)).toBe(false);
-  });
-
-  it('counts a process of another user (EPERM) as alive, and no such process (ESRCH) as gone', () => {
-    const kill = vi.spyOn(process, 'kill');
-    const fail = (code: string) => () => {
-      throw Object.assign(new Error(code), { code });
-    };
-    kill.mockImplementation(fail('EPERM'));
-    expect(isAlive(4242)).toBe(true);
-    kill.mockImplementation(fail('ESRCH'));
-    expect(isAlive(4242)).toBe(false);
-  });
-
-  it.each([0, -1, 1.5, Number.NaN])('is false for %s, which names no process', (pid) => {
-    expect(isAlive(pid)).toBe(false);
-  });
-});
+import { describe, expect, it } from 'vitest';
+import { processRunner } from './process.ts';
 
 describe('processRunner', () => {
   const runner = processRunner();
@@ -68,4 +38,15 @@ describe('processRunner', () => {
     controller.abort();
     await expect(run).rejects.toMatchObject({ signal: 'SIGTERM' });
   });
+
+  it('kills a program that ignores SIGTERM, and what it started, a few seconds after the abort', async () => {
+    const controller = new AbortController();
+    const started = Date.now();
+    const run = runner.run('sh', ['-c', 'trap "" TERM; sleep 30 & wait'], {
+      signal: controller.signal,
+    });
+    setTimeout(() => controller.abort(), 200);
+    await expect(run).rejects.toMatchObject({ signal: 'SIGKILL' });
+    expect(Date.now() - started).toBeLessThan(15_000);
+  }, 20_000);
 });

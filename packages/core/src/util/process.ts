@@ -32,6 +32,8 @@ export interface ProcessRunner {
   ): Promise<{ stdout: string; stderr?: string }>;
 }
 
+const FORCE_KILL_MS = 5000;
+
 /**
  * The real runner. A program given a signal runs in a process group of its own, which the abort
  * terminates whole: what a script started stops with it.
@@ -50,12 +52,17 @@ export function processRunner(): ProcessRunner {
         detached: signal !== undefined,
         ...(onLine === undefined ? {} : { all: true, buffer: false }),
       });
-      const stop = () => {
+      const signalGroup = (name: NodeJS.Signals) => {
         try {
-          if (child.pid !== undefined) process.kill(-child.pid, 'SIGTERM');
+          if (child.pid !== undefined) process.kill(-child.pid, name);
         } catch {
           // the group is gone already
         }
+      };
+      // A program that ignores SIGTERM is killed FORCE_KILL_MS later, so a cancel never hangs.
+      const stop = () => {
+        signalGroup('SIGTERM');
+        setTimeout(() => signalGroup('SIGKILL'), FORCE_KILL_MS).unref();
       };
       if (signal?.aborted) stop();
       signal?.addEventListener('abort', stop, { once: true });
@@ -104,18 +111,4 @@ export function startFilter(
     buffer: { stdout: false, stderr: true },
   });
   return { stdin: child.stdin, done: child, kill: () => child.kill() };
-}
-
-/**
- * Whether process `pid` exists. EPERM means it does but belongs to another user: alive. Anything
- * but a positive integer is no process.
- */
-export function isAlive(pid: number): boolean {
-  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
