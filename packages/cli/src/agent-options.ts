@@ -1,4 +1,34 @@
-import type { OptionSpec, Options } from './command.ts';
+import type { OptionSpec } from './command.ts';
+
+/** The options of AGENT_OPTIONS as commander gives them (see `Handler` in command.ts). */
+export interface AgentOptions {
+  image?: string;
+  record?: string;
+  system?: string;
+  virt?: boolean;
+  replaceSelf?: boolean;
+  dryRun?: boolean;
+  set?: string[];
+  virtName?: string;
+  virtPath?: string;
+  virtType?: string;
+  connect?: string;
+  virtBridge?: string;
+  nogfx?: boolean;
+  /** false with --no-start */
+  start?: boolean;
+  autostart?: boolean;
+  cacheDir?: string;
+  cacheLimit?: string;
+  logDir?: string;
+  force?: boolean;
+  keepOnFailure?: boolean;
+  targetDisk?: string;
+  /** true with --reboot, false with --no-reboot */
+  reboot?: boolean;
+  kexec?: boolean;
+  agentArg?: string[];
+}
 
 /**
  * imgagent options `imgctl provision` passes through unchanged: `key` is commander's name for
@@ -6,7 +36,7 @@ import type { OptionSpec, Options } from './command.ts';
  * one; `negated` for `--no-X`, passed when the option is false.
  */
 export const AGENT_OPTIONS: Array<
-  OptionSpec & { key: string; value: boolean | 'repeat'; negated?: boolean }
+  OptionSpec & { key: keyof AgentOptions; value: boolean | 'repeat'; negated?: boolean }
 > = [
   { flags: '--image <name>', description: 'the image', key: 'image', value: true },
   {
@@ -144,7 +174,7 @@ export const AGENT_OPTIONS: Array<
  * The agent's arguments from the pass-through options, in their table order; not the --set
  * values, which go through stdin (they may be secrets).
  */
-export function agentArguments(options: Options): string[] {
+export function agentArguments(options: AgentOptions): string[] {
   const argv: string[] = [];
   for (const o of AGENT_OPTIONS) {
     const flag = o.flags.split(/[ ,]+/).find((f) => f.startsWith('--'))!;
@@ -153,11 +183,11 @@ export function agentArguments(options: Options): string[] {
     if (o.negated) {
       if (value === false) argv.push(flag);
     } else if (o.value === 'repeat') {
-      for (const v of (value as string[] | undefined) ?? []) argv.push(flag, v);
+      if (Array.isArray(value)) for (const v of value) argv.push(flag, v);
     } else if (o.value === true) {
-      if (value !== undefined) argv.push(flag, String(value));
+      if (typeof value === 'string') argv.push(flag, value);
     } else if (value === true) argv.push(flag);
   }
-  argv.push(...((options.agentArg as string[] | undefined) ?? []));
+  argv.push(...(options.agentArg ?? []));
   return argv;
 }

@@ -23,6 +23,12 @@ export interface Context {
  */
 export type Options = Record<string, unknown>;
 
+/** The options every command has, given before or after its name. */
+export interface GlobalOptions {
+  store?: string;
+  json?: boolean;
+}
+
 /**
  * A command's handler. `O` is the shape of its options, declared next to it from its spec's
  * flags: `--x <v>` gives a string, a repeatable or `<v...>` option a string[], a switch `--x`

@@ -1,7 +1,7 @@
 import { reportError } from '@imgctl/core/util/output';
 import { VERSION } from '@imgctl/core/util/version';
 import { Command, CommanderError, Option } from 'commander';
-import type { CommandSpec, Context, Options } from './command.ts';
+import type { CommandSpec, Context, GlobalOptions, Options } from './command.ts';
 import { allCommands } from './commands/index.ts';
 import type { Io } from './io.ts';
 import { renderResult } from './render.ts';
@@ -38,7 +38,7 @@ Exit codes: 0 ok, 1 failed, 2 usage, 3 validation, 4 not found, 5 conflict,
     const command = addCommand(program, spec);
     command.action(async (...actionArgs: unknown[]) => {
       const cmd = actionArgs.at(-1) as Command;
-      const options = cmd.optsWithGlobals() as Options;
+      const options: Options & GlobalOptions = cmd.optsWithGlobals();
       const json = Boolean(options.json);
       const args = (actionArgs.slice(0, -2) as Array<string | string[] | undefined>).flatMap((a) =>
         a === undefined ? [] : a,
@@ -114,7 +114,7 @@ const NOUN_DESCRIPTIONS: Record<string, string> = {
 async function runCommand(
   spec: CommandSpec,
   args: string[],
-  options: Options,
+  options: Options & GlobalOptions,
   base: { io: Io; json: boolean },
 ): Promise<number> {
   const { io, json } = base;
@@ -126,7 +126,7 @@ async function runCommand(
       if (storeDir === undefined) {
         const { findStore } = await import('@imgctl/core/store/store');
         storeDir = await findStore({
-          store: options.store as string | undefined,
+          store: options.store,
           env: io.env,
           cwd: io.cwd,
         });

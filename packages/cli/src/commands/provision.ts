@@ -17,12 +17,25 @@ import {
 import { connectSsh, loadIdentity, openKnownHosts, type RemoteShell } from '@imgctl/core/ssh/ssh';
 import { readTargetsFile, resolveServerUrl, resolveTargets } from '@imgctl/core/ssh/targets';
 import { readTokenFile } from '@imgctl/core/client/token';
-import type { Context, Handler, Options } from '../command.ts';
+import type { Context, Handler } from '../command.ts';
 import type { Io } from '../io.ts';
 import { integerOption } from './options.ts';
-import { agentArguments } from '../agent-options.ts';
+import { type AgentOptions, agentArguments } from '../agent-options.ts';
 
-export const run: Handler = async (args, options, ctx) => {
+export interface ProvisionOptions extends AgentOptions {
+  targets?: string;
+  /** the spec's default is 10 */
+  parallel?: string;
+  server?: string;
+  tokenFile?: string;
+  identity?: string[];
+  knownHosts?: string;
+  acceptNew?: boolean;
+  /** seconds; the spec's default is 15 */
+  connectTimeout?: string;
+}
+
+export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
   const env = ctx.io.env;
   const agentArgs = agentArguments(options);
   const actions = ['--virt', '--replace-self'].filter((a) => agentArgs.includes(a));
@@ -31,19 +44,18 @@ export const run: Handler = async (args, options, ctx) => {
       hint: 'imgctl provision --help',
     });
   for (const flag of ['image', 'record', 'system', 'virtName'] as const) {
-    const value = options[flag] as string | undefined;
+    const value = options[flag];
     if (value !== undefined && !isValidName(value))
       throw new ImgctlError('USAGE', `--${kebab(flag)}: invalid name '${printable(value)}'`, {
         hint: 'names are [a-z0-9][a-z0-9._-]{0,62}',
       });
   }
-  // defaults: provision-spec.ts
-  const parallel = integerOption(options.parallel, '--parallel')!;
-  const timeoutS = integerOption(options.connectTimeout, '--connect-timeout')!;
+  const parallel = integerOption(options.parallel ?? '10', '--parallel')!;
+  const timeoutS = integerOption(options.connectTimeout ?? '15', '--connect-timeout')!;
 
   const specs = [...args];
   if (options.targets !== undefined)
-    specs.push(...(await readTargetsFile(resolve(ctx.io.cwd, options.targets as string))));
+    specs.push(...(await readTargetsFile(resolve(ctx.io.cwd, options.targets))));
   if (specs.length === 0)
     throw new ImgctlError('USAGE', 'no targets: give [user@]host[:port] or system names', {
       hint: 'imgctl provision root@hv1 --virt --image web (or --targets FILE)',
@@ -62,25 +74,25 @@ export const run: Handler = async (args, options, ctx) => {
       hint: 'a target that is a system name brings its own --system',
     });
   const server = await resolveServerUrl({
-    given: options.server as string | undefined,
+    given: options.server,
     fromEnv: env.IMGCTL_SERVER,
     storeDir,
   });
   const token =
     options.tokenFile === undefined
       ? undefined
-      : await readTokenFile(resolve(ctx.io.cwd, options.tokenFile as string));
+      : await readTokenFile(resolve(ctx.io.cwd, options.tokenFile));
   const agentBundle = await locateAgentBundle(ctx.io);
 
   const home = env.HOME ?? '/root';
   const knownHostsFile = options.knownHosts
-    ? resolve(ctx.io.cwd, options.knownHosts as string)
+    ? resolve(ctx.io.cwd, options.knownHosts)
     : join(home, '.ssh/known_hosts');
   const knownHosts = await openKnownHosts(
     options.knownHosts ? [knownHostsFile] : [knownHostsFile, '/etc/ssh/ssh_known_hosts'],
     knownHostsFile,
   );
-  const identities = await loadIdentities(options, home, ctx.io.cwd);
+  const identities = await loadIdentities(options.identity ?? [], home, ctx.io.cwd);
   const agentSocket = env.SSH_AUTH_SOCK || undefined;
 
   // Ctrl-C (or SIGTERM): no new target, running agents get SIGTERM; twice: connections dropped.
@@ -108,7 +120,7 @@ export const run: Handler = async (args, options, ctx) => {
         agentBundle,
         server,
         token,
-        sets: (options.set as string[] | undefined) ?? [],
+        sets: options.set ?? [],
         agentArgs,
         parallel,
         signal: controller.signal,
@@ -148,8 +160,7 @@ export const run: Handler = async (args, options, ctx) => {
 };
 
 /** --identity files (errors are fatal); else the usual ~/.ssh keys that load, silently. */
-async function loadIdentities(options: Options, home: string, cwd: string): Promise<Buffer[]> {
-  const given = (options.identity as string[] | undefined) ?? [];
+async function loadIdentities(given: string[], home: string, cwd: string): Promise<Buffer[]> {
   if (given.length > 0) return Promise.all(given.map((f) => loadIdentity(resolve(cwd, f))));
   const keys: Buffer[] = [];
   for (const name of ['id_ed25519', 'id_ecdsa', 'id_rsa']) {

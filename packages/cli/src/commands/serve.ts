@@ -6,19 +6,26 @@ import { DEFAULT_PORT, startServer } from '@imgctl/core/server/server';
 import { parseYamlValue } from '@imgctl/core/yaml/quick-yaml';
 import type { Handler } from '../command.ts';
 
+export interface ServeOptions {
+  /** [HOST:]PORT */
+  listen?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  readTokenFile?: string;
+  writeTokenFile?: string;
+}
+
 /**
  * Runs until SIGINT or SIGTERM. Prints `listening on URL` on stderr (even with --json: scripts
  * and tests read the bound port from it) and one line per request.
  */
-export const run: Handler = async (_args, options, ctx) => {
+export const run: Handler<ServeOptions> = async (_args, options, ctx) => {
   const storeDir = await ctx.storeDir();
   const listen = parseListen(
-    (options.listen as string | undefined) ??
-      (await configuredListen(storeDir)) ??
-      `127.0.0.1:${DEFAULT_PORT}`,
+    options.listen ?? (await configuredListen(storeDir)) ?? `127.0.0.1:${DEFAULT_PORT}`,
   );
-  const certFile = options.tlsCert as string | undefined;
-  const keyFile = options.tlsKey as string | undefined;
+  const certFile = options.tlsCert;
+  const keyFile = options.tlsKey;
   if ((certFile === undefined) !== (keyFile === undefined))
     throw new ImgctlError('USAGE', '--tls-cert and --tls-key go together');
   const tls =
@@ -28,8 +35,8 @@ export const run: Handler = async (_args, options, ctx) => {
           key: await readInput(keyFile, '--tls-key'),
         }
       : undefined;
-  const tokenFrom = (file: unknown) =>
-    typeof file === 'string' ? readTokenFile(resolve(ctx.io.cwd, file)) : undefined;
+  const tokenFrom = (file: string | undefined) =>
+    file === undefined ? undefined : readTokenFile(resolve(ctx.io.cwd, file));
   const readToken = await tokenFrom(options.readTokenFile);
   const writeToken = await tokenFrom(options.writeTokenFile);
   const stderr = ctx.io.stderr;
