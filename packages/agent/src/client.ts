@@ -30,7 +30,7 @@ async function readToken(
   if (flags.token !== undefined && flags.tokenFile !== undefined)
     throw new ImgctlError('USAGE', 'give --token or --token-file, not both');
   if (flags.tokenFile === undefined) return flags.token ?? env.IMGAGENT_TOKEN;
-  return readTokenFile(resolve(cwd, flags.tokenFile));
+  return readTokenFile(resolve(cwd, flags.tokenFile), '--token-file');
 }
 
 /** The server's signing public key from --trust: plans must then be signed by it. */

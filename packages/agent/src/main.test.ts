@@ -121,13 +121,13 @@ describe('imgagent --token-file and --server', () => {
     await writeFile(short, 'SECRET-12\n');
     const run = await agent(['--server', 'http://h', '--token-file', short, '--list', 'images']);
     expect(run.exitCode).toBe(2);
-    expect(run.stderr).toContain(`token file ${short} holds 9 characters`);
+    expect(run.stderr).toContain(`--token-file ${short} holds 9 characters`);
     expect(run.stderr + run.stdout).not.toContain('SECRET');
 
     const nope = join(dir, 'nope');
     const missing = await agent(['--server', 'http://h', '--token-file', nope, '--list', 'images']);
     expect(missing.exitCode).toBe(4);
-    expect(missing.stderr).toContain(`token file ${nope} cannot be read (ENOENT)`);
+    expect(missing.stderr).toContain(`--token-file ${nope} cannot be read (ENOENT)`);
   });
 
   it('takes only an http(s) server URL, its control characters escaped', async () => {

@@ -11,15 +11,15 @@ const TOKEN_HINT = 'make one with: openssl rand -hex 32 > FILE';
 /**
  * The token a file holds: one line of 16 to 4096 printable characters (no spaces), surrounding
  * whitespace (a trailing newline) ignored. NOT_FOUND when the file cannot be read, USAGE
- * when it holds anything else; the messages name the file and never show its content.
+ * when it holds anything else; the messages name the flag and the file, never the content.
  */
-export async function readTokenFile(file: string): Promise<string> {
+export async function readTokenFile(file: string, flag = 'token file'): Promise<string> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (error) {
     const reason = (error as NodeJS.ErrnoException).code ?? String(error);
-    throw new ImgctlError('NOT_FOUND', `token file ${file} cannot be read (${reason})`, {
+    throw new ImgctlError('NOT_FOUND', `${flag} ${file} cannot be read (${reason})`, {
       cause: error,
     });
   }
@@ -35,7 +35,7 @@ export async function readTokenFile(file: string): Promise<string> {
           : 'holds characters other than printable ASCII';
   throw new ImgctlError(
     'USAGE',
-    `token file ${file} ${problem}: it must hold one token of 16 to 4096 printable characters`,
+    `${flag} ${file} ${problem}: it must hold one token of 16 to 4096 printable characters`,
     { hint: TOKEN_HINT },
   );
 }

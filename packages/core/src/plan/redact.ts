@@ -6,7 +6,7 @@
  */
 import { type ImageDetails, loadImage, showImage } from '../store/images.ts';
 import { showRecord } from '../store/records.ts';
-import { findSystem } from '../store/systems.ts';
+import { findSystem, showSystem } from '../store/systems.ts';
 import { REDACTED } from './plan.ts';
 import type { ImageDoc, ImageRecordDoc, SystemDoc } from '../store/types.ts';
 
@@ -31,6 +31,11 @@ export async function showRecordRedacted(
  */
 export async function findSystemRedacted(storeDir: string, key: string): Promise<SystemDoc> {
   return systemForDisplay(storeDir, await findSystem(storeDir, key));
+}
+
+/** showSystem (by name only), the values it gives secret parameters of its image redacted. */
+export async function showSystemRedacted(storeDir: string, name: string): Promise<SystemDoc> {
+  return systemForDisplay(storeDir, await showSystem(storeDir, name));
 }
 
 /** The image's secret parameters; every parameter when the image cannot be read (unknowable). */

@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import { printable } from '../util/names.ts';
-import { findSystemRedacted, showImageRedacted, showRecordRedacted } from '../plan/redact.ts';
+import { showSystemRedacted, showImageRedacted, showRecordRedacted } from '../plan/redact.ts';
 import { listImages } from '../store/images.ts';
 import { listRecords } from '../store/records.ts';
 import { listSystems } from '../store/systems.ts';
@@ -111,7 +111,7 @@ export function systemRoutes(ctx: RouteContext): Route[] {
             throw new HttpError(400, 'USAGE', `invalid hostname '${printable(hostname)}'`);
           await ctx.watch.settled();
           const { name } = await ctx.lookupSystem(key);
-          return json(200, await findSystemRedacted(storeDir, name));
+          return json(200, await showSystemRedacted(storeDir, name));
         }
         const hidden = symlinkedEntries(storeDir, ['systems']);
         if (lstatInStore(storeDir, ['systems']) === undefined) return json(200, []);
@@ -129,7 +129,7 @@ export function systemRoutes(ctx: RouteContext): Route[] {
         const name = segmentName('system', match.param('system'));
         if (!lstatInStore(storeDir, ['systems', `${name}.yaml`]))
           throw new HttpError(404, 'NOT_FOUND', `system '${name}' does not exist`);
-        return json(200, await findSystemRedacted(storeDir, name));
+        return json(200, await showSystemRedacted(storeDir, name));
       },
     },
     notFoundBelow('/v1/systems/:system'),
