@@ -4,6 +4,7 @@ import { imageCommands } from './image.ts';
 import { provisionCommands } from './provision-spec.ts';
 import { recordCommands } from './record.ts';
 import { serverCommands } from './server.ts';
+import { signingCommands } from './signing.ts';
 import { systemCommands } from './system.ts';
 import { topLevelCommands } from './top-level.ts';
 
@@ -14,5 +15,6 @@ export const allCommands: CommandSpec[] = [
   ...systemCommands,
   ...diskCommands,
   ...serverCommands,
+  ...signingCommands,
   ...provisionCommands,
 ];

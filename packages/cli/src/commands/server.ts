@@ -1,5 +1,6 @@
 import type { CommandSpec } from '../command.ts';
 
+/** The store served to agents over HTTP, and the provisioning state its events record. */
 export const serverCommands: CommandSpec[] = [
   {
     path: ['serve'],
@@ -45,37 +46,5 @@ export const serverCommands: CommandSpec[] = [
       'imgctl status --json --stalled-after 5m',
     ],
     load: () => import('./status.ts'),
-  },
-  {
-    path: ['keygen'],
-    summary: 'make an ed25519 key pair for signing plans (and set signing_key in store.yaml)',
-    options: [
-      {
-        flags: '-o, --output <file>',
-        description:
-          'write the private key here and the public key to FILE.pub (default: .state/keys/signing.key in the store, which becomes its signing_key)',
-      },
-      { flags: '--force', description: 'replace an existing key' },
-    ],
-    examples: ['imgctl keygen', 'imgctl keygen -o /etc/imgctl/signing.key'],
-    load: () => import('./keygen.ts'),
-  },
-  {
-    path: ['sign'],
-    summary: 'sign a saved plan with the store key, or check a signed plan offline (--verify)',
-    args: ['<file>'],
-    options: [
-      {
-        flags: '--verify',
-        description: 'check the signature of a signed plan instead of signing (exit 7 on mismatch)',
-      },
-      { flags: '--key <file>', description: 'the public key (--verify) or private key (signing)' },
-      { flags: '-o, --output <file>', description: 'write the signed plan here (default: stdout)' },
-    ],
-    examples: [
-      'imgctl plan web --system web01 --json > plan.json && imgctl sign plan.json -o plan.signed.json',
-      'imgctl sign --verify plan.signed.json --key signing.key.pub',
-    ],
-    load: () => import('./sign.ts'),
   },
 ];
