@@ -1,9 +1,6 @@
 import { removeImage } from '@imgctl/core/store/images';
 import type { Handler } from '../command.ts';
-
-export interface RemoveOptions {
-  force?: boolean;
-}
+import type { RemoveOptions } from './options.ts';
 
 export const run: Handler<RemoveOptions> = async ([name], options, ctx) => {
   const result = await removeImage(await ctx.storeDir(), name!, { force: Boolean(options.force) });

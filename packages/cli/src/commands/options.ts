@@ -8,3 +8,9 @@ export function integerOption(value: unknown, flag: string): number | undefined 
   }
   return n;
 }
+
+/** The options of `image remove` and `record remove`. */
+export interface RemoveOptions {
+  /** remove even when systems use it */
+  force?: boolean;
+}

@@ -1,9 +1,6 @@
 import { removeRecord } from '@imgctl/core/store/records';
 import type { Handler } from '../command.ts';
-
-export interface RemoveOptions {
-  force?: boolean;
-}
+import type { RemoveOptions } from './options.ts';
 
 export const run: Handler<RemoveOptions> = async ([image, record], options, ctx) => {
   const result = await removeRecord(await ctx.storeDir(), image!, record!, {
