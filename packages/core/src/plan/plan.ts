@@ -7,6 +7,7 @@ import type { Problem } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { assertName } from '../util/names.ts';
 import { exists, storePaths } from '../store/store.ts';
+import { loadStoreConfig } from '../store/store-config.ts';
 import {
   API_VERSION,
   type ImageDoc,
@@ -169,8 +170,6 @@ export function redactPlan(plan: PlanDoc): PlanDoc {
 }
 
 async function storeDefaults(storeDir: string): Promise<NonNullable<ImageStoreDoc['defaults']>> {
-  const file = storePaths.storeFile(storeDir);
-  if (!(await exists(file))) return {};
-  const { value } = await loadDocument<ImageStoreDoc>('ImageStore', file, 'store.yaml');
-  return value.defaults ?? {};
+  if (!(await exists(storePaths.storeFile(storeDir)))) return {};
+  return (await loadStoreConfig(storeDir)).defaults ?? {};
 }

@@ -19,6 +19,7 @@ import { syncDirectory, writeFileAtomic } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { withStoreLock } from '../store/lock.ts';
 import { ensureDir, exists, storePaths } from '../store/store.ts';
+import { loadStoreConfig, storeKeyPath } from '../store/store-config.ts';
 import type { PlanDoc } from '../store/types.ts';
 import { editYamlText } from '../yaml/yaml-edit.ts';
 
@@ -278,30 +279,16 @@ export async function setStoreSigningKey(storeDir: string, keyFile: string): Pro
   return value;
 }
 
-/** store.yaml's signing_key and trusted_keys, as written (not validated beyond their types). */
+/** store.yaml's signing_key and trusted_keys, read with the rest of store.yaml, validated. */
 async function readStoreKeys(
   storeDir: string,
 ): Promise<{ signingKey?: string; trustedKeys: string[] }> {
-  const { parseYamlValue } = await import('../yaml/quick-yaml.ts');
-  const doc = parseYamlValue(await readFile(storePaths.storeFile(storeDir), 'utf8')) as {
-    signing_key?: unknown;
-    trusted_keys?: unknown;
-  } | null;
-  const signingKey = doc?.signing_key;
-  const trusted = doc?.trusted_keys ?? [];
-  if (!Array.isArray(trusted) || trusted.some((k) => typeof k !== 'string' || k === '')) {
-    throw new ImgctlError('VALIDATION', 'store.yaml: trusted_keys must be a list of file names', {
-      hint: 'e.g. trusted_keys: [keys/2025.pub] — public key files, relative to the store',
-    });
-  }
-  return {
-    signingKey: typeof signingKey === 'string' && signingKey !== '' ? signingKey : undefined,
-    trustedKeys: trusted as string[],
-  };
+  const config = await loadStoreConfig(storeDir);
+  return { signingKey: config.signing_key, trustedKeys: config.trusted_keys ?? [] };
 }
 
 async function readKeyFile(storeDir: string, configured: string, field: string): Promise<Buffer> {
-  const file = isAbsolute(configured) ? configured : resolve(storeDir, configured);
+  const file = storeKeyPath(storeDir, configured);
   try {
     return await readFile(file);
   } catch (error) {
@@ -320,7 +307,7 @@ async function readStoreSigningKey(storeDir: string): Promise<{ key: KeyObject; 
     });
   }
   const pem = await readKeyFile(storeDir, configured, 'signing_key');
-  const file = isAbsolute(configured) ? configured : resolve(storeDir, configured);
+  const file = storeKeyPath(storeDir, configured);
   return { key: parsePrivateKey(pem, `signing_key ${configured}`), file };
 }
 

@@ -21,7 +21,7 @@ export async function loadStoreConfig(storeDir: string): Promise<ImageStoreDoc> 
 }
 
 /** The absolute path of a key file store.yaml names: relative paths are from the store. */
-function storeKeyPath(storeDir: string, configured: string): string {
+export function storeKeyPath(storeDir: string, configured: string): string {
   return isAbsolute(configured) ? configured : resolve(storeDir, configured);
 }
 
