@@ -1,7 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { formatProblem, parseYaml } from '../yaml/document.ts';
 import { checkOverlay } from './cross.ts';
-import { edit, GOOD_STORE, makeStore, RECORD, SYSTEM } from './test-documents.ts';
+import {
+  edit,
+  GOOD_STORE,
+  makeStore,
+  RECORD,
+  SYSTEM,
+} from '../../../../test/helpers/validate-documents.ts';
 
 describe('checkOverlay', () => {
   it('checks a new record or system against the store', async () => {

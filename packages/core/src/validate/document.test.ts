@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { check, edit, IMAGE, RECORD, SYSTEM } from './test-documents.ts';
+import { check, edit, IMAGE, RECORD, SYSTEM } from '../../../../test/helpers/validate-documents.ts';
 
 describe('validateDocument', () => {
   it('accepts the valid documents', () => {

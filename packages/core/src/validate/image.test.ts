@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { check, edit, IMAGE, RECORD, SHA } from './test-documents.ts';
+import { check, edit, IMAGE, RECORD, SHA } from '../../../../test/helpers/validate-documents.ts';
 
 describe('validateDocument: images', () => {
   it('refuses a memory under 1MiB: a number alone is bytes, so the unit was forgotten', () => {

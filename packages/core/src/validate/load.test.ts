@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ImgctlError } from '../util/errors.ts';
 import { loadDocument } from './load.ts';
-import { GOOD_STORE, makeStore } from './test-documents.ts';
+import { GOOD_STORE, makeStore } from '../../../../test/helpers/validate-documents.ts';
 
 describe('loadDocument', () => {
   it('returns the value, or throws VALIDATION with every problem, or NOT_FOUND', async () => {

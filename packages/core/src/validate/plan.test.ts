@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { check, SHA } from './test-documents.ts';
+import { check, SHA } from '../../../../test/helpers/validate-documents.ts';
 
 describe('validateDocument: plans', () => {
   const plan = {

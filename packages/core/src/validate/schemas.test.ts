@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { check, edit, IMAGE, SHA, SYSTEM } from './test-documents.ts';
+import { check, edit, IMAGE, SHA, SYSTEM } from '../../../../test/helpers/validate-documents.ts';
 
 describe('validateDocument: schema problems', () => {
   it('points at an unknown key itself and suggests the near one', () => {

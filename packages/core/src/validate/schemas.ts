@@ -113,12 +113,12 @@ function locateErrors(y: YamlFile, errors: readonly ErrorObject[]): Problem[] {
       continue;
     }
     if (/\/(anyOf|oneOf)\/[0-9]+\//.test(error.schemaPath)) continue; // branch of a composite
-    out.push(describeError(y, segments, error));
+    out.push(problemOfSchemaError(y, segments, error));
   }
   return out;
 }
 
-function describeError(y: YamlFile, segments: PathSegment[], error: ErrorObject): Problem {
+function problemOfSchemaError(y: YamlFile, segments: PathSegment[], error: ErrorObject): Problem {
   const params = error.params as Record<string, unknown>;
   switch (error.keyword) {
     case 'additionalProperties': {

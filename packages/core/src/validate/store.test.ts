@@ -3,7 +3,14 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { formatProblem } from '../yaml/document.ts';
 import { validateStore } from './store.ts';
-import { edit, GOOD_STORE, IMAGE, makeStore, RECORD, SYSTEM } from './test-documents.ts';
+import {
+  edit,
+  GOOD_STORE,
+  IMAGE,
+  makeStore,
+  RECORD,
+  SYSTEM,
+} from '../../../../test/helpers/validate-documents.ts';
 
 async function storeProblems(
   tree: Record<string, string>,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { check, edit, SYSTEM } from './test-documents.ts';
+import { check, edit, SYSTEM } from '../../../../test/helpers/validate-documents.ts';
 
 describe('validateDocument: systems', () => {
   it('refuses dhcp together with a static address, and duplicate interfaces', () => {

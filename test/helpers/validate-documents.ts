@@ -6,9 +6,12 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { onTestFinished } from 'vitest';
-import { formatProblem, parseYaml } from '../yaml/document.ts';
-import { type ValidateOptions, validateDocument } from './document.ts';
-import type { DocKind } from './schemas.ts';
+import { formatProblem, parseYaml } from '../../packages/core/src/yaml/document.ts';
+import {
+  type ValidateOptions,
+  validateDocument,
+} from '../../packages/core/src/validate/document.ts';
+import type { DocKind } from '../../packages/core/src/validate/schemas.ts';
 
 export const SHA = 'a'.repeat(64);
 
