@@ -86,7 +86,12 @@ function parseListen(text: string): { host: string; port: number } {
   return { host, port };
 }
 
-async function configuredListen(storeDir: string): Promise<string | undefined> {
+/**
+ * store.yaml's server.listen, read without validation (not through loadStoreConfig): serve
+ * starts on a store whose store.yaml is not valid, and on the address that store.yaml names.
+ * Undefined when store.yaml cannot be read or parsed, or names no address.
+ */
+export async function configuredListen(storeDir: string): Promise<string | undefined> {
   try {
     const doc = parseYamlValue(await readFile(`${storeDir}/store.yaml`, 'utf8')) as {
       server?: { listen?: unknown };
