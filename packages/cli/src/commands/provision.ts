@@ -81,7 +81,7 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
   const token =
     options.tokenFile === undefined
       ? undefined
-      : await readTokenFile(resolve(ctx.io.cwd, options.tokenFile));
+      : await readTokenFile(resolve(ctx.io.cwd, options.tokenFile), '--token-file');
   const agentBundle = await locateAgentBundle(ctx.io);
 
   const home = env.HOME ?? '/root';

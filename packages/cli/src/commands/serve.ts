@@ -35,10 +35,10 @@ export const run: Handler<ServeOptions> = async (_args, options, ctx) => {
           key: await readInput(keyFile, '--tls-key'),
         }
       : undefined;
-  const tokenFrom = (file: string | undefined) =>
-    file === undefined ? undefined : readTokenFile(resolve(ctx.io.cwd, file));
-  const readToken = await tokenFrom(options.readTokenFile);
-  const writeToken = await tokenFrom(options.writeTokenFile);
+  const tokenFrom = (file: string | undefined, flag: string) =>
+    file === undefined ? undefined : readTokenFile(resolve(ctx.io.cwd, file), flag);
+  const readToken = await tokenFrom(options.readTokenFile, '--read-token-file');
+  const writeToken = await tokenFrom(options.writeTokenFile, '--write-token-file');
   const stderr = ctx.io.stderr;
   // Lines are written once per turn of the event loop: one write for a burst of requests.
   let pending: string[] = [];
