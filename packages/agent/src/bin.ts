@@ -1,4 +1,5 @@
 import { ImgctlError } from '@imgctl/core/util/errors';
+import { dropWritesToClosedPipe } from '@imgctl/core/util/output';
 import { main } from './main.ts';
 
 /**
@@ -7,6 +8,8 @@ import { main } from './main.ts';
  * short (it may be making a half-written disk unbootable), SIGKILL does.
  */
 export async function runBin(): Promise<void> {
+  dropWritesToClosedPipe(process.stdout);
+  dropWritesToClosedPipe(process.stderr);
   const controller = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
     if (controller.signal.aborted) {

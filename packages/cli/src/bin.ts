@@ -1,7 +1,10 @@
+import { dropWritesToClosedPipe } from '@imgctl/core/util/output';
 import { main } from './main.ts';
 
 /** The only place that exits the process. */
 export async function runBin(): Promise<void> {
+  dropWritesToClosedPipe(process.stdout);
+  dropWritesToClosedPipe(process.stderr);
   const code = await main(process.argv.slice(2), {
     stdout: process.stdout,
     stderr: process.stderr,

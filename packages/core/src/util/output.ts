@@ -83,6 +83,16 @@ export function reportError(program: string, io: ReportIo, json: boolean, error:
   return report.exitCode;
 }
 
+/**
+ * A reader that went away (`imgctl --help | head -1`, `… | grep -q`) is not an error: what is
+ * left to write to `stream` is dropped, and the binary ends with the exit code it would have had.
+ */
+export function dropWritesToClosedPipe(stream: NodeJS.WritableStream): void {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE' && error.code !== 'ERR_STREAM_DESTROYED') throw error;
+  });
+}
+
 /** What an operator can fix, not a bug: a file or directory missing, not allowed, full… */
 const SYSTEM_ERRORS: Record<string, { code: ErrorCode; hint?: string }> = {
   ENOENT: { code: 'NOT_FOUND', hint: 'check the path: it, or a directory on it, does not exist' },
