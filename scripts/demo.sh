@@ -61,6 +61,20 @@ check_node() {
   fi
 }
 
+# The Debian packages of the build and the VM, from the one list the tests use
+# (scripts/setup-test-env.sh). Without root it says what is missing, and the parts that need
+# those packages are skipped.
+install_packages() {
+  say 'Checking the Debian packages the appliance build and the VM need (scripts/setup-test-env.sh, as npm test does).'
+  if bash "$ROOT/scripts/setup-test-env.sh"; then
+    PACKAGES_OK=1
+  elif [ "$(id -u)" -eq 0 ]; then
+    die 'installing the Debian packages failed (above)'
+  else
+    say 'Without them the appliance build and the VM are skipped; run the demo as root to have them installed.'
+  fi
+}
+
 copy_store() {
   say "Copying the example store to $STORE (disks and state are never copied)."
   mkdir -p "$STORE"
@@ -118,6 +132,10 @@ copy_and_edit() {
 }
 
 build_appliance() {
+  if [ -z "${PACKAGES_OK:-}" ]; then
+    say 'Skipping the appliance build: its Debian packages are missing (above).'
+    return 0
+  fi
   say 'Building the tiny appliance (a Debian kernel and a busybox initramfs) from its recipe; the
 downloads are cached in node_modules/.cache/imgctl-build, so a second run takes seconds.'
   IMGCTL_BUILD_CACHE="$ROOT/node_modules/.cache/imgctl-build" imgctl build tiny-linux
@@ -126,7 +144,7 @@ downloads are cached in node_modules/.cache/imgctl-build, so a second run takes 
 
 serve_store() {
   say 'Serving the store on 127.0.0.1 (a free port), accepting the agent events with a write token.'
-  openssl rand -hex 32 >"$WORK/token"
+  node -e 'process.stdout.write(require("node:crypto").randomBytes(32).toString("hex") + "\n")' >"$WORK/token"
   chmod 600 "$WORK/token"
   printf '==> imgctl serve --listen 127.0.0.1:0 --write-token-file %s &\n' "$WORK/token" >&2
   "$ROOT/node_modules/.bin/imgctl" serve --listen 127.0.0.1:0 --write-token-file "$WORK/token" \
@@ -143,7 +161,7 @@ serve_store() {
 }
 
 provision_vm() {
-  if [ "$(id -u)" -ne 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || [ -z "${PACKAGES_OK:-}" ]; then
     say 'Skipping imgagent --virt: it needs root here (libvirt qemu:///system, a host bridge).'
     return 0
   fi
@@ -182,6 +200,7 @@ defined and started."
 
 main() {
   check_node
+  install_packages
   copy_store
   look_around
   plan_and_render
