@@ -34,6 +34,7 @@ declare -A PACKAGES=(
   [libvirt-daemon]=libvirtd
   [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
   [iproute2]=/sbin/ip
+  [procps]=pgrep
   [curl]=curl
   # imgagent --replace-self e2e: loop devices and mounts (losetup), a mounted ext4 target,
   # hole punching (fallocate), the config partition (sfdisk, mkfs.vfat and mtools above)
