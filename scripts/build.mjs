@@ -1,10 +1,20 @@
 #!/usr/bin/env node
-// Bundles each binary into one file plain node (>= 20.19) runs: dist/imgctl.mjs, dist/imgagent.mjs.
+// Bundles each binary into one file plain node (>= 20.19) runs: dist/imgctl.mjs, dist/imgagent.mjs;
+// and the agent once more as a single executable that embeds this Node, for targets without one:
+// dist/imgagent-linux-x64 (Node's single-executable applications; the blob injected by postject).
 // The JSON schemas are inlined; CommonJS dependencies get a `require` through createRequire.
 // `--outdir DIR` writes elsewhere (tests); files are replaced atomically, so a build running
 // next to a process executing the old bundle never leaves it a half-written file.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -13,7 +23,8 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const outdirFlag = process.argv.indexOf('--outdir');
 const outdir =
   outdirFlag > 0 ? resolve(process.argv[outdirFlag + 1] ?? 'dist') : join(root, 'dist');
-// `--only imgagent`: one binary (tests build the agent alone this way)
+// `--only imgagent`: one binary (tests build the agent alone this way);
+// `--only imgagent-linux-x64`: the agent with Node inside, alone
 const onlyFlag = process.argv.indexOf('--only');
 const only = onlyFlag > 0 ? process.argv[onlyFlag + 1] : undefined;
 
@@ -68,6 +79,8 @@ for (const bin of binaries.filter((b) => only === undefined || b.name === only))
   console.error(`built ${relative(root, outfile)}`);
 }
 
+if (only === undefined || only === 'imgagent-linux-x64') await buildAgentExecutable();
+
 if (only !== undefined && only !== 'imgctl') process.exit(0);
 const version = execFileSync(process.execPath, [join(outdir, 'imgctl.mjs'), '--version'], {
   encoding: 'utf8',
@@ -75,3 +88,66 @@ const version = execFileSync(process.execPath, [join(outdir, 'imgctl.mjs'), '--v
 if (!/^\d+\.\d+\.\d+/.test(version))
   throw new Error(`dist/imgctl.mjs --version printed '${version}'`);
 console.error(`${relative(root, join(outdir, 'imgctl.mjs'))} --version: ${version}`);
+
+/**
+ * dist/imgagent-linux-x64: this Node with the agent inside. A single-executable application of
+ * Node 20 runs one CommonJS script, so the agent is bundled again as CommonJS (no top-level
+ * await: the entry calls runBin). The executable is checked to start before it replaces the old.
+ */
+async function buildAgentExecutable() {
+  if (process.platform !== 'linux' || process.arch !== 'x64') return;
+  const work = join(outdir, `.sea-${process.pid}`);
+  mkdirSync(work, { recursive: true });
+  try {
+    const script = join(work, 'imgagent.cjs');
+    await build({
+      stdin: {
+        contents:
+          "import { runBin } from './packages/agent/src/bin.ts';\n" +
+          'runBin().catch((error) => { console.error(error); process.exitCode = 70; });\n',
+        resolveDir: root,
+        sourcefile: 'imgagent-sea-entry.ts',
+        loader: 'ts',
+      },
+      bundle: true,
+      platform: 'node',
+      format: 'cjs',
+      target: 'node20',
+      outfile: script,
+      loader: { '.json': 'json' },
+      external: ['cpu-features', '*.node'],
+      legalComments: 'none',
+      logLevel: 'warning',
+    });
+    const config = join(work, 'sea-config.json');
+    const blob = join(work, 'imgagent.blob');
+    writeFileSync(
+      config,
+      JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true }),
+    );
+    execFileSync(process.execPath, ['--experimental-sea-config', config], { stdio: 'ignore' });
+    const exe = join(work, 'imgagent-linux-x64');
+    copyFileSync(process.execPath, exe);
+    chmodSync(exe, 0o755);
+    execFileSync(
+      process.execPath,
+      [
+        join(root, 'node_modules/postject/dist/cli.js'),
+        exe,
+        'NODE_SEA_BLOB',
+        blob,
+        '--sentinel-fuse',
+        'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2',
+      ],
+      { stdio: 'ignore' },
+    );
+    const version = execFileSync(exe, ['--version'], { encoding: 'utf8' }).trim();
+    if (!/^\d+\.\d+\.\d+/.test(version))
+      throw new Error(`imgagent-linux-x64 --version printed '${version}'`);
+    const outfile = join(outdir, 'imgagent-linux-x64');
+    renameSync(exe, outfile);
+    console.error(`built ${relative(root, outfile)} (Node ${process.versions.node} inside)`);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
