@@ -1,16 +1,10 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { minimalImageYaml } from '../../../../test/helpers/base-store.ts';
+import { makeStore } from '../../../../test/helpers/index.ts';
 import { HttpError } from './files.ts';
 import { createRouter, type Reply, type Route, type RouteRequest } from './route-table.ts';
 import { createRoutes, type Routes } from './routes.ts';
-
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0)) cleanup();
-});
 
 function request(method: string, target: string): RouteRequest {
   const url = new URL(target, 'http://x');
@@ -85,52 +79,27 @@ describe('createRouter', () => {
   });
 });
 
-const IMAGE = `apiVersion: imgctl/v1
-kind: Image
-name: web
-label: Web
-revision: 1
-boot:
-  - type: hvm
-    arch: x86_64
-    loader: hd
-    drives:
-      - disk: root
-        target: vda
-devices:
-  vcpus: 1
-  memory: 512MiB
-disks:
-  - id: root
-    use: system
-    format: qcow2
-    size: 1GiB
-parameters:
+const IMAGE = minimalImageYaml({
+  name: 'web',
+  disks: [{ id: 'root', use: 'system' }],
+  extra: `parameters:
   motd:
     default: hello
   admin_password:
     default: changeme
     secret: true
-`;
+`,
+});
 
-function storeRoutes(): Routes {
-  const dir = mkdtempSync(join(tmpdir(), 'imgctl-routes-'));
-  const tree: Record<string, string> = {
-    'store.yaml': 'apiVersion: imgctl/v1\nkind: ImageStore\nname: lab\n',
+async function storeRoutes(): Promise<Routes> {
+  const { dir } = await makeStore({
     'images/web/image.yaml': IMAGE,
     'images/web/provision.sh': '#!/bin/sh\n',
     'images/web/records/default.yaml':
       'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: web\n',
-  };
-  for (const [path, text] of Object.entries(tree)) {
-    mkdirSync(dirname(join(dir, path)), { recursive: true });
-    writeFileSync(join(dir, path), text);
-  }
-  const routes = createRoutes(dir, () => new Date('2026-01-05T10:00:00Z'));
-  cleanups.push(() => {
-    routes.close();
-    rmSync(dir, { recursive: true, force: true });
   });
+  const routes = createRoutes(dir, () => new Date('2026-01-05T10:00:00Z'));
+  onTestFinished(() => routes.close());
   return routes;
 }
 
@@ -143,11 +112,11 @@ async function jsonOf(reply: Promise<Reply>): Promise<unknown> {
 
 describe('the route table of imgctl serve', () => {
   it('serves the server, an image with its secret redacted, and a provisioning script', async () => {
-    const routes = storeRoutes();
+    const routes = await storeRoutes();
     expect(await jsonOf(routes.handle(request('GET', '/v1')))).toEqual({
       apiVersion: 'imgctl/v1',
       kind: 'Server',
-      store: 'lab',
+      store: 'test',
       signing: null,
     });
     const shown = (await jsonOf(routes.handle(request('GET', '/v1/images/web')))) as {
@@ -161,8 +130,8 @@ describe('the route table of imgctl serve', () => {
     expect(script).toMatchObject({ status: 200, body: Buffer.from('#!/bin/sh\n') });
   });
 
-  it('takes GET and HEAD under each resource, POST at /v1/events only', () => {
-    const routes = storeRoutes();
+  it('takes GET and HEAD under each resource, POST at /v1/events only', async () => {
+    const routes = await storeRoutes();
     const methods = (path: string) => routes.methodsFor(path.split('/').filter(Boolean));
     expect(methods('/')).toEqual(['GET', 'HEAD']);
     expect(methods('/v1/images')).toEqual(['GET', 'HEAD']);
@@ -176,7 +145,7 @@ describe('the route table of imgctl serve', () => {
   });
 
   it('checks what a deeper path extends before saying it does not exist', async () => {
-    const routes = storeRoutes();
+    const routes = await storeRoutes();
     const bad = await refusal(routes.handle(request('GET', '/v1/images/Bad!/anything')));
     expect([bad.status, bad.message]).toEqual([400, "invalid image name 'Bad!'"]);
     const query = await refusal(routes.handle(request('GET', '/v1/images/web/records/a/b?x=1')));
