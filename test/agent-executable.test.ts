@@ -6,23 +6,12 @@
 import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { copyExampleStore, makeTempDir, REPO_ROOT } from './helpers/index.ts';
+import { describe, expect, inject, it } from 'vitest';
+import { copyExampleStore } from './helpers/index.ts';
 import { startServer } from './helpers/server.ts';
 
-let executable: string;
-
-beforeAll(async () => {
-  const { dir } = await makeTempDir('imgctl-sea-');
-  await execa(process.execPath, [
-    join(REPO_ROOT, 'scripts/build.mjs'),
-    '--only',
-    'imgagent-linux-x64',
-    '--outdir',
-    dir,
-  ]);
-  executable = join(dir, 'imgagent-linux-x64');
-});
+/** The run's shared build (test/global-setup.ts). */
+const executable = join(inject('distDir'), 'imgagent-linux-x64');
 
 /** Runs the executable with ARGS where node cannot be run: its binary is /dev/null in there. */
 function withoutNode(args: string[]) {

@@ -3,35 +3,30 @@
  * host key and authorized_keys; the target is this machine as root), the real `imgctl serve`,
  * a real libvirtd, and the tiny appliance booting with its system's hostname. Host keys are
  * checked (changed ones refused, unknown ones only with --accept-new, hashed entries read), an
- * unreachable target is reported while the others carry on, and a target without a recent
- * enough Node.js is told exactly what is missing.
+ * unreachable target is reported while the others carry on, a target without Node.js gets the
+ * self-contained agent, and one where neither agent can run is told exactly what is missing.
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { type AgentRig, startAgentRig, virtFlags } from './helpers/agent-rig.ts';
-import {
-  execImgctl,
-  IMGCTL_BIN,
-  REPO_ROOT,
-  type TempDir,
-  type TestServer,
-} from './helpers/index.ts';
+import { execImgctl, IMGCTL_BIN, type TempDir, type TestServer } from './helpers/index.ts';
 import { makeBridge, removeDomain, startLibvirt } from './helpers/libvirt.ts';
 import { waitForApplianceReport } from './helpers/seed.ts';
 import { makeSshKey, startSshd, type TestSshd } from './helpers/sshd.ts';
 
 const BRIDGE = `imgpb${process.pid % 100000}`;
 /** The libvirt domains this file defines, and removes before and after it runs. */
-const DOMAINS = ['sshtiny01', 'tinyssh'];
+const DOMAINS = ['sshtiny01', 'tinyssh', 'sshnonode'];
 
 interface Summary {
   ok: boolean;
   targets: Array<{
     target: string;
     status: string;
+    agent?: string;
     agentCopied?: boolean;
     node?: string;
     result?: { vm: string; started: boolean; dryRun: boolean; hostname: string };
@@ -52,7 +47,7 @@ describe('slow: imgctl provision over SSH', () => {
   const paths = { virt: '', cache: '', logs: '' };
 
   /** `imgctl provision TARGETS… --virt --image tiny-linux` with this test's server, dirs and key. */
-  function provision(targets: string[], args: string[], hosts = knownHosts) {
+  function provision(targets: string[], args: string[], hosts = knownHosts, bundle = agentBundle) {
     return execImgctl(
       [
         'provision',
@@ -71,7 +66,7 @@ describe('slow: imgctl provision over SSH', () => {
         ...virtFlags(paths, BRIDGE),
         ...args,
       ],
-      { cwd: store.dir, env: { IMGCTL_AGENT_BUNDLE: agentBundle } },
+      { cwd: store.dir, env: { IMGCTL_AGENT_BUNDLE: bundle } },
     );
   }
 
@@ -83,16 +78,8 @@ describe('slow: imgctl provision over SSH', () => {
     ({ store, work, server, tokenFile } = rig);
     Object.assign(paths, rig.paths);
     removeBridge = await makeBridge(BRIDGE);
-    // The agent bundle, built once: the sources may change under a running test (imgctl
-    // provision from a checkout refuses a dist/imgagent.mjs older than them).
-    await execa(process.execPath, [
-      join(REPO_ROOT, 'scripts/build.mjs'),
-      '--outdir',
-      join(work.dir, 'dist'),
-      '--only',
-      'imgagent',
-    ]);
-    agentBundle = join(work.dir, 'dist/imgagent.mjs');
+    // The run's shared build (test/global-setup.ts): the bundle, the executable beside it.
+    agentBundle = join(inject('distDir'), 'imgagent.mjs');
     sshd = await startSshd();
     knownHosts = join(work.dir, 'known_hosts');
     await writeFile(knownHosts, `${sshd.knownHostsLine}\n`);
@@ -271,7 +258,58 @@ describe('slow: imgctl provision over SSH', () => {
     expect(() => process.kill(pid, 0)).toThrow();
   });
 
-  it('says exactly what is missing on a target without Node.js >= 20.19', async () => {
+  it('provisions a VM on a target without Node: the self-contained agent, copied once', async () => {
+    onTestFinished(() => removeDomain('sshnonode'));
+    // The target's PATH: every program of /usr/bin and /usr/sbin but node.
+    const bin = join(work.dir, 'no-node-bin');
+    await mkdir(bin);
+    for (const dir of ['/usr/sbin', '/usr/bin'])
+      for (const name of await readdir(dir))
+        if (!['node', 'nodejs'].includes(name))
+          await symlink(join(dir, name), join(bin, name)).catch(() => undefined);
+    const nonode = await startSshd({ clientKey: sshd.clientKey, sessionEnv: { PATH: bin } });
+    onTestFinished(() => nonode.stop());
+    const hosts = join(work.dir, 'known_hosts.nonode');
+    await writeFile(hosts, `${nonode.knownHostsLine}\n`);
+    await execa('rm', ['-f', join(homedir(), '.cache/imgctl/imgagent-linux-x64')]);
+
+    const run = await provision(
+      [nonode.target],
+      ['--system', 'tiny01', '--virt-name', 'sshnonode'],
+      hosts,
+    );
+    expect(run.exitCode, run.stderr + run.stdout).toBe(0);
+    expect(run.stdout).toMatch(
+      new RegExp(
+        `^${escape(nonode.target)} .* ok .*vm sshnonode, self-contained agent copied$`,
+        'm',
+      ),
+    );
+    const report = await waitForApplianceReport(join(paths.virt, 'sshnonode.serial.log'));
+    expect(report).toMatchObject({ hostname: 'tiny01', boots: '1' });
+    const copied = await readFile(join(homedir(), '.cache/imgctl/imgagent-linux-x64'));
+    expect(copied.equals(await readFile(join(inject('distDir'), 'imgagent-linux-x64')))).toBe(true);
+
+    const again = await provision(
+      [nonode.target],
+      ['--virt-name', 'tinyssh', '--dry-run', '--json'],
+      hosts,
+    );
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect((JSON.parse(again.stdout) as Summary).targets[0]).toMatchObject({
+      status: 'ok',
+      agent: 'executable',
+      agentCopied: false,
+      result: { vm: 'tinyssh', dryRun: true },
+    });
+    expect((JSON.parse(again.stdout) as Summary).targets[0]!.node).toBeUndefined();
+  });
+
+  it('says exactly what is missing where neither agent can run', async () => {
+    // A bundle with no executable beside it, and targets with an old Node or none.
+    const bundleOnly = join(work.dir, 'bundle-only');
+    await mkdir(bundleOnly);
+    await copyFile(agentBundle, join(bundleOnly, 'imgagent.mjs'));
     const bin = join(work.dir, 'old-node-bin');
     await mkdir(bin);
     await writeFile(join(bin, 'node'), '#!/bin/sh\necho v18.19.1\n', { mode: 0o755 });
@@ -286,18 +324,26 @@ describe('slow: imgctl provision over SSH', () => {
     onTestFinished(() => Promise.all([old.stop(), none.stop()]).then(() => undefined));
     const hosts = join(work.dir, 'known_hosts.node');
     await writeFile(hosts, `${old.knownHostsLine}\n${none.knownHostsLine}\n`);
-    const run = await provision([old.target, none.target], ['--dry-run', '--json'], hosts);
+    const run = await provision(
+      [old.target, none.target],
+      ['--dry-run', '--json'],
+      hosts,
+      join(bundleOnly, 'imgagent.mjs'),
+    );
     expect(run.exitCode, run.stderr).toBe(6);
     const summary = JSON.parse(run.stdout) as Summary;
+    const missing = `the self-contained agent cannot run there: ${join(bundleOnly, 'imgagent-linux-x64')} is missing`;
     expect(summary.targets[0]!.error).toMatchObject({
       code: 'HOST',
-      message: `${old.target} has Node.js v18.19.1; imgagent needs Node.js >= 20.19`,
+      message: `${old.target} has Node.js v18.19.1; the agent bundle needs Node.js >= 20.19, and ${missing}`,
     });
     expect(summary.targets[1]!.error).toMatchObject({ code: 'HOST' });
     expect(summary.targets[1]!.error!.message).toMatch(
-      /has no node command .*imgagent needs Node\.js >= 20\.19/,
+      /has no node command .*, and the self-contained/,
     );
-    expect(summary.targets[1]!.error!.hint).toMatch(/install Node\.js >= 20\.19 on the target/);
+    expect(summary.targets[1]!.error!.hint).toMatch(
+      /npm run build .*; or install Node\.js >= 20\.19 on the target/,
+    );
   });
 });
 

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { locateAgentBundle } from './provision.ts';
+import { locateAgentBundle, locateAgentExecutable } from './provision.ts';
 
 let root: string;
 beforeEach(async () => {
@@ -58,6 +58,43 @@ describe('locateAgentBundle', () => {
     expect(await locateAgentBundle({ env, cwd: root }, here)).toBe(other);
     await expect(
       locateAgentBundle({ env: { IMGCTL_AGENT_BUNDLE: 'nope.mjs' }, cwd: root }, here),
+    ).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  });
+});
+
+describe('locateAgentExecutable', () => {
+  it('imgagent-linux-x64 beside the bundle; from a checkout not when older than the sources', async () => {
+    const here = join(root, 'packages/cli/src/commands');
+    await put('packages/core/src/store/store.ts', 1000);
+    await put('packages/agent/src/main.ts', 2000);
+    const bundle = await put('dist/imgagent.mjs', 2000);
+    const file = join(root, 'dist/imgagent-linux-x64');
+    expect(await locateAgentExecutable(io, bundle, here)).toEqual({
+      missing: `${file} is missing`,
+      hint: expect.stringContaining('npm run build') as unknown,
+    });
+    await put('dist/imgagent-linux-x64', 1000);
+    expect(await locateAgentExecutable(io, bundle, here)).toMatchObject({
+      missing: `${file} is older than the sources`,
+    });
+    await utimes(file, 3000, 3000);
+    expect(await locateAgentExecutable(io, bundle, here)).toEqual({ path: file });
+    // beside an installed bundle, its age is not checked against a checkout
+    const installed = await put('usr/lib/imgctl/imgagent.mjs', 1000);
+    const exe = await put('usr/lib/imgctl/imgagent-linux-x64', 1000);
+    expect(await locateAgentExecutable(io, installed, join(root, 'usr/lib/imgctl'))).toEqual({
+      path: exe,
+    });
+  });
+
+  it('$IMGCTL_AGENT_EXECUTABLE first: a file, else NOT_FOUND', async () => {
+    const other = await put('elsewhere/agent', 1000);
+    const env = { IMGCTL_AGENT_EXECUTABLE: 'elsewhere/agent' };
+    expect(await locateAgentExecutable({ env, cwd: root }, '/x/imgagent.mjs')).toEqual({
+      path: other,
+    });
+    await expect(
+      locateAgentExecutable({ env: { IMGCTL_AGENT_EXECUTABLE: 'nope' }, cwd: root }, '/x/a.mjs'),
     ).rejects.toMatchObject({ code: 'NOT_FOUND' });
   });
 });

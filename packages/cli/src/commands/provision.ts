@@ -2,7 +2,6 @@ import { existsSync } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hashFile } from '@imgctl/core/disks/blobs';
 import { ImgctlError, isImgctlError } from '@imgctl/core/util/errors';
 import { isValidName, kebab, printable, terminalSafe } from '@imgctl/core/util/names';
 import { renderTable } from '@imgctl/core/util/output';
@@ -11,6 +10,7 @@ import {
   type ProvisionSummary,
   type ProvisionTarget,
   provisionTargets,
+  readAgentFile,
   summaryExitCode,
   type TargetResult,
 } from '@imgctl/core/ssh/provision';
@@ -83,6 +83,7 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
       ? undefined
       : await readTokenFile(resolve(ctx.io.cwd, options.tokenFile), '--token-file');
   const agentBundle = await locateAgentBundle(ctx.io);
+  const agentExecutable = await locateAgentExecutable(ctx.io, agentBundle);
 
   const home = env.HOME ?? '/root';
   const knownHostsFile = options.knownHosts
@@ -118,6 +119,7 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
       {
         targets,
         agentBundle,
+        agentExecutable,
         server,
         token,
         sets: options.set ?? [],
@@ -139,14 +141,13 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
           open.add(shell);
           return {
             exec: (argv, o) => shell.exec(argv, o),
-            upload: (l, r, m) => shell.upload(l, r, m),
             close() {
               open.delete(shell);
               shell.close();
             },
           };
         },
-        sha256File: (path) => hashFile(path),
+        readAgent: readAgentFile,
         now: () => Date.now(),
         onEvent: reporter.onEvent,
       },
@@ -211,6 +212,39 @@ export async function locateAgentBundle(io: Pick<Io, 'env' | 'cwd'>, here = HERE
       { hint },
     );
   return built;
+}
+
+const EXECUTABLE = 'imgagent-linux-x64';
+
+/**
+ * The self-contained agent for targets without a suitable Node: $IMGCTL_AGENT_EXECUTABLE (an
+ * error when it does not exist); else imgagent-linux-x64 beside the agent bundle — from a
+ * checkout, not when it is older than the sources. Missing, it is only an error for a target
+ * that needs it, so the reason goes along.
+ */
+export async function locateAgentExecutable(
+  io: Pick<Io, 'env' | 'cwd'>,
+  bundle: string,
+  here = HERE,
+): Promise<{ path: string } | { missing: string; hint: string }> {
+  const fromEnv = io.env.IMGCTL_AGENT_EXECUTABLE;
+  if (fromEnv) {
+    const file = resolve(io.cwd, fromEnv);
+    if (!existsSync(file))
+      throw new ImgctlError('NOT_FOUND', `IMGCTL_AGENT_EXECUTABLE: no such file ${file}`);
+    return { path: file };
+  }
+  const file = join(dirname(bundle), EXECUTABLE);
+  const hint = `run npm run build (it writes dist/${EXECUTABLE}), or set IMGCTL_AGENT_EXECUTABLE`;
+  if (!existsSync(file)) return { missing: `${file} is missing`, hint };
+  const checkout = resolve(here, '../../../..');
+  if (
+    here.endsWith(join('packages', 'cli', 'src', 'commands')) &&
+    file === join(checkout, 'dist', EXECUTABLE) &&
+    (await stat(file)).mtimeMs < (await newestSource(checkout))
+  )
+    return { missing: `${file} is older than the sources`, hint };
+  return { path: file };
 }
 
 /** The newest modification time of the sources the agent bundle is built from (tests aside). */
@@ -318,7 +352,8 @@ function detail(r: TargetResult): string {
   const parts = [];
   if (result?.vm)
     parts.push(`vm ${terminalSafe(String(result.vm))}${result.dryRun ? ' (dry run)' : ''}`);
-  parts.push(r.agentCopied ? 'agent copied' : 'agent up to date');
+  const agent = r.agent === 'executable' ? 'self-contained agent' : 'agent';
+  parts.push(`${agent} ${r.agentCopied ? 'copied' : 'up to date'}`);
   return parts.join(', ');
 }
 

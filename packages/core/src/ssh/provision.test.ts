@@ -6,24 +6,33 @@ import {
   type ProvisionTarget,
   provisionTargets,
   REMOTE_AGENT,
+  REMOTE_EXECUTABLE,
   summaryExitCode,
 } from './provision.ts';
 import type { ExecOptions, ExecResult, RemoteShell } from './ssh.ts';
 
 const SHA = 'a'.repeat(64);
+const EXE_SHA = 'e'.repeat(64);
 
 interface FakeHost {
   /** what `node --version` prints, and its exit code */
   node?: { exitCode: number; output: string };
-  remoteSha?: string;
+  /** `uname -sm` (default Linux x86_64) and `getconf GNU_LIBC_VERSION` (default glibc 2.36) */
+  platform?: string;
+  libc?: string;
+  /** the sha256 of the copies already there, by remote path */
+  sums?: Record<string, string>;
+  /** the copy script's result (default: success) */
+  copy?: ExecResult;
   agent?: (options: ExecOptions) => Promise<ExecResult>;
   connectError?: ImgctlError;
 }
 
-/** A fake target: answers node --version, sha256sum, mkdir and the agent; records every call. */
+/** A fake target: answers the probe, the copy and the agent; records every call. */
 function fakeDeps(hosts: Record<string, FakeHost>) {
   const calls: Array<{ host: string; argv: readonly string[]; options?: ExecOptions }> = [];
-  const uploads: string[] = [];
+  const copies: string[] = [];
+  const reads: string[] = [];
   const events: ProvisionEvent[] = [];
   let running = 0;
   let maxRunning = 0;
@@ -38,21 +47,25 @@ function fakeDeps(hosts: Record<string, FakeHost>) {
           calls.push({ host: target.host, argv, options });
           if (argv[0] === '/bin/sh' && argv[3] === 'imgctl-probe') {
             const node = host.node ?? { exitCode: 0, output: 'v20.19.0' };
-            const sum = host.remoteSha ? `${host.remoteSha}  ${REMOTE_AGENT}\n` : '';
+            const sums = Object.entries(host.sums ?? {}).map(([path, sum]) => `${sum}  ${path}\n`);
             return {
               exitCode: 0,
-              stdout: `${node.output}\nnode-exit=${node.exitCode}\n${sum}`,
+              stdout: [
+                `${node.output}\nnode-exit=${node.exitCode}\n`,
+                `${host.platform ?? 'Linux x86_64'}\n${host.libc ?? 'glibc 2.36'}\n`,
+                ...sums,
+              ].join(''),
               stderr: '',
             };
           }
-          if (argv[0] === 'mkdir') return { exitCode: 0, stdout: '', stderr: '' };
+          if (argv[0] === '/bin/sh' && argv[3] === 'imgctl-copy') {
+            copies.push(`${target.host}:${argv[4]}:${argv[5]}:${options?.stdin?.length}`);
+            return host.copy ?? { exitCode: 0, stdout: '', stderr: '' };
+          }
           options?.onStderrLine?.('imgagent: working');
           return host.agent
             ? host.agent(options ?? {})
             : { exitCode: 0, stdout: '{"vm":"tiny01"}\n', stderr: '' };
-        },
-        async upload(_local, remote) {
-          uploads.push(`${target.host}:${remote}`);
         },
         close() {
           running--;
@@ -60,11 +73,14 @@ function fakeDeps(hosts: Record<string, FakeHost>) {
       };
       return shell;
     },
-    sha256File: async () => SHA,
+    async readAgent(path) {
+      reads.push(path);
+      return { sha256: path === base.agentBundle ? SHA : EXE_SHA, gzipped: new Uint8Array(3) };
+    },
     now: () => 0,
     onEvent: (e) => events.push(e),
   };
-  return { deps, calls, uploads, events, maxRunning: () => maxRunning };
+  return { deps, calls, copies, reads, events, maxRunning: () => maxRunning };
 }
 
 const target = (host: string, system?: string): ProvisionTarget => ({
@@ -75,13 +91,14 @@ const target = (host: string, system?: string): ProvisionTarget => ({
 
 const base = {
   agentBundle: '/dist/imgagent.mjs',
+  agentExecutable: { path: '/dist/imgagent-linux-x64' },
   server: 'http://imgsrv:8460',
   agentArgs: ['--virt', '--image', 'tiny-linux'],
 };
 
 describe('provisionTargets', () => {
   it('copies the agent only where it differs, runs it with --json, the token and sets only on stdin', async () => {
-    const fake = fakeDeps({ hv1: {}, hv2: { remoteSha: SHA } });
+    const fake = fakeDeps({ hv1: {}, hv2: { sums: { [REMOTE_AGENT]: SHA } } });
     const summary = await provisionTargets(
       {
         ...base,
@@ -92,12 +109,14 @@ describe('provisionTargets', () => {
       fake.deps,
     );
     expect(summary.ok).toBe(true);
-    expect(summary.targets.map((t) => [t.target, t.status, t.agentCopied])).toEqual([
-      ['hv1', 'ok', true],
-      ['hv2', 'ok', false],
+    expect(summary.targets.map((t) => [t.target, t.status, t.agent, t.agentCopied])).toEqual([
+      ['hv1', 'ok', 'node', true],
+      ['hv2', 'ok', 'node', false],
     ]);
     expect(summary.targets[0]!.result).toEqual({ vm: 'tiny01' });
-    expect(fake.uploads).toEqual([`hv1:${REMOTE_AGENT}`]);
+    // gzip bytes on the copy's stdin, checked against the sha256 on the target; read once
+    expect(fake.copies).toEqual([`hv1:${REMOTE_AGENT}:${SHA}:3`]);
+    expect(fake.reads).toEqual([base.agentBundle]);
     const agentRuns = fake.calls.filter((c) => c.argv[1] === REMOTE_AGENT && c.host === 'hv1');
     expect(agentRuns[0]!.argv).toEqual([
       'node',
@@ -121,25 +140,95 @@ describe('provisionTargets', () => {
     expect(summaryExitCode(summary)).toBe(0);
   });
 
-  it('says exactly what is missing: no node, or one too old', async () => {
+  it('runs the self-contained agent where Node is missing or too old, copied only once', async () => {
     const fake = fakeDeps({
       none: { node: { exitCode: 127, output: 'sh: 1: node: not found' } },
-      old: { node: { exitCode: 0, output: 'v20.18.3' } },
+      old: {
+        node: { exitCode: 0, output: 'v18.19.1' },
+        sums: { [REMOTE_EXECUTABLE]: EXE_SHA },
+      },
     });
     const summary = await provisionTargets(
       { ...base, targets: [target('none'), target('old')] },
       fake.deps,
     );
-    expect(summary.targets[0]!.error).toMatchObject({
-      code: 'HOST',
-      message: expect.stringMatching(/^root@none has no node command .* needs Node\.js >= 20\.19$/),
+    expect(summary.ok).toBe(true);
+    expect(summary.targets.map((t) => [t.target, t.agent, t.agentCopied, t.node])).toEqual([
+      ['none', 'executable', true, undefined],
+      ['old', 'executable', false, 'v18.19.1'],
+    ]);
+    expect(fake.copies).toEqual([`none:${REMOTE_EXECUTABLE}:${EXE_SHA}:3`]);
+    expect(fake.reads).toEqual([base.agentExecutable.path]);
+    const run = fake.calls.find((c) => c.host === 'none' && c.argv[0]!.endsWith('x64'));
+    expect(run!.argv.slice(0, 3)).toEqual([`./${REMOTE_EXECUTABLE}`, '--server', base.server]);
+  });
+
+  it('says exactly what is missing where neither agent can run', async () => {
+    const noNode = { node: { exitCode: 127, output: 'sh: 1: node: not found' } };
+    const fake = fakeDeps({
+      arm: { ...noNode, platform: 'Linux aarch64' },
+      musl: { ...noNode, libc: 'unknown' },
+      oldlibc: { node: { exitCode: 0, output: 'v20.18.3' }, libc: 'glibc 2.17' },
     });
-    expect(summary.targets[1]!.error).toMatchObject({
+    const summary = await provisionTargets(
+      { ...base, targets: [target('arm'), target('musl'), target('oldlibc')] },
+      fake.deps,
+    );
+    expect(summary.targets.map((t) => [t.error?.code, t.error?.message])).toEqual([
+      [
+        'HOST',
+        'root@arm has no node command (in the PATH of a non-interactive SSH session), and the self-contained agent cannot run there: it is built for Linux x86_64 and root@arm is Linux aarch64',
+      ],
+      [
+        'HOST',
+        expect.stringMatching(/: it needs glibc >= 2\.28 and root@musl has another C library$/),
+      ],
+      [
+        'HOST',
+        'root@oldlibc has Node.js v20.18.3; the agent bundle needs Node.js >= 20.19, and the self-contained agent cannot run there: it needs glibc >= 2.28 and root@oldlibc has glibc 2.17',
+      ],
+    ]);
+    expect(summary.targets[0]!.error!.hint).toMatch(/^install Node\.js >= 20\.19 on the target/);
+
+    const missing = fakeDeps({ none: noNode });
+    const without = await provisionTargets(
+      {
+        ...base,
+        agentExecutable: {
+          missing: '/dist/imgagent-linux-x64 is missing',
+          hint: 'run npm run build',
+        },
+        targets: [target('none')],
+      },
+      missing.deps,
+    );
+    expect(without.targets[0]!.error).toMatchObject({
       code: 'HOST',
-      message: 'root@old has Node.js v20.18.3; imgagent needs Node.js >= 20.19',
+      message: expect.stringMatching(/cannot run there: \/dist\/imgagent-linux-x64 is missing$/),
+      hint: expect.stringMatching(/^run npm run build; or install Node\.js/),
     });
-    expect(fake.uploads).toEqual([]);
+    expect(fake.copies).toEqual([]);
     expect(summaryExitCode(summary)).toBe(6);
+  });
+
+  it('fails a target whose copy does not check out, and runs nothing there', async () => {
+    const fake = fakeDeps({
+      bad: {
+        copy: {
+          exitCode: 1,
+          stdout: '',
+          stderr: `sha256 ${'b'.repeat(64)} is not the expected ${SHA}`,
+        },
+      },
+    });
+    const summary = await provisionTargets({ ...base, targets: [target('bad')] }, fake.deps);
+    expect(summary.targets[0]!.error).toMatchObject({
+      code: 'FAILED',
+      message: expect.stringMatching(
+        /^copying the agent to root@bad:~\/\.cache\/imgctl\/imgagent\.mjs failed \(exit 1\): sha256 b+ is not the expected a+$/,
+      ),
+    });
+    expect(fake.calls.map((c) => c.argv[3] ?? c.argv[0])).toEqual(['imgctl-probe', 'imgctl-copy']);
   });
 
   it("reports the agent's JSON error with its code and details; other targets carry on", async () => {

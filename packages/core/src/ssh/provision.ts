@@ -1,13 +1,19 @@
 /**
  * `imgctl provision` (docs/provision.md): imgagent run on many targets over SSH. For each
- * target, at most `parallel` at a time: connect (host key checked), check Node.js, copy the
- * single-file agent unless the same bytes are already there, run it with `--json` and the
- * token on stdin, relay its progress lines, and collect its result. A failed target never
- * stops the others; an abort starts no new target and stops the running ones.
+ * target, at most `parallel` at a time: connect (host key checked), probe Node.js and the
+ * platform, choose the agent — the single-file bundle where a suitable Node is, else the
+ * self-contained executable — copy it (gzip on the wire, sha256 checked on the target) unless
+ * the same bytes are already there, run it with `--json` and the token on stdin, relay its
+ * progress lines, and collect its result. A failed target never stops the others; an abort
+ * starts no new target and stops the running ones.
  *
  * The remote machine is reached through `ProvisionDeps.connect` (a RemoteShell), so unit tests
  * pass fakes and imgctl an ssh2 connection.
  */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
 import { EXIT, type ErrorCode, ImgctlError, isImgctlError } from '../util/errors.ts';
 import { terminalSafe } from '../util/names.ts';
 import { formatSshTarget, type RemoteShell, type SshTarget } from './ssh.ts';
@@ -16,8 +22,12 @@ import { mapLimit } from '../store/store.ts';
 /** Where the agent lives on a target, relative to the SSH user's home directory. */
 const REMOTE_AGENT_DIR = '.cache/imgctl';
 export const REMOTE_AGENT = `${REMOTE_AGENT_DIR}/imgagent.mjs`;
+export const REMOTE_EXECUTABLE = `${REMOTE_AGENT_DIR}/imgagent-linux-x64`;
 /** The oldest Node.js the agent bundle runs on (package.json engines). */
 const MIN_NODE = { major: 20, minor: 19 } as const;
+/** What the self-contained executable runs on: Node 20's official build needs glibc 2.28. */
+const EXECUTABLE_PLATFORM = 'Linux x86_64';
+const MIN_GLIBC = { major: 2, minor: 28 } as const;
 const DEFAULT_PARALLEL = 10;
 
 export interface ProvisionTarget {
@@ -30,8 +40,13 @@ export interface ProvisionTarget {
 
 export interface ProvisionOptions {
   targets: ProvisionTarget[];
-  /** the local single-file agent (dist/imgagent.mjs) */
+  /** the local single-file agent (dist/imgagent.mjs), run by the target's Node */
   agentBundle: string;
+  /**
+   * The local self-contained agent (dist/imgagent-linux-x64), for targets without a suitable
+   * Node; or why there is none, said when a target needs it.
+   */
+  agentExecutable: { path: string } | { missing: string; hint: string };
   /** the server URL, as the targets reach it */
   server: string;
   /** bearer token; goes to the agent on stdin ($IMGAGENT_TOKEN), never on a command line */
@@ -54,11 +69,26 @@ export type ProvisionEvent =
 
 export interface ProvisionDeps {
   connect(target: SshTarget, signal: AbortSignal): Promise<RemoteShell>;
-  /** lowercase hex sha256 of a local file */
-  sha256File(path: string): Promise<string>;
+  /** a local agent file as it is copied (readAgentFile); asked once per file and run */
+  readAgent(path: string): Promise<AgentFile>;
   /** milliseconds, for durations */
   now(): number;
   onEvent?(event: ProvisionEvent): void;
+}
+
+export type AgentKind = 'node' | 'executable';
+
+/** A local agent file ready to copy: its sha256 and its gzip-compressed bytes. */
+export interface AgentFile {
+  sha256: string;
+  gzipped: Uint8Array;
+}
+
+/** Reads an agent file, hashes it and compresses it (zlib runs off the main thread). */
+export async function readAgentFile(path: string): Promise<AgentFile> {
+  const bytes = await readFile(path);
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
+  return { sha256, gzipped: await promisify(gzip)(bytes, { level: 6 }) };
 }
 
 export type TargetStatus = 'ok' | 'failed' | 'cancelled' | 'not-started';
@@ -70,8 +100,10 @@ export interface TargetResult {
   system?: string;
   status: TargetStatus;
   seconds: number;
-  /** the target's `node --version` */
+  /** the target's `node --version`, when it has a node command that answers */
   node?: string;
+  /** which agent ran: the bundle on the target's Node, or the self-contained executable */
+  agent?: AgentKind;
   /** whether the agent was copied (false: the same bytes were already there) */
   agentCopied?: boolean;
   /** the agent's exit code */
@@ -92,7 +124,11 @@ export async function provisionTargets(
   options: ProvisionOptions,
   deps: ProvisionDeps,
 ): Promise<ProvisionSummary> {
-  const agentSha = await deps.sha256File(options.agentBundle);
+  const files = new Map<string, Promise<AgentFile>>();
+  const readAgent = (path: string) => {
+    if (!files.has(path)) files.set(path, deps.readAgent(path));
+    return files.get(path)!;
+  };
   const signal = options.signal ?? new AbortController().signal;
   const results = await mapLimit(
     options.targets,
@@ -110,7 +146,7 @@ export async function provisionTargets(
       } else {
         const partial: Partial<TargetResult> = {};
         try {
-          await provisionOne(target, { ...options, agentSha, signal }, deps, partial);
+          await provisionOne(target, { ...options, readAgent, signal }, deps, partial);
           result = { ...base, ...partial, status: 'ok', seconds: 0 };
         } catch (error) {
           const cancelled = signal.aborted;
@@ -136,7 +172,7 @@ export async function provisionTargets(
 }
 
 interface RunContext extends ProvisionOptions {
-  agentSha: string;
+  readAgent(path: string): Promise<AgentFile>;
   signal: AbortSignal;
 }
 
@@ -155,19 +191,16 @@ async function provisionOne(
   try {
     phase('checking node');
     const probe = await probeTarget(shell, where);
-    partial.node = probe.node;
+    if (probe.node !== undefined) partial.node = probe.node;
+    const agent = chooseAgent(probe, ctx, where);
+    partial.agent = agent.kind;
+    const file = await ctx.readAgent(agent.local);
     throwIfAborted(ctx.signal);
 
-    partial.agentCopied = probe.agentSha !== ctx.agentSha;
+    partial.agentCopied = probe.sums.get(agent.remote) !== file.sha256;
     if (partial.agentCopied) {
       phase('copying agent');
-      const mkdir = await shell.exec(['mkdir', '-p', '-m', '700', REMOTE_AGENT_DIR]);
-      if (mkdir.exitCode !== 0)
-        throw new ImgctlError(
-          'FAILED',
-          `cannot make ~/${REMOTE_AGENT_DIR} on ${where}: ${mkdir.stderr.trim()}`,
-        );
-      await shell.upload(ctx.agentBundle, REMOTE_AGENT, 0o644);
+      await copyAgent(shell, file, agent.remote, where);
     }
     throwIfAborted(ctx.signal);
 
@@ -175,7 +208,8 @@ async function provisionOne(
     const args = [...ctx.agentArgs];
     if (target.system !== undefined && !args.includes('--system'))
       args.push('--system', target.system);
-    const argv = ['node', REMOTE_AGENT, '--server', ctx.server, '--json', '--progress', ...args];
+    const command = agent.kind === 'node' ? ['node', REMOTE_AGENT] : [`./${REMOTE_EXECUTABLE}`];
+    const argv = [...command, '--server', ctx.server, '--json', '--progress', ...args];
     // The token and the --set values go on stdin into $IMGAGENT_TOKEN and $IMGAGENT_SETS (a
     // JSON array), which the agent reads: never on a command line, where `ps` shows them.
     const secretEnv: Array<{ name: string; value: string }> = [];
@@ -222,50 +256,134 @@ function throwIfAborted(signal: AbortSignal): void {
 }
 
 /**
- * One remote command (each one costs a login shell): `node --version`, then the sha256 of the
- * agent copy already there. The script is constant; the path is its quoted argument.
+ * One remote command (each one costs a login shell): `node --version`, the platform, the C
+ * library, then the sha256 of the agent copies already there. The script is constant; the
+ * paths are its quoted arguments.
  */
-const PROBE_SCRIPT =
-  'node --version 2>&1; echo "node-exit=$?"; sha256sum -- "$1" 2>/dev/null || true';
+const PROBE_SCRIPT = [
+  'node --version 2>&1; echo "node-exit=$?"',
+  'uname -sm',
+  'getconf GNU_LIBC_VERSION 2>/dev/null || echo unknown',
+  'sha256sum -- "$@" 2>/dev/null || true',
+].join('\n');
 
-/** Node.js on the target, checked against MIN_NODE (saying exactly what is missing), and the agent's hash. */
-async function probeTarget(
-  shell: RemoteShell,
-  where: string,
-): Promise<{ node: string; agentSha?: string }> {
-  const need = `Node.js >= ${MIN_NODE.major}.${MIN_NODE.minor}`;
-  const hint = `install ${need} on the target so that 'ssh ${where} node --version' works (the agent runs with the PATH of a non-interactive SSH session)`;
-  const run = await shell.exec(['/bin/sh', '-c', PROBE_SCRIPT, 'imgctl-probe', REMOTE_AGENT]);
+interface Probe {
+  /** `node --version`, when node ran */
+  node?: string;
+  /** why this Node cannot run the bundle; undefined when it can */
+  nodeProblem?: string;
+  /** `uname -sm`, e.g. "Linux x86_64" */
+  platform: string;
+  /** `getconf GNU_LIBC_VERSION`, e.g. "glibc 2.36"; "unknown" elsewhere (musl) */
+  libc: string;
+  /** sha256 of the agent copies on the target, by remote path */
+  sums: Map<string, string>;
+}
+
+async function probeTarget(shell: RemoteShell, where: string): Promise<Probe> {
+  const run = await shell.exec([
+    '/bin/sh',
+    '-c',
+    PROBE_SCRIPT,
+    'imgctl-probe',
+    REMOTE_AGENT,
+    REMOTE_EXECUTABLE,
+  ]);
   const lines = run.stdout.split('\n');
   const marker = lines.findIndex((l) => /^node-exit=\d+$/.test(l));
-  if (run.exitCode !== 0 || marker < 0)
+  if (run.exitCode !== 0 || marker < 0 || lines.length < marker + 3)
     throw new ImgctlError(
       'FAILED',
       `probing ${where} failed (exit ${run.exitCode ?? '?'}): ${terminalSafe(run.stderr.trim().slice(0, 200))}`,
     );
   const nodeExit = Number(lines[marker]!.slice('node-exit='.length));
   const version = terminalSafe(lines.slice(0, marker).join('\n').trim());
-  const agentSha = /^([0-9a-f]{64})\s/.exec(lines[marker + 1] ?? '')?.[1];
-  if (nodeExit === 127)
-    throw new ImgctlError(
-      'HOST',
-      `${where} has no node command (in the PATH of a non-interactive SSH session); imgagent needs ${need}`,
-      { hint },
-    );
+  const sums = new Map<string, string>();
+  for (const line of lines.slice(marker + 3)) {
+    const m = /^([0-9a-f]{64}) [ *](.*)$/.exec(line);
+    if (m) sums.set(m[2]!, m[1]!);
+  }
+  const need = `Node.js >= ${MIN_NODE.major}.${MIN_NODE.minor}`;
   const m = /^v(\d+)\.(\d+)\.(\d+)/.exec(version);
-  if (nodeExit !== 0 || !m)
+  let nodeProblem: string | undefined;
+  if (nodeExit === 127)
+    nodeProblem = `${where} has no node command (in the PATH of a non-interactive SSH session)`;
+  else if (nodeExit !== 0 || !m)
+    nodeProblem = `'node --version' on ${where} failed (exit ${nodeExit}): ${version.slice(0, 200)}`;
+  else if (!atLeast(Number(m[1]), Number(m[2]), MIN_NODE))
+    nodeProblem = `${where} has Node.js ${version}; the agent bundle needs ${need}`;
+  return {
+    ...(nodeExit === 0 && m ? { node: version } : {}),
+    ...(nodeProblem ? { nodeProblem } : {}),
+    platform: terminalSafe(lines[marker + 1]!.trim()),
+    libc: terminalSafe(lines[marker + 2]!.trim()),
+    sums,
+  };
+}
+
+function atLeast(major: number, minor: number, min: { major: number; minor: number }): boolean {
+  return major > min.major || (major === min.major && minor >= min.minor);
+}
+
+/**
+ * The bundle where the target's Node can run it; else the self-contained executable where the
+ * platform and C library can; else a HOST error saying what is missing for each.
+ */
+function chooseAgent(
+  probe: Probe,
+  ctx: RunContext,
+  where: string,
+): { kind: AgentKind; local: string; remote: string } {
+  if (probe.nodeProblem === undefined)
+    return { kind: 'node', local: ctx.agentBundle, remote: REMOTE_AGENT };
+  const exe = ctx.agentExecutable;
+  const glibc = /^glibc (\d+)\.(\d+)/.exec(probe.libc);
+  let hint = `install Node.js >= ${MIN_NODE.major}.${MIN_NODE.minor} on the target so that 'ssh ${where} node --version' works (the agent runs with the PATH of a non-interactive SSH session)`;
+  let why: string;
+  if ('missing' in exe) {
+    why = exe.missing;
+    hint = `${exe.hint}; or ${hint}`;
+  } else if (probe.platform !== EXECUTABLE_PLATFORM)
+    why = `it is built for ${EXECUTABLE_PLATFORM} and ${where} is ${probe.platform}`;
+  else if (!glibc || !atLeast(Number(glibc[1]), Number(glibc[2]), MIN_GLIBC))
+    why = `it needs glibc >= ${MIN_GLIBC.major}.${MIN_GLIBC.minor} and ${where} has ${probe.libc === 'unknown' ? 'another C library' : probe.libc}`;
+  else return { kind: 'executable', local: exe.path, remote: REMOTE_EXECUTABLE };
+  throw new ImgctlError(
+    'HOST',
+    `${probe.nodeProblem}, and the self-contained agent cannot run there: ${why}`,
+    { hint },
+  );
+}
+
+/**
+ * Writes the gzip stream on stdin to a temporary file beside `$1`, checks its sha256 against
+ * `$2`, and renames it into place; anything else leaves no file behind. The script is constant.
+ */
+const COPY_SCRIPT = [
+  'umask 077',
+  'mkdir -p -- "${1%/*}" || exit 1',
+  'tmp="$1.tmp.$$"',
+  'trap \'rm -f -- "$tmp"\' EXIT',
+  'gzip -dc >"$tmp" || exit 1',
+  'sum=$(sha256sum <"$tmp") || exit 1',
+  '[ "${sum%% *}" = "$2" ] || { echo "sha256 ${sum%% *} is not the expected $2" >&2; exit 1; }',
+  'chmod 700 -- "$tmp" && mv -f -- "$tmp" "$1"',
+].join('\n');
+
+async function copyAgent(
+  shell: RemoteShell,
+  file: AgentFile,
+  remote: string,
+  where: string,
+): Promise<void> {
+  const run = await shell.exec(['/bin/sh', '-c', COPY_SCRIPT, 'imgctl-copy', remote, file.sha256], {
+    stdin: file.gzipped,
+  });
+  if (run.exitCode !== 0)
     throw new ImgctlError(
-      'HOST',
-      `'node --version' on ${where} failed (exit ${nodeExit}): ${version.slice(0, 200)}; imgagent needs ${need}`,
-      { hint },
+      'FAILED',
+      `copying the agent to ${where}:~/${remote} failed (exit ${run.exitCode ?? run.signal ?? '?'}): ${terminalSafe(run.stderr.trim().slice(0, 300))}`,
     );
-  const major = Number(m[1]);
-  const minor = Number(m[2]);
-  if (major < MIN_NODE.major || (major === MIN_NODE.major && minor < MIN_NODE.minor))
-    throw new ImgctlError('HOST', `${where} has Node.js ${version}; imgagent needs ${need}`, {
-      hint,
-    });
-  return { node: version, ...(agentSha ? { agentSha } : {}) };
 }
 
 interface AgentError {

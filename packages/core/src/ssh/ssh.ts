@@ -3,10 +3,10 @@
  * habits — key authentication (the ssh agent, key files), host keys checked against
  * known_hosts (plain, hashed `|1|` and `[host]:port` entries; unknown or changed keys refused,
  * `acceptNew` adds unknown ones and never changed ones), a connect timeout and keepalives —
- * plus remote commands built by one strict quoting function and uploads through SFTP to a
- * temporary name renamed into place.
+ * plus remote commands built by one strict quoting function, whose stdin may carry bytes (a
+ * compressed file, for instance).
  */
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { appendFile, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import ssh2, {
@@ -14,7 +14,6 @@ import ssh2, {
   type Client,
   type ClientChannel,
   type PublicKeyAuthMethod,
-  type SFTPWrapper,
 } from 'ssh2';
 import { ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
@@ -337,6 +336,8 @@ export interface ExecOptions {
    * Without it stdin is ended at once and an abort closes the channel.
    */
   supervise?: boolean;
+  /** bytes the command reads on stdin after the secrets, then EOF (not with `supervise`) */
+  stdin?: Uint8Array;
   /** each line the command writes to stderr, as it arrives */
   onStderrLine?(line: string): void;
   signal?: AbortSignal;
@@ -355,8 +356,6 @@ export interface ExecResult {
 /** What provisioning needs of a remote machine; tests pass fakes, imgctl an ssh2 connection. */
 export interface RemoteShell {
   exec(argv: readonly string[], options?: ExecOptions): Promise<ExecResult>;
-  /** copies a local file to `remotePath` through a temporary name renamed over it */
-  upload(localPath: string, remotePath: string, mode: number): Promise<void>;
   close(): void;
 }
 
@@ -554,29 +553,6 @@ function remoteShell(conn: Client, where: string, graceMs: number): RemoteShell 
   let closed = false;
   return {
     exec: (argv, options = {}) => execRemote(conn, where, argv, options, graceMs),
-    async upload(localPath, remotePath, mode) {
-      const sftp = await new Promise<SFTPWrapper>((resolve, reject) =>
-        conn.sftp((error, s) => (error ? reject(error) : resolve(s))),
-      );
-      const tmp = `${remotePath}.tmp-${randomBytes(6).toString('hex')}`;
-      try {
-        await new Promise<void>((resolve, reject) =>
-          sftp.fastPut(localPath, tmp, { mode }, (error) => (error ? reject(error) : resolve())),
-        );
-        await new Promise<void>((resolve, reject) =>
-          sftp.ext_openssh_rename(tmp, remotePath, (error) => (error ? reject(error) : resolve())),
-        );
-      } catch (error) {
-        await new Promise<void>((resolve) => sftp.unlink(tmp, () => resolve()));
-        throw new ImgctlError(
-          'FAILED',
-          `copying ${localPath} to ${where}:${remotePath} failed: ${(error as Error).message}`,
-          { cause: error },
-        );
-      } finally {
-        sftp.end();
-      }
-    },
     close() {
       if (closed) return;
       closed = true;
@@ -602,6 +578,8 @@ function execRemote(
     secretEnv: secrets.map((s) => s.name),
     supervise: options.supervise,
   });
+  if (options.supervise && options.stdin !== undefined)
+    return Promise.reject(new Error('execRemote: stdin bytes and supervise exclude each other'));
   const stdin = secrets.map((s) => `${s.value}\n`).join('');
   const maxStdout = options.maxStdout ?? 16 << 20;
   return new Promise<ExecResult>((resolve, reject) => {
@@ -664,7 +642,11 @@ function execRemote(
         });
       });
       if (options.supervise) stream.write(stdin);
-      else stream.end(stdin);
+      else if (options.stdin === undefined) stream.end(stdin);
+      else {
+        if (stdin !== '') stream.write(stdin);
+        stream.end(options.stdin);
+      }
     });
   });
 }
