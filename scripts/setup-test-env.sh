@@ -44,6 +44,8 @@ declare -A PACKAGES=(
   # imgctl provision e2e and bench/provision-fanout: a real sshd, ssh-keygen for its keys
   [openssh-server]=/usr/sbin/sshd
   [openssh-client]=ssh-keygen
+  # images/debian-12/build.sh (test/debian-cloud-init): a Debian tree from packages
+  [mmdebstrap]=mmdebstrap
 )
 
 missing=()

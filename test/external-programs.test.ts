@@ -2,7 +2,8 @@
  * Every program the code runs on this machine comes from a Debian package that
  * scripts/setup-test-env.sh installs (the one list `npm test` and `npm run demo` use). The programs are found in the source: the first
  * argument of each run/execa/spawn call in packages/*\/src, and each command of the shell scripts
- * run here (scripts/, the tiny appliance's build.sh and provision.sh, the store's shell library).
+ * run here (scripts/, the tiny appliance's build.sh and provision.sh, debian-12's build.sh, the
+ * store's shell library).
  * Essential packages and those of priority required are on every Debian system; Node is the
  * README's prerequisite; two programs the agent runs on a target only when asked are the
  * target's choice (TARGET_CHOICES).
@@ -30,6 +31,7 @@ const SHELL_SCRIPTS = [
   'image-store/common/functions.sh',
   'image-store/images/tiny-linux/build.sh',
   'image-store/images/tiny-linux/provision.sh',
+  'image-store/images/debian-12/build.sh',
 ];
 
 /** What the README asks of a machine before anything: Node (with npm). */

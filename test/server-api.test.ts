@@ -206,7 +206,7 @@ describe('imgctl serve: images, records, systems, files', () => {
 
   it('lists images and shows one with its records', async () => {
     const images = await client().listImages();
-    expect(images.map((i) => i.name)).toEqual(['tiny-linux', 'web']);
+    expect(images.map((i) => i.name)).toEqual(['debian-12', 'tiny-linux', 'web']);
     const web = await client().getImage('web');
     expect(web.records).toEqual(expect.arrayContaining(['default']));
     const record = await client().getRecord('web', 'default');

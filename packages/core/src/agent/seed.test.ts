@@ -36,10 +36,10 @@ afterAll(async () => {
 });
 
 describe('renderSeed', () => {
-  it('gives meta-data, #cloud-config user-data with keys, and network-config v2', () => {
+  it('gives meta-data, #cloud-config user-data with keys, and network-config v1', () => {
     const seed = renderSeed(plan, {
       instanceId: 'i-123',
-      passwordHashes: { root: '$6$salt$hash' },
+      passwordHashes: { root: '$6$salt$hash', admin: '$6$salt$admin' },
       commands: ['echo hi'],
     });
     expect(parse(seed['meta-data'])).toEqual({
@@ -47,21 +47,65 @@ describe('renderSeed', () => {
       'local-hostname': 'web01.example.com',
     });
     expect(seed['user-data'].startsWith('#cloud-config\n')).toBe(true);
+    // plain lists, no YAML aliases: the keys are written out where they are used
+    expect(seed['user-data']).not.toMatch(/[&*]a\d/);
     const user = parse(seed['user-data']);
-    expect(user.hostname).toBe('web01');
-    expect(user.users[0]).toMatchObject({ name: 'root', hashed_passwd: '$6$salt$hash' });
-    expect(user.ssh_authorized_keys).toEqual(plan.ssh_authorized_keys);
-    expect(user.runcmd).toEqual(['echo hi']);
-    const net = parse(seed['network-config']);
-    expect(net.version).toBe(2);
-    expect(net.ethernets.eth0).toEqual({
-      match: { macaddress: '52:54:00:12:34:56' },
-      'set-name': 'eth0',
-      addresses: ['192.0.2.10/24'],
-      routes: [{ to: '0.0.0.0/0', via: '192.0.2.1' }],
-      nameservers: { addresses: ['192.0.2.53'] },
+    expect(user).toMatchObject({
+      hostname: 'web01',
+      fqdn: 'web01.example.com',
+      manage_etc_hosts: true,
+      // root's keys, usable: Debian's default disable_root would turn them into a message
+      ssh_authorized_keys: plan.ssh_authorized_keys,
+      disable_root: false,
+      runcmd: ['echo hi'],
     });
-    expect(net.ethernets.eth1).toEqual({ dhcp4: true });
+    expect(user.users).toEqual([
+      { name: 'root', hashed_passwd: '$6$salt$hash', lock_passwd: false },
+      {
+        name: 'admin',
+        hashed_passwd: '$6$salt$admin',
+        lock_passwd: false,
+        shell: '/bin/sh',
+        ssh_authorized_keys: plan.ssh_authorized_keys,
+      },
+    ]);
+    const net = parse(seed['network-config']);
+    expect(net).toEqual({
+      version: 1,
+      config: [
+        {
+          type: 'physical',
+          name: 'eth0',
+          mac_address: '52:54:00:12:34:56',
+          // the gateway on the subnet: ENI renders it as `gateway`, not `post-up route add`
+          subnets: [
+            {
+              type: 'static',
+              address: '192.0.2.10/24',
+              gateway: '192.0.2.1',
+              dns_nameservers: ['192.0.2.53'],
+            },
+          ],
+        },
+        { type: 'physical', name: 'eth1', subnets: [{ type: 'dhcp' }] },
+      ],
+    });
+  });
+
+  it('creates no user but root without password hashes, and never the image default user', () => {
+    const user = parse(renderSeed(plan, { instanceId: 'i-1' })['user-data']);
+    expect(user.users).toEqual([]);
+    expect(user.ssh_authorized_keys).toEqual(plan.ssh_authorized_keys);
+    const v6 = renderSeed(
+      {
+        ...plan,
+        interfaces: [{ name: 'eth0', ip: '2001:db8::10/64', gateway: '2001:db8::1' }],
+      } as unknown as PlanDoc,
+      { instanceId: 'i-2' },
+    );
+    expect(parse(v6['network-config']).config[0].subnets).toEqual([
+      { type: 'static6', address: '2001:db8::10/64', gateway: '2001:db8::1' },
+    ]);
   });
 });
 

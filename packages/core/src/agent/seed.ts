@@ -21,29 +21,37 @@ export interface SeedOptions {
   extraUserData?: Record<string, unknown>;
 }
 
-/** The NoCloud seed that configures a machine of `plan`: identity, users and keys, network. */
+/**
+ * The NoCloud seed that configures a machine of `plan`: identity, users and keys, network.
+ *
+ * Users: root gets the system's keys — `disable_root: false`, or Debian's and Ubuntu's
+ * cloud-init would turn root's key into a "login as the default user" message — and its
+ * password hash when `root_password` is set. Each `login_password_<user>` user is created with
+ * its hash and the same keys, without sudo. The image's default user (`debian`, `ubuntu`…)
+ * is not created: `users:` does not name it.
+ */
 export function renderSeed(plan: PlanDoc, options: SeedOptions): SeedFiles {
   const metaData = { 'instance-id': options.instanceId, 'local-hostname': plan.hostname };
   const keys = plan.ssh_authorized_keys;
-  const hashes = options.passwordHashes ?? {};
+  // a new list each time: the same one twice would be written as a YAML alias
+  const withKeys = () => (keys.length > 0 ? { ssh_authorized_keys: [...keys] } : {});
   const users: Array<Record<string, unknown>> = [];
-  const rootHash = hashes.root;
-  if (keys.length > 0 || rootHash) {
-    users.push({
-      name: 'root',
-      ...(keys.length > 0 ? { ssh_authorized_keys: keys } : {}),
-      ...(rootHash ? { hashed_passwd: rootHash, lock_passwd: false } : {}),
-    });
-  }
-  for (const [name, hash] of Object.entries(hashes)) {
-    if (name !== 'root')
-      users.push({ name, hashed_passwd: hash, lock_passwd: false, shell: '/bin/sh' });
+  for (const [name, hash] of Object.entries(options.passwordHashes ?? {})) {
+    const login = { hashed_passwd: hash, lock_passwd: false };
+    users.push(
+      name === 'root' ? { name, ...login } : { name, ...login, shell: '/bin/sh', ...withKeys() },
+    );
   }
   const userData: Record<string, unknown> = {
     hostname: plan.hostname.split('.')[0],
     fqdn: plan.hostname,
-    ...(users.length > 0 ? { users } : {}),
-    ...(keys.length > 0 ? { ssh_authorized_keys: keys } : {}),
+    // cloud-init would else set the hostname without its domain in /etc/hosts
+    manage_etc_hosts: true,
+    // the root user's keys, and root may use them
+    ...withKeys(),
+    disable_root: false,
+    // `users:` without `default`: no image default user; an empty list still means that
+    users,
     ...(options.commands?.length ? { runcmd: options.commands } : {}),
   };
   for (const [key, value] of Object.entries(options.extraUserData ?? {}))
@@ -55,26 +63,32 @@ export function renderSeed(plan: PlanDoc, options: SeedOptions): SeedFiles {
   };
 }
 
-/** cloud-init network config version 2, one ethernet per interface, matched by MAC when known. */
+/**
+ * cloud-init network config version 1 (its own format, rendered alike by every renderer: ENI,
+ * netplan, networkd, sysconfig), one physical interface per system interface, renamed to its
+ * name by MAC when known. The gateway is the subnet's `gateway`: version 2's `routes` to
+ * 0.0.0.0/0 become `post-up route add` lines under ENI (Debian's ifupdown), which need net-tools
+ * and left Debian 12 without a default route.
+ */
 function networkConfig(interfaces: Interface[]): Record<string, unknown> {
-  const ethernets: Record<string, unknown> = {};
-  for (const iface of interfaces) {
-    const entry: Record<string, unknown> = {};
-    if (iface.mac) {
-      entry.match = { macaddress: iface.mac.toLowerCase() };
-      entry['set-name'] = iface.name;
-    }
-    if (iface.ip) {
-      entry.addresses = [iface.ip];
-      if (iface.gateway)
-        entry.routes = [{ to: iface.ip.includes(':') ? '::/0' : '0.0.0.0/0', via: iface.gateway }];
-    } else {
-      entry.dhcp4 = true;
-    }
-    if (iface.dns?.length) entry.nameservers = { addresses: iface.dns };
-    ethernets[iface.name] = entry;
-  }
-  return { version: 2, ethernets };
+  const config = interfaces.map((iface) => {
+    const dns = iface.dns?.length ? { dns_nameservers: [...iface.dns] } : {};
+    const subnet = iface.ip
+      ? {
+          type: iface.ip.includes(':') ? 'static6' : 'static',
+          address: iface.ip,
+          ...(iface.gateway ? { gateway: iface.gateway } : {}),
+          ...dns,
+        }
+      : { type: 'dhcp', ...dns };
+    return {
+      type: 'physical',
+      name: iface.name,
+      ...(iface.mac ? { mac_address: iface.mac.toLowerCase() } : {}),
+      subnets: [subnet],
+    };
+  });
+  return { version: 1, config };
 }
 
 /**
