@@ -46,6 +46,13 @@ declare -A PACKAGES=(
   [openssh-client]=ssh-keygen
   # images/debian-12/build.sh (test/debian-cloud-init): a Debian tree from packages
   [mmdebstrap]=mmdebstrap
+  # npm run package (dpkg-shlibdeps) and test/package-deb: the imgctl package's user (adduser),
+  # systemd-analyze verify of its unit, its man pages rendered
+  [dpkg-dev]=dpkg-shlibdeps
+  [adduser]=adduser
+  [systemd]=systemd-analyze
+  [man-db]=man
+  [groff-base]=groff
 )
 
 missing=()

@@ -44,7 +44,41 @@ export async function main(argv: string[], io: AgentIo): Promise<number> {
   const cwd = io.cwd ?? process.cwd();
   let json = argv.includes('--json');
   let result = 0;
-  const program = new Command('imgagent')
+  const program = agentProgram(io, async (flags) => {
+    json = Boolean(flags.json);
+    result = await run(flags, io, env, cwd);
+  });
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return result;
+  } catch (error) {
+    const errorIo = { stdout: io.stdout, stderr: io.stderr, env };
+    if (!(error instanceof CommanderError)) return reportError('imgagent', errorIo, json, error);
+    if (
+      error.code === 'commander.helpDisplayed' ||
+      error.code === 'commander.version' ||
+      error.code === 'commander.help'
+    )
+      return 0;
+    // commander has said what is wrong on stderr; --json gets it as the error document too
+    if (!json) return EXIT.USAGE;
+    const usage = new ImgctlError('USAGE', error.message.replace(/^error: /, ''), {
+      hint: 'imgagent --help',
+    });
+    return reportError('imgagent', errorIo, true, usage);
+  }
+}
+
+/**
+ * imgagent's commander program: every option, description and example of its --help (the man
+ * page and the bash completion are generated from it too). `action` runs once the flags are
+ * parsed.
+ */
+export function agentProgram(
+  io: Pick<AgentIo, 'stdout' | 'stderr'>,
+  action: (flags: Flags) => Promise<void>,
+): Command {
+  return new Command('imgagent')
     .description(
       'Runs on a target: asks an imgctl server for an image and its record, checks this host can ' +
         'run it, pulls and verifies the disks, then creates a configured VM through libvirt ' +
@@ -116,29 +150,7 @@ export async function main(argv: string[], io: AgentIo): Promise<number> {
     .addHelpText('after', EXAMPLES)
     .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
     .exitOverride()
-    .action(async (flags: Flags) => {
-      json = Boolean(flags.json);
-      result = await run(flags, io, env, cwd);
-    });
-  try {
-    await program.parseAsync(argv, { from: 'user' });
-    return result;
-  } catch (error) {
-    const errorIo = { stdout: io.stdout, stderr: io.stderr, env };
-    if (!(error instanceof CommanderError)) return reportError('imgagent', errorIo, json, error);
-    if (
-      error.code === 'commander.helpDisplayed' ||
-      error.code === 'commander.version' ||
-      error.code === 'commander.help'
-    )
-      return 0;
-    // commander has said what is wrong on stderr; --json gets it as the error document too
-    if (!json) return EXIT.USAGE;
-    const usage = new ImgctlError('USAGE', error.message.replace(/^error: /, ''), {
-      hint: 'imgagent --help',
-    });
-    return reportError('imgagent', errorIo, true, usage);
-  }
+    .action(action);
 }
 
 /** Checks what can be checked without the server, then runs the one action given. */

@@ -8,8 +8,46 @@ import { renderResult } from './render.ts';
 
 /** Parses argv, runs one command and returns the process exit code; never exits. */
 export async function main(argv: string[], io: Io): Promise<number> {
-  const program = new Command('imgctl');
   let exitCode = 0;
+  const program = imgctlProgram(io, async (spec, args, options) => {
+    exitCode = await runCommand(spec, args, options, { io, json: Boolean(options.json) });
+  });
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      if (
+        error.code === 'commander.helpDisplayed' ||
+        error.code === 'commander.version' ||
+        error.code === 'commander.help'
+      ) {
+        return 0;
+      }
+      if (argv.includes('--json')) {
+        const message = error.message.replace(/^error: /, '');
+        const hint = 'run the command with --help for its usage and examples';
+        io.stdout.write(
+          `${JSON.stringify({ error: { code: 'USAGE', message, hint } }, null, 2)}\n`,
+        );
+      }
+      return 2;
+    }
+    throw error;
+  }
+  return exitCode;
+}
+
+/**
+ * imgctl's commander program: every command, option, description and example of its --help
+ * (the man pages and the bash completion are generated from it too). `action` runs a command
+ * once its arguments are parsed.
+ */
+export function imgctlProgram(
+  io: Pick<Io, 'stdout' | 'stderr'>,
+  action: (spec: CommandSpec, args: string[], options: Options & GlobalOptions) => Promise<void>,
+): Command {
+  const program = new Command('imgctl');
   program
     .description('Provision machines from a git-friendly library of virtual-machine images.')
     .version(VERSION, '-V, --version')
@@ -38,38 +76,13 @@ Exit codes: 0 ok, 1 failed, 2 usage, 3 validation, 4 not found, 5 conflict,
     const command = addCommand(program, spec);
     command.action(async (...actionArgs: unknown[]) => {
       const cmd = actionArgs.at(-1) as Command;
-      const options: Options & GlobalOptions = cmd.optsWithGlobals();
-      const json = Boolean(options.json);
       const args = (actionArgs.slice(0, -2) as Array<string | string[] | undefined>).flatMap((a) =>
         a === undefined ? [] : a,
       );
-      exitCode = await runCommand(spec, args, options, { io, json });
+      await action(spec, args, cmd.optsWithGlobals());
     });
   }
-
-  try {
-    await program.parseAsync(argv, { from: 'user' });
-  } catch (error) {
-    if (error instanceof CommanderError) {
-      if (
-        error.code === 'commander.helpDisplayed' ||
-        error.code === 'commander.version' ||
-        error.code === 'commander.help'
-      ) {
-        return 0;
-      }
-      if (argv.includes('--json')) {
-        const message = error.message.replace(/^error: /, '');
-        const hint = 'run the command with --help for its usage and examples';
-        io.stdout.write(
-          `${JSON.stringify({ error: { code: 'USAGE', message, hint } }, null, 2)}\n`,
-        );
-      }
-      return 2;
-    }
-    throw error;
-  }
-  return exitCode;
+  return program;
 }
 
 function addCommand(program: Command, spec: CommandSpec): Command {
