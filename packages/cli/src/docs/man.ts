@@ -162,15 +162,20 @@ function quote(text: string): string {
 /**
  * Text safe for roff: backslashes written as \e, each dash of a word that starts with one
  * (`--keep-scratch`, `-f`) as \- so it stays a minus sign to copy, a leading `.` or `'` kept
- * from being read as a request, other than ASCII as \[uXXXX].
+ * from being read as a request, other than ASCII as \[uXXXX], a word of 40 characters or more
+ * allowed to break after its commas, slashes and brackets.
  */
 export function escape(text: string): string {
-  return text
-    .replace(/\\/g, '\\e')
-    .replace(/(?<![\w-])-[\w-]*/g, (word) => word.replace(/-/g, '\\-'))
-    .replace(/^([.'])/gm, '\\&$1')
-    .replace(
-      /[^\t\n -~]/gu,
-      (c) => `\\[u${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}]`,
-    );
+  return (
+    text
+      .replace(/\\/g, '\\e')
+      .replace(/(?<![\w-])-[\w-]*/g, (word) => word.replace(/-/g, '\\-'))
+      .replace(/^([.'])/gm, '\\&$1')
+      // a word too long for a line may break after its punctuation (\: marks where)
+      .replace(/\S{40,}/g, (word) => word.replace(/([,;/|\]])(?=\S)/g, '$1\\:'))
+      .replace(
+        /[^\t\n -~]/gu,
+        (c) => `\\[u${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}]`,
+      )
+  );
 }
