@@ -33,6 +33,16 @@ const OURS = [
 /** The agent's default directories, which an earlier demo may have made: kept aside. */
 const ASIDE = ['/var/lib/imgctl', '/var/log/imgctl'];
 
+/** npm run package, from the shared build of the e2e run, into `outdir`. */
+async function buildPackages(outdir: string): Promise<void> {
+  const args = ['--dist', inject('distDir'), '--outdir', outdir, '--compress', 'zstd'];
+  // one date for every build (a commit made while the test runs would change git's)
+  await execa(process.execPath, ['--import', 'tsx', 'scripts/package.ts', ...args], {
+    cwd: REPO_ROOT,
+    env: { SOURCE_DATE_EPOCH: '1767225600' },
+  });
+}
+
 /** dpkg's state of a package: 'installed', 'config-files', or undefined when unknown to it. */
 function packageState(name: string): string | undefined {
   try {
@@ -109,21 +119,7 @@ describe('the Debian packages', () => {
       renameSync(dir, to);
       aside.set(dir, to);
     }
-    await execa(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        'scripts/package.ts',
-        '--dist',
-        inject('distDir'),
-        '--outdir',
-        out,
-        '--compress',
-        'zstd',
-      ],
-      { cwd: REPO_ROOT },
-    );
+    await buildPackages(out);
   });
 
   afterAll(() => {
@@ -140,13 +136,18 @@ describe('the Debian packages', () => {
     for (const [dir, to] of aside) renameSync(to, dir);
   });
 
-  it('are named by their version and architecture, owned by root, files 0644 or 0755', async () => {
+  it('are named by version and architecture, owned by root, 0644 or 0755, reproducible', async () => {
     for (const deb of DEBS) {
       const { stdout } = await execa('dpkg-deb', ['--contents', join(out, deb)]);
       const entries = stdout.split('\n');
       expect(entries.length).toBeGreaterThan(2);
       for (const entry of entries) expect(entry).toMatch(/^[-dl]rw[-x]r-[-x]r-[-x] root\/root /);
     }
+    // built again from the same binaries and commit: the same bytes
+    const again = join(out, 'again');
+    await buildPackages(again);
+    for (const deb of DEBS)
+      expect(readFileSync(join(again, deb)).equals(readFileSync(join(out, deb))), deb).toBe(true);
     const { stdout: control } = await execa('dpkg-deb', ['--field', join(out, DEBS[1]!)]);
     expect(control).toMatch(/^Depends: .*libc6 \(>= 2\.\d+\).*, qemu-utils$/m);
     expect(control).toMatch(/^Recommends: .*libvirt-clients.*genisoimage/m);
