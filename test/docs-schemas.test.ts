@@ -14,6 +14,8 @@ const SCHEMA_FILES: Record<DocKind, string> = {
   ImageRecord: 'image-record',
   System: 'system',
   Plan: 'plan',
+  Release: 'release',
+  Channels: 'channels',
 };
 const KINDS = Object.keys(SCHEMA_FILES) as DocKind[];
 

@@ -11,6 +11,8 @@ const NOT_FOUND_HINTS: Record<DocKind, string> = {
   ImageRecord: "'imgctl record list IMAGE' shows the records of an image",
   System: "'imgctl system list' shows the systems",
   Plan: "'imgctl plan IMAGE' prints a plan",
+  Release: "'imgctl image history IMAGE' lists the releases of an image",
+  Channels: "'imgctl channel list IMAGE' lists the channels of an image",
 };
 
 /**

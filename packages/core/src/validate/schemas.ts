@@ -9,6 +9,8 @@ import imageSchema from '../../../../schemas/image.schema.json' with { type: 'js
 import recordSchema from '../../../../schemas/image-record.schema.json' with { type: 'json' };
 import storeSchema from '../../../../schemas/image-store.schema.json' with { type: 'json' };
 import planSchema from '../../../../schemas/plan.schema.json' with { type: 'json' };
+import releaseSchema from '../../../../schemas/release.schema.json' with { type: 'json' };
+import channelsSchema from '../../../../schemas/channels.schema.json' with { type: 'json' };
 import systemSchema from '../../../../schemas/system.schema.json' with { type: 'json' };
 import {
   formatPath,
@@ -19,7 +21,14 @@ import {
 } from '../yaml/document.ts';
 import { isObject, show } from './values.ts';
 
-export type DocKind = 'ImageStore' | 'Image' | 'ImageRecord' | 'System' | 'Plan';
+export type DocKind =
+  | 'ImageStore'
+  | 'Image'
+  | 'ImageRecord'
+  | 'System'
+  | 'Plan'
+  | 'Release'
+  | 'Channels';
 
 const SCHEMAS: Record<DocKind, object> = {
   ImageStore: storeSchema,
@@ -27,6 +36,8 @@ const SCHEMAS: Record<DocKind, object> = {
   ImageRecord: recordSchema,
   System: systemSchema,
   Plan: planSchema,
+  Release: releaseSchema,
+  Channels: channelsSchema,
 };
 
 /** Messages for the shared `$defs` of the schemas, used for any failure inside them. */
@@ -53,6 +64,7 @@ export const DEF_MESSAGES: Record<string, string> = {
   listen: 'must be [host:]port, like 0.0.0.0:8080',
   labelKey: "must be a label key of letters, digits, '.', '_', '/' and '-'",
   feature: 'must be a feature name of a-z, 0-9 and _, like acpi',
+  channel: "must be a channel name: a letter, then a-z, 0-9, '.', '_' or '-', like stable",
 };
 
 let ajvInstance: Ajv2020 | undefined;
@@ -65,7 +77,7 @@ function validatorFor(kind: DocKind): ValidateFunction {
       ajvInstance = new Ajv2020({ allErrors: true, verbose: true, strict: true });
       // ajv-formats is CommonJS; its default export is the plugin function itself at runtime.
       const addFormats = addFormatsModule as unknown as (ajv: Ajv2020, formats: string[]) => void;
-      addFormats(ajvInstance, ['ipv4', 'ipv6']);
+      addFormats(ajvInstance, ['ipv4', 'ipv6', 'date-time']);
       ajvInstance.addFormat('ip-prefix', isIpPrefix);
     }
     validate = ajvInstance.compile(SCHEMAS[kind]);
