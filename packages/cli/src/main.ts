@@ -122,6 +122,8 @@ const NOUN_DESCRIPTIONS: Record<string, string> = {
   record: 'virtual image records: how an image is provisioned',
   system: 'target machines and what they should run',
   disk: 'the disks of an image',
+  release: 'freeze image revisions as releases (IMAGE@REV), deprecate and revoke them',
+  channel: 'names (stable, beta) that point at a release of an image (IMAGE@CHANNEL)',
 };
 
 async function runCommand(

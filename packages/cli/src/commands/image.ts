@@ -23,6 +23,17 @@ export const imageCommands: CommandSpec[] = [
     load: () => import('./image-show.ts'),
   },
   {
+    path: ['image', 'history'],
+    summary:
+      'list the releases of an image, oldest first: lineage, channels, when and by whom, state (deprecated, revoked, why)',
+    args: ['<image>'],
+    examples: [
+      'imgctl image history web',
+      'imgctl image history web --json | jq ".releases[].state"',
+    ],
+    load: () => import('./image-history.ts'),
+  },
+  {
     path: ['image', 'copy'],
     summary: 'create like: a new image with the same files, revision 1, parent set to the source',
     args: ['<source>', '<new>'],
