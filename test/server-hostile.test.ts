@@ -169,6 +169,7 @@ describe('imgctl serve: symlinks in the store', () => {
   it('leaves linked entries out of listings', async () => {
     const images = await get('/v1/images');
     expect(images.json<Array<{ name: string }>>().map((i) => i.name)).toEqual([
+      'debian-12',
       'tiny-linux',
       'web',
     ]);
