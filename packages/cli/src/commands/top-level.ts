@@ -143,11 +143,12 @@ export const topLevelCommands: CommandSpec[] = [
   {
     path: ['verify'],
     summary:
-      'check the whole store: every blob rehashed, every file valid, no missing blob (--gc: remove unused blobs)',
+      'check the whole store: every blob rehashed, every file valid, no missing blob, every release as recorded (--gc: remove unused blobs)',
     options: [
       {
         flags: '--gc',
-        description: 'remove blobs no image refers to, and temporary files of killed writers',
+        description:
+          'remove blobs no image or release refers to, and temporary files of killed writers',
       },
     ],
     examples: ['imgctl verify', 'imgctl verify --gc', 'imgctl verify --json'],
