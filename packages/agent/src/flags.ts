@@ -1,5 +1,6 @@
 import { ImgctlError } from '@imgctl/core/util/errors';
 import { isValidName } from '@imgctl/core/util/names';
+import { parseImageRef } from '@imgctl/core/store/releases';
 import { parseSize } from '@imgctl/core/util/sizes';
 
 /** imgagent's options as commander parses them (main.ts declares them). */
@@ -39,10 +40,22 @@ export interface Flags {
   progress?: boolean;
 }
 
-/** Refuses an image, record or VM name that is not a valid name, before anything is contacted. */
+/**
+ * Refuses an image reference, record or VM name that is not valid, before anything is
+ * contacted.
+ */
 export function checkNames(flags: Flags): void {
+  if (flags.image !== undefined) {
+    try {
+      parseImageRef(flags.image);
+    } catch (error) {
+      const e = error as ImgctlError;
+      throw new ImgctlError('USAGE', `--image: ${e.message}`, {
+        hint: 'an image is NAME, NAME@REVISION (a release) or NAME@CHANNEL; names are [a-z0-9][a-z0-9._-]{0,62}',
+      });
+    }
+  }
   for (const [flag, value] of [
-    ['--image', flags.image],
     ['--record', flags.record],
     ['--virt-name', flags.virtName],
   ] as const) {

@@ -60,7 +60,7 @@ describe('imgagent', () => {
     );
     expect((await agent(['--server', 'ftp://h', '--virt', '--image', 'x'])).exitCode).toBe(2);
     expect((await agent(['--server', 'http://h', '--virt', '--image', '../etc'])).stderr).toMatch(
-      /--image: invalid name/,
+      /--image: invalid image name/,
     );
     const json = await agent(['--server', 'http://h', '--list', 'disks', '--json']);
     expect(json.exitCode).toBe(2);

@@ -17,6 +17,7 @@ import {
 import { connectSsh, loadIdentity, openKnownHosts, type RemoteShell } from '@imgctl/core/ssh/ssh';
 import { readTargetsFile, resolveServerUrl, resolveTargets } from '@imgctl/core/ssh/targets';
 import { readTokenFile } from '@imgctl/core/client/token';
+import { parseImageRef } from '@imgctl/core/store/releases';
 import type { Context, Handler } from '../command.ts';
 import type { Io } from '../io.ts';
 import { integerOption } from './options.ts';
@@ -43,7 +44,8 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
     throw new ImgctlError('USAGE', 'give one of --virt or --replace-self', {
       hint: 'imgctl provision --help',
     });
-  for (const flag of ['image', 'record', 'system', 'virtName'] as const) {
+  if (options.image !== undefined) parseImageRef(options.image);
+  for (const flag of ['record', 'system', 'virtName'] as const) {
     const value = options[flag];
     if (value !== undefined && !isValidName(value))
       throw new ImgctlError('USAGE', `--${kebab(flag)}: invalid name '${printable(value)}'`, {

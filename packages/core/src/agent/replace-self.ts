@@ -14,6 +14,7 @@ import {
   eventSender,
   interrupted,
   passwordHashes,
+  warnIfDeprecated,
   progressLogger,
   publicParameters,
   run,
@@ -142,6 +143,7 @@ export async function replaceSelf(
   const { runner, client } = deps;
   // getPlan reads only the PlanQuery fields of the options
   const { plan } = await client.getPlan(options);
+  warnIfDeprecated(plan, deps.log);
   const vm = assertName('system', plan.vm_name);
   const targetPath = options.targetDisk ?? plan.target_disk;
   if (targetPath === undefined)

@@ -44,6 +44,16 @@ export function assertPullable(plan: PlanDoc, disk: PlanDisk): void {
     });
 }
 
+/** Says so when the plan is of a deprecated release: it still runs, as asked. */
+export function warnIfDeprecated(plan: PlanDoc, log: StepDeps['log']): void {
+  const deprecated = plan.image.deprecated;
+  if (!deprecated) return;
+  const via = plan.image.reference ? ` (${plan.image.reference})` : '';
+  log(
+    `warning: ${plan.image.release}${via} is deprecated since ${deprecated.at}${deprecated.reason ? `: ${deprecated.reason}` : ''}`,
+  );
+}
+
 /**
  * crypt(3) hashes for the seed, from secret parameters named `root_password` (root) or
  * `login_password_<user>`; other secrets (a database password…) never enter the seed.
@@ -114,7 +124,8 @@ export async function runProvisioning(
 ): Promise<void> {
   const { client } = deps;
   const { work, logFile } = target;
-  const image = plan.image.name;
+  // a release's files are its frozen copies
+  const image = plan.image.release ?? plan.image.name;
   const store = join(work, 'store');
   const fetchTo = async (path: string, optional: boolean): Promise<string | undefined> => {
     try {

@@ -16,6 +16,7 @@ import {
   eventSender,
   interrupted,
   passwordHashes,
+  warnIfDeprecated,
   type StepDeps,
   progressLogger,
   publicParameters,
@@ -111,6 +112,7 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
   const { runner, client } = deps;
   // getPlan reads only the PlanQuery fields of the options
   const { plan } = await client.getPlan(options);
+  warnIfDeprecated(plan, deps.log);
   const vm = assertName('VM', plan.vm_name);
   const layout = planLayout(plan, options);
   const cache = openBlobCache(options.cacheDir);

@@ -1,8 +1,9 @@
 /** An image's provisioning files: which ones a plan runs, and the kickstart rendered for a plan. */
 import { readFile, realpath } from 'node:fs/promises';
-import { join, resolve, sep } from 'node:path';
+import { join, relative, resolve, sep } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
+import { releasePaths } from '../store/releases.ts';
 import { exists, storePaths } from '../store/store.ts';
 import { renderTemplate } from '../template/template.ts';
 import type { ImageDoc, PlanDoc } from '../store/types.ts';
@@ -26,10 +27,14 @@ export async function renderImageFile(
 ): Promise<string> {
   if (kind !== 'kickstart')
     throw new ImgctlError('USAGE', `cannot render '${printable(String(kind))}'`);
-  const imageDir = storePaths.imageDir(storeDir, plan.image.name);
+  // a release's files are its frozen copies
+  const root = plan.image.release
+    ? releasePaths.releaseDir(storeDir, plan.image.name, plan.image.revision)
+    : storeDir;
+  const imageDir = storePaths.imageDir(root, plan.image.name);
   const file = plan.provision.kickstart ?? 'kickstart.ks';
   const abs = resolve(imageDir, file);
-  const display = `images/${plan.image.name}/${file}`;
+  const display = `${relative(storeDir, imageDir)}/${file}`;
   if (!abs.startsWith(imageDir + sep)) {
     throw new ImgctlError(
       'VALIDATION',

@@ -2,12 +2,18 @@
  * Resolution (design.md §3): image defaults < record < system < command line (--set) give the
  * plan, the single fully-resolved document the agent executes. docs/plan.md describes it.
  */
-import { resolve } from 'node:path';
+import { relative, resolve } from 'node:path';
 import type { Problem } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { assertName } from '../util/names.ts';
 import { exists, storePaths } from '../store/store.ts';
 import { loadStoreConfig } from '../store/store-config.ts';
+import {
+  parseImageRef,
+  refuseRevoked,
+  type ResolvedImageRef,
+  resolveImageRef,
+} from '../store/releases.ts';
 import {
   API_VERSION,
   type ImageDoc,
@@ -24,6 +30,7 @@ import { parseSets, resolveParameters, type ValueLayer } from './parameters.ts';
 import { locateIn, planError } from './problems.ts';
 
 export interface PlanRequest {
+  /** NAME (the working image), NAME@REV (a release) or NAME@CHANNEL */
   image: string;
   record?: string;
   system?: string;
@@ -35,20 +42,26 @@ export interface PlanRequest {
 export const REDACTED = '<redacted>';
 
 /**
- * Resolves the plan for `request`. Throws ImgctlError: NOT_FOUND for a missing image, record or
- * system; VALIDATION for a system of another image, an unknown, computed or non-customizable
- * parameter set by a layer, a value of the wrong type, a computed cycle, a shrinking disk;
- * USAGE for a malformed --set or name. Secrets are in the result: print `redactPlan(plan)`.
+ * Resolves the plan for `request`. Throws ImgctlError: NOT_FOUND for a missing image, release,
+ * channel, record or system; INTEGRITY for a revoked release; VALIDATION for a system of another
+ * image, an unknown, computed or non-customizable parameter set by a layer, a value of the
+ * wrong type, a computed cycle, a shrinking disk; USAGE for a malformed --set, name or image
+ * reference. A release is read from its frozen copy (store/releases.ts); the system and the
+ * store's defaults from the store. Secrets are in the result: print `redactPlan(plan)`.
  */
 export async function resolvePlan(storeDir: string, request: PlanRequest): Promise<PlanDoc> {
-  const imageName = assertName('image', request.image);
+  const ref = await resolveImageRef(storeDir, request.image);
+  refuseRevoked(ref);
+  const imageName = ref.name;
   const sets = parseSets(request.sets ?? []);
   const vmName = request.vmName === undefined ? undefined : assertName('VM', request.vmName);
+  /** store-relative display path of a file of the image (in its release when it is one) */
+  const shown = (file: string) => relative(storeDir, resolve(ref.root, file));
 
   const image = await loadDocument<ImageDoc>(
     'Image',
-    storePaths.imageFile(storeDir, imageName),
-    storePaths.rel.imageFile(imageName),
+    storePaths.imageFile(ref.root, imageName),
+    shown(storePaths.rel.imageFile(imageName)),
     { expectedName: imageName },
   );
   const system =
@@ -60,7 +73,7 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
           storePaths.rel.systemFile(request.system),
           { expectedName: request.system },
         );
-  if (system && system.value.image !== imageName) {
+  if (system && parseImageRef(system.value.image).name !== imageName) {
     const { line, col } = locateIn(system.yaml, ['image']);
     throw new ImgctlError(
       'VALIDATION',
@@ -75,8 +88,8 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
   );
   const record = await loadDocument<ImageRecordDoc>(
     'ImageRecord',
-    storePaths.recordFile(storeDir, imageName, recordName),
-    storePaths.rel.recordFile(imageName, recordName),
+    storePaths.recordFile(ref.root, imageName, recordName),
+    shown(storePaths.rel.recordFile(imageName, recordName)),
     { expectedName: recordName, expectedImage: imageName },
   );
 
@@ -127,7 +140,7 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
     system?.value,
     defaults.network ?? 'default',
   );
-  const provision = await resolveProvision(storeDir, image.value);
+  const provision = await resolveProvision(ref.root, image.value);
 
   const plan: PlanDoc = {
     apiVersion: API_VERSION,
@@ -135,6 +148,7 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
     image: compact({
       name: imageName,
       revision: image.value.revision,
+      ...releaseFields(ref),
       label: image.value.label,
       os: image.value.os,
       parent: image.value.parent,
@@ -157,6 +171,19 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
     requires: image.value.requires,
   };
   return compact(plan);
+}
+
+/** What a plan says of the release it was resolved from: `reference`, `release`, `deprecated`. */
+function releaseFields(ref: ResolvedImageRef): Partial<PlanDoc['image']> {
+  if (!ref.release) return {};
+  const deprecated = ref.release.deprecated;
+  return {
+    ...(ref.ref === `${ref.name}@${ref.revision}` ? {} : { reference: ref.ref }),
+    release: `${ref.name}@${ref.revision}`,
+    ...(deprecated
+      ? { deprecated: compact({ at: deprecated.at, reason: deprecated.reason }) }
+      : {}),
+  };
 }
 
 /** A copy of `plan` with the value of every secret parameter replaced by '<redacted>'. */

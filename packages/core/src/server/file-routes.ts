@@ -1,7 +1,8 @@
 /**
  * GET /v1/images/{image}/files/{path}: an image's provisioning files (docs/server.md, Files) —
  * its kickstart rendered for a plan, its provision script, the store's common scripts and its
- * custom script sets.
+ * custom script sets. {image} may be a release or a channel (web@3, web@stable): the files are
+ * then the release's frozen copies.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,8 +11,8 @@ import { renderImageFile } from '../plan/image-files.ts';
 import { redactPlan, resolvePlan } from '../plan/plan.ts';
 import { loadImage } from '../store/images.ts';
 import { fileInStore, HttpError, lstatInStore, symlinkedEntries } from './files.ts';
-import type { RouteContext } from './route-context.ts';
-import { json, listDir, noStore, queryOf, segmentName, sha256 } from './route-helpers.ts';
+import type { RouteContext, ServedImage } from './route-context.ts';
+import { json, listDir, noStore, queryOf, sha256 } from './route-helpers.ts';
 import type { Reply, Route, RouteRequest } from './route-table.ts';
 
 const MAX_SCRIPT_BYTES = 16 * 1024 * 1024;
@@ -21,9 +22,15 @@ const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 export function fileRoutes(ctx: RouteContext): Route[] {
   const { storeDir } = ctx;
 
-  async function file(request: RouteRequest, image: string, path: string[]): Promise<Reply> {
-    const img = await loadImageChecked(image);
-    if (path.length === 1 && path[0] === 'kickstart') return kickstart(request, image);
+  async function file(request: RouteRequest, imageRef: string, path: string[]): Promise<Reply> {
+    await ctx.watch.settled();
+    const ref = await ctx.imageRef(imageRef);
+    const image = ref.name;
+    /** where the image's tree is: the store, or the release's copy */
+    const base = ref.base;
+    const shown = (segments: string[]) => [...base, ...segments].join('/');
+    const img = await loadImage(join(storeDir, ...base), image);
+    if (path.length === 1 && path[0] === 'kickstart') return kickstart(request, ref);
     queryOf(request.query, []);
     for (const segment of path) {
       if (!FILE_NAME.test(segment) || segment.includes('..'))
@@ -31,10 +38,11 @@ export function fileRoutes(ctx: RouteContext): Route[] {
     }
     const script = img.provision?.script ?? 'provision.sh';
     if (path.join('/') === script) {
-      return scriptReply(['images', image, ...path], `images/${image}/${script}`);
+      const segments = ['images', image, ...path];
+      return scriptReply([...base, ...segments], shown(segments));
     }
     if (path[0] === 'common' && path.length === 2) {
-      return scriptReply(['common', path[1]!], `common/${path[1]}`);
+      return scriptReply([...base, 'common', path[1]!], shown(['common', path[1]!]));
     }
     if (path[0] === 'custom_scripts' && (path.length === 2 || path.length === 3)) {
       const set = path[1]!;
@@ -42,11 +50,11 @@ export function fileRoutes(ctx: RouteContext): Route[] {
         throw new HttpError(
           404,
           'NOT_FOUND',
-          `image '${image}' uses no custom script set '${printable(set)}'`,
+          `image '${ref.ref}' uses no custom script set '${printable(set)}'`,
           { hint: `its sets: ${(img.provision?.custom_scripts ?? []).join(', ') || 'none'}` },
         );
       }
-      const dir = customScriptsDir(image, set);
+      const dir = customScriptsDir(base, image, set);
       if (path.length === 2) {
         const names = listDir(join(storeDir, ...dir)).sort();
         const skipped = symlinkedEntries(storeDir, dir);
@@ -61,7 +69,7 @@ export function fileRoutes(ctx: RouteContext): Route[] {
           });
         return json(
           200,
-          { image, set, source: dir[0] === 'images' ? 'image' : 'store', files },
+          { image, set, source: dir[base.length] === 'images' ? 'image' : 'store', files },
           noStore,
         );
       }
@@ -70,7 +78,7 @@ export function fileRoutes(ctx: RouteContext): Route[] {
     throw new HttpError(
       404,
       'NOT_FOUND',
-      `image '${image}' has no file '${printable(path.join('/'))}'`,
+      `image '${ref.ref}' has no file '${printable(path.join('/'))}'`,
       {
         hint: `files: ${script}, kickstart, custom_scripts/SET[/FILE], common/FILE`,
       },
@@ -78,20 +86,24 @@ export function fileRoutes(ctx: RouteContext): Route[] {
   }
 
   /** The image's kickstart, rendered for the plan the query asks for (redacted without a token). */
-  async function kickstart(request: RouteRequest, image: string): Promise<Reply> {
+  async function kickstart(request: RouteRequest, ref: ServedImage): Promise<Reply> {
     const q = queryOf(request.query, ['record', 'system', 'vm_name', 'set']);
     const systemKey = q.one('system');
-    await ctx.watch.settled();
     const system = systemKey === undefined ? undefined : (await ctx.lookupSystem(systemKey)).name;
     const resolved = await resolvePlan(storeDir, {
-      image,
+      image: ref.ref,
       record: q.name('record', 'record'),
       system,
       sets: q.all('set'),
       vmName: q.name('vm_name', 'VM'),
     });
     if (resolved.provision.kickstart !== undefined) {
-      lstatInStore(storeDir, ['images', image, ...resolved.provision.kickstart.split('/')]);
+      lstatInStore(storeDir, [
+        ...ref.base,
+        'images',
+        ref.name,
+        ...resolved.provision.kickstart.split('/'),
+      ]);
     }
     const text = await renderImageFile(
       storeDir,
@@ -101,11 +113,11 @@ export function fileRoutes(ctx: RouteContext): Route[] {
     return { status: 200, body: text, type: 'text/plain; charset=utf-8', headers: noStore };
   }
 
-  /** The image's own custom_scripts/<set>/ when it exists, else the store's. */
-  function customScriptsDir(image: string, set: string): string[] {
-    const own = ['images', image, 'custom_scripts', set];
+  /** The image's own custom_scripts/<set>/ when it exists, else the store's (in `base`'s tree). */
+  function customScriptsDir(base: string[], image: string, set: string): string[] {
+    const own = [...base, 'images', image, 'custom_scripts', set];
     if (lstatInStore(storeDir, own)?.isDirectory()) return own;
-    const shared = ['custom_scripts', set];
+    const shared = [...base, 'custom_scripts', set];
     if (lstatInStore(storeDir, shared)?.isDirectory()) return shared;
     throw new HttpError(
       404,
@@ -127,17 +139,12 @@ export function fileRoutes(ctx: RouteContext): Route[] {
     };
   }
 
-  async function loadImageChecked(image: string) {
-    lstatInStore(storeDir, ['images', image, 'image.yaml']);
-    return loadImage(storeDir, image);
-  }
-
   return [
     {
       method: 'GET',
       path: '/v1/images/:image/files/*path',
       async handle(request, match) {
-        return file(request, segmentName('image', match.param('image')), match.rest);
+        return file(request, match.param('image'), match.rest);
       },
     },
   ];

@@ -160,6 +160,17 @@ export function watchStore(storeDir: string, log: (line: string) => void): Store
       if (lstatSync(image, { throwIfNoEntry: false })?.isDirectory())
         dirs.push(image, join(image, 'records'));
     }
+    // releases/IMAGE holds channels.yaml and the releases; releases/IMAGE/REV its release.yaml
+    const releases = join(storeDir, 'releases');
+    dirs.push(releases);
+    for (const name of readdirSafe(releases)) {
+      const image = join(releases, name);
+      if (!lstatSync(image, { throwIfNoEntry: false })?.isDirectory()) continue;
+      dirs.push(image);
+      for (const rev of readdirSafe(image))
+        if (lstatSync(join(image, rev), { throwIfNoEntry: false })?.isDirectory())
+          dirs.push(join(image, rev));
+    }
     for (const dir of dirs) watchDir(dir);
     const wanted = new Set(dirs);
     for (const [dir, { watcher }] of watched) {

@@ -10,7 +10,13 @@ import {
 } from '../plan/signing.ts';
 import type { PlanDoc } from '../store/types.ts';
 import { HttpError, lstatInStore } from './files.ts';
-import { type Kept, kept, type RouteContext, type Signer } from './route-context.ts';
+import {
+  type Kept,
+  kept,
+  type RouteContext,
+  type ServedImage,
+  type Signer,
+} from './route-context.ts';
 import { json, listDir, queryOf } from './route-helpers.ts';
 import { notFoundBelow, type Route, type RouteRequest, type Reply } from './route-table.ts';
 
@@ -34,12 +40,16 @@ export function planRoutes(ctx: RouteContext): Route[] {
     if (format !== 'plan' && format !== 'signed')
       throw new HttpError(400, 'USAGE', "format is 'plan' (the default) or 'signed'");
     const systemKey = q.one('system');
-    let image = q.name('image', 'image');
+    let image = q.one('image');
     const record = q.name('record', 'record');
     const vmName = q.name('vm_name', 'VM');
     const sets = q.all('set');
     if (image === undefined && systemKey === undefined)
-      throw new HttpError(400, 'USAGE', 'the plan needs image=NAME or system=NAME|MAC|HOSTNAME');
+      throw new HttpError(
+        400,
+        'USAGE',
+        'the plan needs image=NAME[@REV|@CHANNEL] or system=NAME|MAC|HOSTNAME',
+      );
     await watch.settled();
     let system: string | undefined;
     if (systemKey !== undefined) {
@@ -48,17 +58,16 @@ export function planRoutes(ctx: RouteContext): Route[] {
       image ??= found.image;
     }
     const sign = await ctx.signer();
-    const imageDir = join(dirs.images, image!);
+    const ref = await ctx.imageRef(image!);
     const stamp = watch.stamp([
       storeDir,
       dirs.images,
-      imageDir,
-      join(imageDir, 'records'),
+      ...ctx.imageDirs(ref.name),
       ...(system === undefined ? [] : [dirs.systems]),
     ]);
     const key = JSON.stringify([image, record, system, vmName, sets, request.authed, sign?.keyId]);
     const result = kept(planCache, key, stamp, () =>
-      resolveServed(image!, { record, system, sets, vmName }, request.authed, sign),
+      resolveServed(ref, { record, system, sets, vmName }, request.authed, sign),
     );
     const { plan: shown, body, signature, signatureHeader } = await result;
     const headers: Record<string, string> = { 'cache-control': 'no-store', vary: 'authorization' };
@@ -87,19 +96,20 @@ export function planRoutes(ctx: RouteContext): Route[] {
 
   /** The plan as served (redacted unless `authed`), refusing a symlink on the way to any file. */
   async function resolveServed(
-    image: string,
+    ref: ServedImage,
     options: { record?: string; system?: string; sets: string[]; vmName?: string },
     authed: boolean,
     sign: Signer | undefined,
   ): Promise<ResolvedPlan> {
-    const deps = [['store.yaml'], ['images', image, 'image.yaml'], ['images', image, 'records']];
+    const image = [...ref.base, 'images', ref.name];
+    const deps = [['store.yaml'], [...image, 'image.yaml'], [...image, 'records']];
     if (options.system !== undefined) deps.push(['systems', `${options.system}.yaml`]);
     for (const segments of deps) lstatInStore(storeDir, segments);
     // The plan reads whichever record applies, which only resolution knows: all are checked.
-    const records = ['images', image, 'records'];
+    const records = [...image, 'records'];
     for (const name of listDir(join(storeDir, ...records)))
       lstatInStore(storeDir, [...records, name]);
-    const resolved = await resolvePlan(storeDir, { image, ...options });
+    const resolved = await resolvePlan(storeDir, { image: ref.ref, ...options });
     const shown = authed ? resolved : redactPlan(resolved);
     const signature = sign ? signPlan(shown, sign.key) : undefined;
     return {

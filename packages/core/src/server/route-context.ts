@@ -10,6 +10,12 @@ import { ImgctlError } from '../util/errors.ts';
 import { isValidName, printable } from '../util/names.ts';
 import { keyIdOf, parsePrivateKey } from '../plan/signing.ts';
 import { loadStoreConfig, signingKeyPath } from '../store/store-config.ts';
+import {
+  parseImageRef,
+  refuseRevoked,
+  type ResolvedImageRef,
+  resolveImageRef,
+} from '../store/releases.ts';
 import { findSystem, showSystem } from '../store/systems.ts';
 import type { ImageStoreDoc } from '../store/types.ts';
 import { HttpError, lstatInStore, type StoreWatch, watchStore } from './files.ts';
@@ -38,11 +44,16 @@ export interface Kept<T> {
   value: T;
 }
 
+export interface ServedImage extends ResolvedImageRef {
+  /** [] for the working image, ['releases', NAME, REV] for a release */
+  base: string[];
+}
+
 export interface RouteContext {
   storeDir: string;
   now: () => Date;
   watch: StoreWatch;
-  dirs: { images: string; systems: string };
+  dirs: { images: string; systems: string; releases: string };
   /** store.yaml (refused when a symlink); undefined when it cannot be read or is not valid */
   storeConfig(): Promise<ImageStoreDoc | undefined>;
   /** The store's signing key (store.yaml's signing_key); call after `await watch.settled()`. */
@@ -52,6 +63,14 @@ export interface RouteContext {
    * hostname, any system file). Call after `await watch.settled()`.
    */
   lookupSystem(key: string): Promise<SystemRef>;
+  /**
+   * An image reference (NAME, NAME@REV, NAME@CHANNEL) resolved, with the path segments below
+   * the store of the tree it is read from; 410 Gone (INTEGRITY) for a revoked release. Call
+   * after `await watch.settled()`.
+   */
+  imageRef(text: string): Promise<ServedImage>;
+  /** the directories a plan or a file of image `name` is read from, for StoreWatch.stamp */
+  imageDirs(name: string): string[];
   /** stops watching the store */
   close(): void;
 }
@@ -99,9 +118,12 @@ export function createRouteContext(
         keyDirs: string[];
       }
     | undefined;
+  /** resolved image references, kept while the image's and its releases' directories are unchanged */
+  const refCache = new Map<string, Kept<Promise<ResolvedImageRef>>>();
   const dirs = {
     images: join(storeDir, 'images'),
     systems: join(storeDir, 'systems'),
+    releases: join(storeDir, 'releases'),
   };
 
   function storeConfig(): Promise<ImageStoreDoc | undefined> {
@@ -150,6 +172,38 @@ export function createRouteContext(
     return value;
   }
 
+  async function imageRef(text: string): Promise<ServedImage> {
+    const ref = parseImageRef(text);
+    if (ref.revision !== undefined || ref.channel !== undefined) {
+      lstatInStore(storeDir, ['releases', ref.name, 'channels.yaml']);
+      if (ref.revision !== undefined)
+        lstatInStore(storeDir, ['releases', ref.name, String(ref.revision), 'release.yaml']);
+    } else lstatInStore(storeDir, ['images', ref.name, 'image.yaml']);
+    const stamp = watch.stamp([storeDir, dirs.images, ...imageDirs(ref.name)]);
+    const resolved = await kept(refCache, text, stamp, () => resolveImageRef(storeDir, text));
+    const base = resolved.release ? ['releases', resolved.name, String(resolved.revision)] : [];
+    lstatInStore(storeDir, [...base, 'images', resolved.name, 'image.yaml']);
+    try {
+      refuseRevoked(resolved);
+    } catch (error) {
+      const e = error as ImgctlError;
+      throw new HttpError(410, e.code, e.message, e.hint ? { hint: e.hint } : {});
+    }
+    return { ...resolved, base };
+  }
+
+  function imageDirs(name: string): string[] {
+    const image = join(dirs.images, name);
+    const releases = join(storeDir, 'releases', name);
+    return [
+      image,
+      join(image, 'records'),
+      dirs.releases,
+      releases,
+      ...listDir(releases).map((rev) => join(releases, rev)),
+    ];
+  }
+
   function lookupSystem(key: string): Promise<SystemRef> {
     if (!SYSTEM_KEY.test(key) || key.includes('..'))
       throw new HttpError(
@@ -176,6 +230,8 @@ export function createRouteContext(
     storeConfig,
     signer,
     lookupSystem,
+    imageRef,
+    imageDirs,
     close: () => watch.close(),
   };
 }

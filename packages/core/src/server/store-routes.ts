@@ -51,10 +51,11 @@ export function imageRoutes(ctx: RouteContext): Route[] {
       method: 'GET',
       path: '/v1/images/:image',
       async handle(request, match) {
-        const image = segmentName('image', match.param('image'));
         queryOf(request.query, []);
-        lstatInStore(storeDir, ['images', image, 'image.yaml']);
-        return json(200, await showImageRedacted(storeDir, image));
+        await ctx.watch.settled();
+        // a release (web@3, web@stable) is shown from its frozen copy
+        const ref = await ctx.imageRef(match.param('image'));
+        return json(200, await showImageRedacted(join(storeDir, ...ref.base), ref.name));
       },
     },
     {

@@ -147,7 +147,7 @@ async function listFiles(dir: string): Promise<string[]> {
     .sort();
 }
 
-/** Names of systems whose `image:` is `image` (and `record:`, when given); broken files are skipped. */
+/** Names of systems whose `image:` is `image` or one of its releases (and `record:`, when given); broken files are skipped. */
 export async function systemsUsing(
   storeDir: string,
   image: string,
@@ -156,7 +156,9 @@ export async function systemsUsing(
   const systems = await listSystems(storeDir);
   return systems
     .filter(
-      (s) => s.image === image && (record === undefined || (s.record ?? 'default') === record),
+      (s) =>
+        s.image?.split('@')[0] === image &&
+        (record === undefined || (s.record ?? 'default') === record),
     )
     .map((s) => s.name);
 }

@@ -193,7 +193,19 @@ export interface PlanDisk {
 export interface PlanDoc {
   apiVersion: typeof API_VERSION;
   kind: 'Plan';
-  image: { name: string; revision: number; label?: string; os?: OsInfo; parent?: string };
+  image: {
+    name: string;
+    revision: number;
+    /** the channel reference it was planned from, e.g. web@stable */
+    reference?: string;
+    /** IMAGE@REV when the plan is of a release (not of the working image) */
+    release?: string;
+    /** set when that release is deprecated */
+    deprecated?: { at: string; reason?: string };
+    label?: string;
+    os?: OsInfo;
+    parent?: string;
+  };
   record: string;
   system?: string;
   vm_name: string;

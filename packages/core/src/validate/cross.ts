@@ -102,9 +102,11 @@ export function checkSystemReferences(
 ): void {
   const doc = system.doc!;
   if (typeof doc.image !== 'string') return;
-  const image = images.get(doc.image);
+  // A release or channel is checked when it is planned: the working image stands for it here.
+  const name = doc.image.split('@')[0]!;
+  const image = images.get(name);
   if (!image?.yaml) {
-    out.push(problemAt(system.yaml, ['image'], `image '${doc.image}' does not exist`));
+    out.push(problemAt(system.yaml, ['image'], `image '${name}' does not exist`));
     return;
   }
   if (typeof doc.record === 'string' && !image.records.has(doc.record)) {
@@ -113,7 +115,7 @@ export function checkSystemReferences(
       problemAt(
         system.yaml,
         ['record'],
-        `image '${doc.image}' has no record '${doc.record}' (records: ${known})`,
+        `image '${name}' has no record '${doc.record}' (records: ${known})`,
       ),
     );
   }

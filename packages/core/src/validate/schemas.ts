@@ -22,13 +22,7 @@ import {
 import { isObject, show } from './values.ts';
 
 export type DocKind =
-  | 'ImageStore'
-  | 'Image'
-  | 'ImageRecord'
-  | 'System'
-  | 'Plan'
-  | 'Release'
-  | 'Channels';
+  'ImageStore' | 'Image' | 'ImageRecord' | 'System' | 'Plan' | 'Release' | 'Channels';
 
 const SCHEMAS: Record<DocKind, object> = {
   ImageStore: storeSchema,
@@ -56,6 +50,8 @@ export const DEF_MESSAGES: Record<string, string> = {
   ifname: 'must be a network interface name of 1-15 characters, like eth0 or br0',
   netName: 'must be a libvirt network name like default',
   imageRef: 'must be IMAGE@REVISION, like web@3',
+  imageSpec:
+    'must be an image reference: NAME, NAME@REVISION or NAME@CHANNEL, like web, web@3 or web@stable',
   url: 'must be an http://, https:// or file:// URL',
   httpUrl: 'must be an http:// or https:// URL',
   sshKey: "must be an OpenSSH public key line like 'ssh-ed25519 AAAA… user@host'",
