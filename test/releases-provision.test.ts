@@ -4,10 +4,13 @@
  * real `imgctl serve` plans and serves each release from its frozen copy; the real agent
  * provisions `--image tiny-linux@stable` into a libvirt VM that boots with release 1's greeting
  * and `boots=1`, warns about a deprecated release, and exits 7 with the reason, making nothing,
- * for a revoked one.
+ * for a revoked one — also when a plan signed before the revocation is replayed to a `--trust`
+ * agent, once its signature has expired.
  */
-import { readFile } from 'node:fs/promises';
+import { appendFile, readFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { type AgentRig, runAgent, startAgentRig, virtFlags } from './helpers/agent-rig.ts';
 import { execImgctl } from './helpers/index.ts';
@@ -158,5 +161,62 @@ describe('slow: provisioning from releases and channels', () => {
     // a channel cannot be pointed at it
     const channel = await imgctl(['channel', 'set', 'tiny-linux', 'stable', String(R1.rev)]);
     expect(channel.exitCode).toBe(5);
+  });
+
+  it('refuses a plan signed before a revocation, replayed to a --trust agent, once it expired', async () => {
+    const keygen = await imgctl(['keygen', '--json']);
+    expect(keygen.exitCode, keygen.stderr).toBe(0);
+    const trust = (JSON.parse(keygen.stdout) as { public_key: string }).public_key;
+    await appendFile(join(rig.store.dir, 'store.yaml'), 'signature_ttl: 10s\n');
+    // a release that is fine now, its plan signed and saved, as a stale mirror would keep it
+    const token = (await readFile(rig.tokenFile, 'utf8')).trim();
+    const saved = await fetch(`${rig.server.url}/v1/plan?image=${R2.ref}`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    expect(saved.status).toBe(200);
+    const body = await saved.text();
+    const signature = saved.headers.get('imgctl-signature')!;
+    const expires = Date.parse(/expires=([^,]+)/.exec(signature)![1]!);
+    // then it is revoked (its channel moved to a new release first)
+    await imgctl(['image', 'set', 'tiny-linux', 'parameters.greeting.default=third']);
+    const third = JSON.parse(
+      (await imgctl(['release', 'create', 'tiny-linux', '--json'])).stdout,
+    ) as {
+      release: { revision: number };
+    };
+    await imgctl(['channel', 'set', 'tiny-linux', 'stable', String(third.release.revision)]);
+    const revoke = await imgctl(['release', 'revoke', R2.ref, '--reason', 'bad greeting']);
+    expect(revoke.exitCode, revoke.stderr).toBe(0);
+
+    // a server that replays the saved plan and passes everything else to the real one
+    const replay = createServer((req, res) => {
+      if (req.url?.startsWith('/v1/plan')) {
+        res.writeHead(200, { 'content-type': 'application/json', 'imgctl-signature': signature });
+        res.end(body);
+        return;
+      }
+      void fetch(`${rig.server.url}${req.url}`, { headers: req.headers as HeadersInit }).then(
+        async (upstream) => {
+          res.writeHead(upstream.status, Object.fromEntries(upstream.headers));
+          res.end(Buffer.from(await upstream.arrayBuffer()));
+        },
+      );
+    });
+    await new Promise<void>((resolve) => replay.listen(0, '127.0.0.1', resolve));
+    onTestFinished(() => new Promise<void>((resolve) => replay.close(() => resolve())));
+    const url = `http://127.0.0.1:${(replay.address() as { port: number }).port}`;
+    const dryRun = () =>
+      runAgent([
+        ...['--server', url, '--token-file', rig.tokenFile, '--trust', trust],
+        ...virtFlags(rig.paths, BRIDGE),
+        ...['--virt', '--image', R2.ref, '--virt-name', 'relreplay', '--dry-run'],
+      ]);
+    // inside its window the replayed signature still holds: that window is signature_ttl
+    const early = await dryRun();
+    if (Date.now() < expires) expect(early.exitCode, early.stderr).toBe(0);
+    await sleep(Math.max(0, expires - Date.now()) + 1000);
+    const late = await dryRun();
+    expect(late.exitCode, late.stderr).toBe(7);
+    expect(late.stderr).toMatch(/the plan's signature expired at \S+ \(signed at \S+\)/);
   });
 });

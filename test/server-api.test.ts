@@ -85,7 +85,9 @@ describe('imgctl serve: plans', () => {
     // The token holder gets the secret the machine needs; the CLI prints it redacted.
     expect(anon.text).toContain(SECRET);
     expect(anon.text.replace(SECRET, '<redacted>')).toBe(cli.stdout);
-    expect(anon.headers['imgctl-signature']).toMatch(/^alg=ed25519, key_id=[0-9a-f]{16}, sig=/);
+    expect(anon.headers['imgctl-signature']).toMatch(
+      /^alg=ed25519, key_id=[0-9a-f]{16}, issued=\S+, expires=\S+, sig=/,
+    );
     expect(anon.headers['cache-control']).toBe('no-store');
   });
 

@@ -7,6 +7,7 @@ export interface SignOptions {
   verify?: boolean;
   key?: string;
   output?: string;
+  ttl?: string;
 }
 
 export const run: Handler<SignOptions> = async ([file], options, ctx) => {
@@ -15,9 +16,10 @@ export const run: Handler<SignOptions> = async ([file], options, ctx) => {
     keyFile: options.key,
     cwd: ctx.io.cwd,
     storeDir: () => ctx.storeDir(),
+    ttl: options.ttl,
   };
   if (options.verify) {
-    const { plan, key, blobs } = await verifySignedPlanFile(files);
+    const { plan, key, signature, blobs } = await verifySignedPlanFile(files);
     return {
       data: {
         valid: true,
@@ -25,9 +27,11 @@ export const run: Handler<SignOptions> = async ([file], options, ctx) => {
         key: key.source,
         image: plan.image?.name,
         system: plan.system ?? null,
+        issued_at: signature.issued_at,
+        expires_at: signature.expires_at,
         blobs,
       },
-      text: `valid: signed by key ${key.keyId} (${key.source}); plan of image ${plan.image?.name}${plan.system ? ` for system ${plan.system}` : ''}${blobs.length ? `; disks ${blobs.join(', ')}` : ''}`,
+      text: `valid: signed by key ${key.keyId} (${key.source}) at ${signature.issued_at}, until ${signature.expires_at}; plan of image ${plan.image?.name}${plan.system ? ` for system ${plan.system}` : ''}${blobs.length ? `; disks ${blobs.join(', ')}` : ''}`,
     };
   }
   const signed = await signPlanFile(files);
@@ -35,8 +39,12 @@ export const run: Handler<SignOptions> = async ([file], options, ctx) => {
   if (options.output !== undefined) {
     await writeFileAtomic(resolve(ctx.io.cwd, options.output), out);
     return {
-      data: { output: options.output, key_id: signed.signature.key_id },
-      text: `signed ${file} with key ${signed.signature.key_id} into ${options.output}`,
+      data: {
+        output: options.output,
+        key_id: signed.signature.key_id,
+        expires_at: signed.signature.expires_at,
+      },
+      text: `signed ${file} with key ${signed.signature.key_id} into ${options.output}, valid until ${signed.signature.expires_at}`,
     };
   }
   return { data: signed, text: out };

@@ -27,10 +27,16 @@ export const signingCommands: CommandSpec[] = [
       },
       { flags: '--key <file>', description: 'the public key (--verify) or private key (signing)' },
       { flags: '-o, --output <file>', description: 'write the signed plan here (default: stdout)' },
+      {
+        flags: '--ttl <duration>',
+        description:
+          "how long the signature is valid: 90s, 15m, 1h, 30d (default: store.yaml's signature_ttl, else 1h)",
+      },
     ],
     examples: [
       'imgctl plan web --system web01 --json > plan.json && imgctl sign plan.json -o plan.signed.json',
       'imgctl sign --verify plan.signed.json --key signing.key.pub',
+      'imgctl sign plan.json --ttl 30d -o plan.signed.json   # for a machine offline for weeks',
     ],
     load: () => import('./sign.ts'),
   },

@@ -242,7 +242,10 @@ describe('JSON calls', () => {
   const key = generateSigningKey();
 
   it('checks the plan signature against the trusted key', async () => {
-    const signature = signPlan(plan, parsePrivateKey(key.privateKeyPem, 'k'));
+    const signature = signPlan(plan, parsePrivateKey(key.privateKeyPem, 'k'), {
+      now: new Date(),
+      ttlSeconds: 60,
+    });
     const { url } = await serve((_req, res) =>
       res
         .writeHead(200, {

@@ -39,39 +39,65 @@ describe('canonicalJson', () => {
   });
 });
 
+const NOW = new Date('2026-12-04T08:00:00Z');
+const HOUR = { now: NOW, ttlSeconds: 3600 };
+
 describe('plan signatures', () => {
   const key = generateSigningKey();
   const priv = parsePrivateKey(key.privateKeyPem, 'test');
   const pub = parsePublicKey(key.publicKeyPem, 'test.pub');
 
   it('verifies a plan signed by the key, in any key order', () => {
-    const signature = signPlan(plan, priv);
+    const signature = signPlan(plan, priv, HOUR);
     expect(signature.key_id).toBe(key.keyId);
     const reordered = Object.fromEntries(Object.entries(plan).reverse());
-    expect(() => verifyPlan(reordered, signature, pub)).not.toThrow();
+    expect(() => verifyPlan(reordered, signature, pub, NOW)).not.toThrow();
   });
 
   it('refuses a changed blob hash with INTEGRITY', () => {
-    const signature = signPlan(plan, priv);
+    const signature = signPlan(plan, priv, HOUR);
     const changed = structuredClone(plan);
     changed.disks[0]!.sha256 = 'b'.repeat(64);
-    expect(() => verifyPlan(changed, signature, pub)).toThrow(
+    expect(() => verifyPlan(changed, signature, pub, NOW)).toThrow(
       expect.objectContaining({ code: 'INTEGRITY' }),
     );
   });
 
   it('refuses a signature by another key, naming both key ids', () => {
     const other = generateSigningKey();
-    const signature = signPlan(plan, parsePrivateKey(other.privateKeyPem, 'other'));
-    expect(() => verifyPlan(plan, signature, pub)).toThrow(new RegExp(other.keyId));
+    const signature = signPlan(plan, parsePrivateKey(other.privateKeyPem, 'other'), HOUR);
+    expect(() => verifyPlan(plan, signature, pub, NOW)).toThrow(new RegExp(other.keyId));
   });
 
   it('round-trips the signature header', () => {
-    const signature = signPlan(plan, priv);
+    const signature = signPlan(plan, priv, HOUR);
     expect(parseSignatureHeader(formatSignatureHeader(signature))).toEqual(signature);
     expect(() => parseSignatureHeader('garbage')).toThrow(
       expect.objectContaining({ code: 'INTEGRITY' }),
     );
+  });
+
+  it('holds for its time window only, which is signed with the plan', () => {
+    const signature = signPlan(plan, priv, HOUR);
+    expect(signature).toMatchObject({
+      issued_at: '2026-12-04T08:00:00.000Z',
+      expires_at: '2026-12-04T09:00:00.000Z',
+    });
+    const at = (iso: string) => () => verifyPlan(plan, signature, pub, new Date(iso));
+    expect(at('2026-12-04T08:59:59Z')).not.toThrow();
+    // a clock a little behind the signer's still accepts it
+    expect(at('2026-12-04T07:56:00Z')).not.toThrow();
+    expect(at('2026-12-04T09:00:01Z')).toThrow(
+      expect.objectContaining({
+        code: 'INTEGRITY',
+        message:
+          "the plan's signature expired at 2026-12-04T09:00:00.000Z (signed at 2026-12-04T08:00:00.000Z)",
+      }),
+    );
+    expect(at('2026-12-04T07:50:00Z')).toThrow(/later than now/);
+    // a window stretched after signing no longer matches
+    const stretched = { ...signature, expires_at: '2027-12-04T09:00:00.000Z' };
+    expect(() => verifyPlan(plan, stretched, pub, NOW)).toThrow(/does not match its content/);
   });
 
   it('refuses a key that is not ed25519 PEM', () => {

@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { syncDirectory, writeFileAtomic } from '../yaml/document.ts';
+import { parseDuration } from '../util/duration.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { withStoreLock } from '../store/lock.ts';
 import { ensureDir, exists, storePaths } from '../store/store.ts';
@@ -31,8 +32,25 @@ export interface PlanSignature {
   algorithm: typeof SIGNATURE_ALGORITHM;
   /** first 16 hex digits of the sha256 of the public key (DER, SubjectPublicKeyInfo) */
   key_id: string;
-  /** base64 of the 64-byte ed25519 signature over canonicalJson(plan) */
+  /** when it was signed (RFC 3339, UTC) */
+  issued_at: string;
+  /** when it stops being valid (RFC 3339, UTC): a verifier refuses it afterwards */
+  expires_at: string;
+  /**
+   * base64 of the 64-byte ed25519 signature over canonicalJson({expires_at, issued_at, plan}):
+   * the time window is signed with the plan
+   */
   value: string;
+}
+
+/** How long a signature is valid when store.yaml does not say (signature_ttl). */
+export const DEFAULT_SIGNATURE_TTL_S = 3600;
+/** How far a signer's clock may be ahead of the verifier's. */
+const CLOCK_SKEW_MS = 5 * 60 * 1000;
+
+export interface SignOptions {
+  now: Date;
+  ttlSeconds: number;
 }
 
 /** A plan saved with its signature: what `imgctl sign` writes and `imgctl sign --verify` reads. */
@@ -126,13 +144,47 @@ function parseEd25519Key(
   return key;
 }
 
-export function signPlan(plan: PlanDoc, privateKey: KeyObject): PlanSignature {
-  const value = sign(null, Buffer.from(canonicalJson(plan)), privateKey).toString('base64');
-  return { algorithm: SIGNATURE_ALGORITHM, key_id: keyIdOf(privateKey), value };
+/**
+ * Signs `plan` for `ttlSeconds` from `now`. `canonicalPlan` may be passed when it is at hand
+ * (the server keeps it with a cached plan): it must be canonicalJson(plan).
+ */
+export function signPlan(
+  plan: PlanDoc,
+  privateKey: KeyObject,
+  options: SignOptions,
+  canonicalPlan = canonicalJson(plan),
+): PlanSignature {
+  const issued_at = options.now.toISOString();
+  const expires_at = new Date(options.now.getTime() + options.ttlSeconds * 1000).toISOString();
+  const bytes = signedBytes(canonicalPlan, issued_at, expires_at);
+  const value = sign(null, bytes, privateKey).toString('base64');
+  return {
+    algorithm: SIGNATURE_ALGORITHM,
+    key_id: keyIdOf(privateKey),
+    issued_at,
+    expires_at,
+    value,
+  };
 }
 
-/** Throws ImgctlError INTEGRITY unless `signature` is `publicKey`'s over exactly this plan. */
-export function verifyPlan(plan: unknown, signature: PlanSignature, publicKey: KeyObject): void {
+/** canonicalJson({expires_at, issued_at, plan}) from the plan's canonical JSON (keys in order). */
+function signedBytes(canonicalPlan: string, issuedAt: string, expiresAt: string): Buffer {
+  return Buffer.from(
+    `{"expires_at":${JSON.stringify(expiresAt)},"issued_at":${JSON.stringify(issuedAt)},"plan":${canonicalPlan}}`,
+  );
+}
+
+/**
+ * Throws ImgctlError INTEGRITY unless `signature` is `publicKey`'s over exactly this plan and
+ * time window, and `now` is inside that window (its start may be up to 5 minutes ahead: clocks
+ * differ).
+ */
+export function verifyPlan(
+  plan: unknown,
+  signature: PlanSignature,
+  publicKey: KeyObject,
+  now: Date = new Date(),
+): void {
   if (signature.algorithm !== SIGNATURE_ALGORITHM)
     throw new ImgctlError(
       'INTEGRITY',
@@ -149,7 +201,12 @@ export function verifyPlan(plan: unknown, signature: PlanSignature, publicKey: K
   const sig = Buffer.from(String(signature.value), 'base64');
   let ok = false;
   try {
-    ok = sig.length === 64 && verify(null, Buffer.from(canonicalJson(plan)), publicKey, sig);
+    const bytes = signedBytes(
+      canonicalJson(plan),
+      String(signature.issued_at),
+      String(signature.expires_at),
+    );
+    ok = sig.length === 64 && verify(null, bytes, publicKey, sig);
   } catch {
     ok = false;
   }
@@ -160,10 +217,26 @@ export function verifyPlan(plan: unknown, signature: PlanSignature, publicKey: K
       { hint: 'the plan was changed after it was signed, or signed by another key' },
     );
   }
+  const issued = Date.parse(signature.issued_at);
+  const expires = Date.parse(signature.expires_at);
+  if (!(issued <= now.getTime() + CLOCK_SKEW_MS))
+    throw new ImgctlError(
+      'INTEGRITY',
+      `the plan was signed at ${signature.issued_at}, later than now (${now.toISOString()})`,
+      { hint: 'check the clocks of the server and of this machine' },
+    );
+  if (!(now.getTime() <= expires))
+    throw new ImgctlError(
+      'INTEGRITY',
+      `the plan's signature expired at ${signature.expires_at} (signed at ${signature.issued_at})`,
+      {
+        hint: 'ask the server for a fresh plan; a stale copy replayed, or a release revoked since, is refused this way',
+      },
+    );
 }
 
 export function formatSignatureHeader(signature: PlanSignature): string {
-  return `alg=${signature.algorithm}, key_id=${signature.key_id}, sig=${signature.value}`;
+  return `alg=${signature.algorithm}, key_id=${signature.key_id}, issued=${signature.issued_at}, expires=${signature.expires_at}, sig=${signature.value}`;
 }
 
 /** Parses an `Imgctl-Signature` header; INTEGRITY when it is malformed. */
@@ -175,11 +248,13 @@ export function parseSignatureHeader(header: string): PlanSignature {
   }
   const algorithm = fields.get('alg');
   const keyId = fields.get('key_id');
+  const issued = fields.get('issued');
+  const expires = fields.get('expires');
   const value = fields.get('sig');
-  if (algorithm !== SIGNATURE_ALGORITHM || !keyId || !value) {
+  if (algorithm !== SIGNATURE_ALGORITHM || !keyId || !value || !issued || !expires) {
     throw new ImgctlError('INTEGRITY', `malformed ${SIGNATURE_HEADER} header`);
   }
-  return { algorithm, key_id: keyId, value };
+  return { algorithm, key_id: keyId, issued_at: issued, expires_at: expires, value };
 }
 
 /** Reads a saved signed plan (`imgctl sign` output); VALIDATION when it is not one. */
@@ -352,6 +427,7 @@ function verifyPlanWithAny(
   plan: unknown,
   signature: PlanSignature,
   keys: readonly TrustedKey[],
+  now: Date,
 ): TrustedKey {
   const match = keys.find((k) => k.keyId === signature.key_id);
   if (!match) {
@@ -361,7 +437,7 @@ function verifyPlanWithAny(
       { hint: "verify with --key FILE.pub, or add that key's .pub file to trusted_keys" },
     );
   }
-  verifyPlan(plan, signature, match.key);
+  verifyPlan(plan, signature, match.key, now);
   return match;
 }
 
@@ -377,6 +453,10 @@ export interface SignFileOptions {
    * only then, and after the plan is read (a plan that cannot be read says so first).
    */
   storeDir: () => Promise<string>;
+  /** signing: how long the signature is valid (--ttl: 90s, 15m, 1h, 30d) */
+  ttl?: string;
+  /** the time signatures are made or checked at (default: the clock's) */
+  now?: Date;
 }
 
 /**
@@ -385,16 +465,31 @@ export interface SignFileOptions {
  */
 export async function signPlanFile(options: SignFileOptions): Promise<SignedPlan> {
   const plan = planOf(await readInput(options.cwd, options.file), options.file);
-  const key = options.keyFile
-    ? parsePrivateKey(await readInput(options.cwd, options.keyFile), options.keyFile)
-    : (await readStoreSigningKey(await options.storeDir())).key;
-  return { apiVersion: 'imgctl/v1', kind: 'SignedPlan', plan, signature: signPlan(plan, key) };
+  let ttlSeconds =
+    options.ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : parseDuration(options.ttl, '--ttl');
+  let key: KeyObject;
+  if (options.keyFile)
+    key = parsePrivateKey(await readInput(options.cwd, options.keyFile), options.keyFile);
+  else {
+    const storeDir = await options.storeDir();
+    key = (await readStoreSigningKey(storeDir)).key;
+    if (options.ttl === undefined) ttlSeconds = await signatureTtl(storeDir);
+  }
+  const signature = signPlan(plan, key, { now: options.now ?? new Date(), ttlSeconds });
+  return { apiVersion: 'imgctl/v1', kind: 'SignedPlan', plan, signature };
+}
+
+/** store.yaml's signature_ttl in seconds, else the default (1h). */
+export async function signatureTtl(storeDir: string): Promise<number> {
+  const { signature_ttl: ttl } = await loadStoreConfig(storeDir);
+  return ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : parseDuration(ttl, 'signature_ttl');
 }
 
 /** A signed plan whose signature checked out, and by which key. */
 export interface VerifiedPlan {
   plan: PlanDoc;
   key: TrustedKey;
+  signature: PlanSignature;
   /** `ID=sha256:HEX` of each disk with contents: what the signature vouches for */
   blobs: string[];
 }
@@ -411,11 +506,11 @@ export async function verifySignedPlanFile(options: SignFileOptions): Promise<Ve
     const key = parsePublicKey(pem, options.keyFile);
     keys = [{ key, keyId: keyIdOf(key), source: options.keyFile }];
   } else keys = await readStoreTrustedKeys(await options.storeDir());
-  const key = verifyPlanWithAny(signed.plan, signed.signature, keys);
+  const key = verifyPlanWithAny(signed.plan, signed.signature, keys, options.now ?? new Date());
   const blobs = (signed.plan.disks ?? [])
     .filter((d) => d.sha256)
     .map((d) => `${d.id}=sha256:${d.sha256}`);
-  return { plan: signed.plan, key, blobs };
+  return { plan: signed.plan, key, signature: signed.signature, blobs };
 }
 
 /** A plan (as `imgctl plan --json` prints it), or the plan inside a signed plan (re-signed). */

@@ -2,21 +2,15 @@
 import { join } from 'node:path';
 import { redactPlan, resolvePlan } from '../plan/plan.ts';
 import {
+  canonicalJson,
   formatSignatureHeader,
-  type PlanSignature,
   signPlan,
   SIGNATURE_HEADER,
   type SignedPlan,
 } from '../plan/signing.ts';
 import type { PlanDoc } from '../store/types.ts';
 import { HttpError, lstatInStore } from './files.ts';
-import {
-  type Kept,
-  kept,
-  type RouteContext,
-  type ServedImage,
-  type Signer,
-} from './route-context.ts';
+import { type Kept, kept, type RouteContext, type ServedImage } from './route-context.ts';
 import { json, listDir, queryOf } from './route-helpers.ts';
 import { notFoundBelow, type Route, type RouteRequest, type Reply } from './route-table.ts';
 
@@ -24,9 +18,8 @@ interface ResolvedPlan {
   plan: PlanDoc;
   /** the plan as served: JSON, 2-space indent, final newline */
   body: Buffer;
-  signature?: PlanSignature;
-  /** the Imgctl-Signature header */
-  signatureHeader?: string;
+  /** canonicalJson(plan), what each request's signature is made over */
+  canonical: string;
 }
 
 export function planRoutes(ctx: RouteContext): Route[] {
@@ -65,13 +58,16 @@ export function planRoutes(ctx: RouteContext): Route[] {
       ...ctx.imageDirs(ref.name),
       ...(system === undefined ? [] : [dirs.systems]),
     ]);
-    const key = JSON.stringify([image, record, system, vmName, sets, request.authed, sign?.keyId]);
+    const key = JSON.stringify([image, record, system, vmName, sets, request.authed]);
     const result = kept(planCache, key, stamp, () =>
-      resolveServed(ref, { record, system, sets, vmName }, request.authed, sign),
+      resolveServed(ref, { record, system, sets, vmName }, request.authed),
     );
-    const { plan: shown, body, signature, signatureHeader } = await result;
+    const { plan: shown, body, canonical } = await result;
+    // signed per request: a signature is valid from now for the store's signature_ttl
+    const signature =
+      sign && signPlan(shown, sign.key, { now: ctx.now(), ttlSeconds: sign.ttlSeconds }, canonical);
     const headers: Record<string, string> = { 'cache-control': 'no-store', vary: 'authorization' };
-    if (signatureHeader) headers[SIGNATURE_HEADER] = signatureHeader;
+    if (signature) headers[SIGNATURE_HEADER] = formatSignatureHeader(signature);
     if (format === 'signed') {
       if (!signature) {
         throw new HttpError(
@@ -99,7 +95,6 @@ export function planRoutes(ctx: RouteContext): Route[] {
     ref: ServedImage,
     options: { record?: string; system?: string; sets: string[]; vmName?: string },
     authed: boolean,
-    sign: Signer | undefined,
   ): Promise<ResolvedPlan> {
     const image = [...ref.base, 'images', ref.name];
     const deps = [['store.yaml'], [...image, 'image.yaml'], [...image, 'records']];
@@ -111,12 +106,10 @@ export function planRoutes(ctx: RouteContext): Route[] {
       lstatInStore(storeDir, [...records, name]);
     const resolved = await resolvePlan(storeDir, { image: ref.ref, ...options });
     const shown = authed ? resolved : redactPlan(resolved);
-    const signature = sign ? signPlan(shown, sign.key) : undefined;
     return {
       plan: shown,
       body: Buffer.from(`${JSON.stringify(shown, null, 2)}\n`),
-      signature,
-      signatureHeader: signature && formatSignatureHeader(signature),
+      canonical: canonicalJson(shown),
     };
   }
 

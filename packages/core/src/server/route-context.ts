@@ -8,7 +8,8 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
 import { isValidName, printable } from '../util/names.ts';
-import { keyIdOf, parsePrivateKey } from '../plan/signing.ts';
+import { DEFAULT_SIGNATURE_TTL_S, keyIdOf, parsePrivateKey } from '../plan/signing.ts';
+import { parseDuration } from '../util/duration.ts';
 import { loadStoreConfig, signingKeyPath } from '../store/store-config.ts';
 import {
   parseImageRef,
@@ -31,6 +32,8 @@ export interface Signer {
   key: KeyObject;
   keyId: string;
   publicKeyPem: string;
+  /** store.yaml's signature_ttl in seconds (default 1h) */
+  ttlSeconds: number;
 }
 
 export interface SystemRef {
@@ -161,7 +164,14 @@ export function createRouteContext(
         });
       }
       const key = parsePrivateKey(pem, `signing_key ${keyPath}`);
-      value = { key, keyId: keyIdOf(key), publicKeyPem: keyPublicPem(key) };
+      const ttl = config.signature_ttl;
+      value = {
+        key,
+        keyId: keyIdOf(key),
+        publicKeyPem: keyPublicPem(key),
+        ttlSeconds:
+          ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : parseDuration(ttl, 'signature_ttl'),
+      };
     }
     // Stamped over the key's directories as they are watched now.
     const keyStamp = watch.stamp(keyDirs);

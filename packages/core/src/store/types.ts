@@ -24,6 +24,8 @@ export interface ImageStoreDoc {
   };
   signing_key?: string;
   trusted_keys?: string[];
+  /** how long a plan signature stays valid: 90s, 15m, 1h, 30d (default 1h) */
+  signature_ttl?: string;
 }
 
 export interface OsInfo {
