@@ -16,6 +16,7 @@ import {
   refuseRevoked,
   type ResolvedImageRef,
   resolveImageRef,
+  revokedOnlyBlobs,
 } from '../store/releases.ts';
 import { findSystem, showSystem } from '../store/systems.ts';
 import type { ImageStoreDoc } from '../store/types.ts';
@@ -74,6 +75,11 @@ export interface RouteContext {
   imageRef(text: string): Promise<ServedImage>;
   /** the directories a plan or a file of image `name` is read from, for StoreWatch.stamp */
   imageDirs(name: string): string[];
+  /**
+   * Blobs only revoked releases name, each with who withdrew it (store/releases.ts); kept
+   * while images/ and releases/ are unchanged. Call after `await watch.settled()`.
+   */
+  withdrawnBlobs(): Promise<Map<string, string>>;
   /** stops watching the store */
   close(): void;
 }
@@ -123,6 +129,7 @@ export function createRouteContext(
     | undefined;
   /** resolved image references, kept while the image's and its releases' directories are unchanged */
   const refCache = new Map<string, Kept<Promise<ResolvedImageRef>>>();
+  const withdrawnCache = new Map<string, Kept<Promise<Map<string, string>>>>();
   const dirs = {
     images: join(storeDir, 'images'),
     systems: join(storeDir, 'systems'),
@@ -214,6 +221,13 @@ export function createRouteContext(
     ];
   }
 
+  function withdrawnBlobs(): Promise<Map<string, string>> {
+    const images = listDir(dirs.images).map((name) => join(dirs.images, name));
+    const releases = listDir(dirs.releases).flatMap((name) => imageDirs(name).slice(2));
+    const stamp = watch.stamp([storeDir, dirs.images, ...images, ...releases]);
+    return kept(withdrawnCache, 'blobs', stamp, () => revokedOnlyBlobs(storeDir));
+  }
+
   function lookupSystem(key: string): Promise<SystemRef> {
     if (!SYSTEM_KEY.test(key) || key.includes('..'))
       throw new HttpError(
@@ -242,6 +256,7 @@ export function createRouteContext(
     lookupSystem,
     imageRef,
     imageDirs,
+    withdrawnBlobs,
     close: () => watch.close(),
   };
 }

@@ -1,10 +1,14 @@
+import { mkdir, writeFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { minimalImageYaml } from '../../../../test/helpers/base-store.ts';
 import { makeStore } from '../../../../test/helpers/index.ts';
 import { HttpError } from './files.ts';
 import { createRouter, type Reply, type Route, type RouteRequest } from './route-table.ts';
 import { createRoutes, type Routes } from './routes.ts';
+import { createRelease, withdrawRelease } from '../store/releases.ts';
+import { setImage } from '../store/images.ts';
 
 function request(method: string, target: string): RouteRequest {
   const url = new URL(target, 'http://x');
@@ -91,16 +95,16 @@ const IMAGE = minimalImageYaml({
 `,
 });
 
-async function storeRoutes(): Promise<Routes> {
+async function storeRoutes(image = IMAGE): Promise<Routes & { dir: string }> {
   const { dir } = await makeStore({
-    'images/web/image.yaml': IMAGE,
+    'images/web/image.yaml': image,
     'images/web/provision.sh': '#!/bin/sh\n',
     'images/web/records/default.yaml':
       'apiVersion: imgctl/v1\nkind: ImageRecord\nname: default\nimage: web\n',
   });
   const routes = createRoutes(dir, () => new Date('2026-01-05T10:00:00Z'));
   onTestFinished(() => routes.close());
-  return routes;
+  return Object.assign(routes, { dir });
 }
 
 async function jsonOf(reply: Promise<Reply>): Promise<unknown> {
@@ -155,5 +159,35 @@ describe('the route table of imgctl serve', () => {
       404,
       'no such route /v1/images/web/records/a/b',
     ]);
+  });
+
+  it('serves a release from its frozen copy and refuses a revoked one with 410 and the reason', async () => {
+    const [a, b] = ['a'.repeat(64), 'b'.repeat(64)];
+    const image = minimalImageYaml({
+      name: 'web',
+      disks: [{ id: 'root', use: 'system', sha256: a, blob: true }],
+    });
+    const routes = await storeRoutes(image);
+    for (const hex of [a, b]) {
+      await mkdir(join(routes.dir, '.blobs/sha256', hex.slice(0, 2)), { recursive: true });
+      await writeFile(join(routes.dir, '.blobs/sha256', hex.slice(0, 2), hex), hex);
+    }
+    await createRelease(routes.dir, 'web');
+    await writeFile(join(routes.dir, 'images/web/provision.sh'), '#!/bin/sh\necho 2\n');
+    await setImage(routes.dir, 'web', [`disks[0].sha256=${b}`]);
+    const script = await routes.handle(request('GET', '/v1/images/web@1/files/provision.sh'));
+    expect(script).toMatchObject({ status: 200, body: Buffer.from('#!/bin/sh\n') });
+
+    await withdrawRelease(routes.dir, 'web@1', 'revoke', { reason: 'CVE-2026-7' });
+    for (const target of [
+      '/v1/plan?image=web@1',
+      '/v1/images/web@1',
+      '/v1/images/web@1/files/provision.sh',
+      `/v1/blobs/sha256/${a}`,
+    ]) {
+      const refused = await refusal(routes.handle(request('GET', target)));
+      expect([refused.status, refused.code], target).toEqual([410, 'INTEGRITY']);
+      expect(refused.message, target).toContain('CVE-2026-7');
+    }
   });
 });

@@ -18,6 +18,7 @@ import {
   refuseRevoked,
   releasedBlobs,
   releasePaths,
+  revokedOnlyBlobs,
   resolveImageRef,
   setChannel,
   withdrawRelease,
@@ -180,5 +181,22 @@ describe('withdrawal', () => {
     await expect(withdrawRelease(store, 'web', 'revoke')).rejects.toMatchObject({
       code: 'USAGE',
     });
+  });
+
+  it('withdraws the blobs only revoked releases name, not one a live image or release still uses', async () => {
+    const store = await storeWithContent();
+    await createRelease(store, 'web');
+    // the image moves on to another system disk: the first release alone names SHA now
+    const NEW = 'c'.repeat(64);
+    await mkdir(join(store, '.blobs/sha256/cc'), { recursive: true });
+    await writeFile(join(store, '.blobs/sha256/cc', NEW), 'y');
+    await setImage(store, 'web', [`disks[0].sha256=${NEW}`]);
+    await createRelease(store, 'web');
+    expect(await revokedOnlyBlobs(store)).toEqual(new Map());
+    await withdrawRelease(store, 'web@1', 'revoke', { reason: 'CVE-2026-1', now: NOW });
+    // DATA_SHA: release 2 and the image still name it
+    expect(await revokedOnlyBlobs(store)).toEqual(
+      new Map([[SHA, `web@1 (revoked at ${NOW.toISOString()}: CVE-2026-1)`]]),
+    );
   });
 });

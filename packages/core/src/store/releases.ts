@@ -478,6 +478,36 @@ export async function withdrawRelease(
   });
 }
 
+/**
+ * The blobs only revoked releases name — no other release, no working image — each with the
+ * release that withdrew it, as `web@3 (revoked at …: reason)`. The server no longer serves
+ * them, as Glance does not serve a deactivated image's data.
+ */
+export async function revokedOnlyBlobs(storeDir: string): Promise<Map<string, string>> {
+  const revoked = new Map<string, string>();
+  const live = new Set<string>();
+  for (const image of await listNames(join(storeDir, 'releases'), 'dirs')) {
+    // a release that cannot be read withdraws nothing (imgctl verify reports it)
+    const releases = await listReleases(storeDir, image).catch(() => []);
+    for (const r of releases)
+      for (const sha of Object.values(r.disks)) {
+        if (!r.revoked) live.add(sha);
+        else if (!revoked.has(sha))
+          revoked.set(
+            sha,
+            `${image}@${r.revision} (revoked at ${r.revoked.at}${r.revoked.reason ? `: ${r.revoked.reason}` : ''})`,
+          );
+      }
+  }
+  if (revoked.size === 0) return revoked;
+  for (const image of await listNames(storePaths.imagesDir(storeDir), 'dirs')) {
+    const text = await readFile(storePaths.imageFile(storeDir, image), 'utf8').catch(() => '');
+    for (const sha of revoked.keys()) if (text.includes(sha)) live.add(sha);
+  }
+  for (const sha of live) revoked.delete(sha);
+  return revoked;
+}
+
 /** Every blob a release of the store names: `imgctl verify --gc` keeps them. */
 export async function releasedBlobs(storeDir: string): Promise<Set<string>> {
   const blobs = new Set<string>();
