@@ -1,4 +1,5 @@
-import { parseDuration, provisioningStatus, type SystemStatus } from '@imgctl/core/server/events';
+import { provisioningStatus, type SystemStatus } from '@imgctl/core/server/events';
+import { parseDuration } from '@imgctl/core/util/duration';
 import { assertName, terminalSafe } from '@imgctl/core/util/names';
 import type { Handler } from '../command.ts';
 import { renderTable } from '@imgctl/core/util/output';

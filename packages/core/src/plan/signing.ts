@@ -465,24 +465,30 @@ export interface SignFileOptions {
  */
 export async function signPlanFile(options: SignFileOptions): Promise<SignedPlan> {
   const plan = planOf(await readInput(options.cwd, options.file), options.file);
-  let ttlSeconds =
-    options.ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : parseDuration(options.ttl, '--ttl');
+  let ttl = options.ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : ttlSeconds(options.ttl, '--ttl');
   let key: KeyObject;
   if (options.keyFile)
     key = parsePrivateKey(await readInput(options.cwd, options.keyFile), options.keyFile);
   else {
     const storeDir = await options.storeDir();
     key = (await readStoreSigningKey(storeDir)).key;
-    if (options.ttl === undefined) ttlSeconds = await signatureTtl(storeDir);
+    if (options.ttl === undefined) ttl = await signatureTtl(storeDir);
   }
-  const signature = signPlan(plan, key, { now: options.now ?? new Date(), ttlSeconds });
+  const signature = signPlan(plan, key, { now: options.now ?? new Date(), ttlSeconds: ttl });
   return { apiVersion: 'imgctl/v1', kind: 'SignedPlan', plan, signature };
+}
+
+/** A signature lifetime in whole seconds (at least one), from a duration like 1h. */
+export function ttlSeconds(text: string, what: string): number {
+  const seconds = Math.floor(parseDuration(text, what) / 1000);
+  if (seconds < 1) throw new ImgctlError('USAGE', `${what} must be at least 1s`);
+  return seconds;
 }
 
 /** store.yaml's signature_ttl in seconds, else the default (1h). */
 export async function signatureTtl(storeDir: string): Promise<number> {
   const { signature_ttl: ttl } = await loadStoreConfig(storeDir);
-  return ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : parseDuration(ttl, 'signature_ttl');
+  return ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : ttlSeconds(ttl, 'signature_ttl');
 }
 
 /** A signed plan whose signature checked out, and by which key. */

@@ -1,12 +1,7 @@
 /** POST /v1/events and GET /v1/status (docs/server.md, Events and status). */
-import {
-  appendEvent,
-  DEFAULT_STALLED_AFTER_MS,
-  parseDuration,
-  parseEvent,
-  provisioningStatus,
-} from './events.ts';
+import { appendEvent, DEFAULT_STALLED_AFTER_MS, parseEvent, provisioningStatus } from './events.ts';
 import type { RouteContext } from './route-context.ts';
+import { parseDuration } from '../util/duration.ts';
 import { json, noStore, queryOf } from './route-helpers.ts';
 import { notFoundBelow, type Route } from './route-table.ts';
 

@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { appendEvent, eventsDir, parseDuration, parseEvent, provisioningStatus } from './events.ts';
+import { appendEvent, eventsDir, parseEvent, provisioningStatus } from './events.ts';
 import { initStore } from '../store/images.ts';
 
 const at = (s: number) => new Date(Date.UTC(2026, 0, 1, 12, 0, s));
@@ -106,18 +106,5 @@ describe('provisioningStatus', () => {
     const lines = (await readFile(join(eventsDir(s), 'a.jsonl'), 'utf8')).trim().split('\n');
     expect(lines).toHaveLength(50);
     for (const line of lines) expect(() => JSON.parse(line)).not.toThrow();
-  });
-});
-
-describe('parseDuration', () => {
-  it('reads units', () => {
-    expect([
-      parseDuration('500ms'),
-      parseDuration('90s'),
-      parseDuration('10m'),
-      parseDuration('2h'),
-      parseDuration('5'),
-    ]).toEqual([500, 90_000, 600_000, 7_200_000, 5000]);
-    expect(() => parseDuration('soon')).toThrow(/not a duration/);
   });
 });

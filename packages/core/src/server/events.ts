@@ -311,15 +311,3 @@ function statusOf(
     runs,
   };
 }
-
-/** `90s`, `10m`, `2h`, `500ms`, or a bare number of seconds, in milliseconds. */
-export function parseDuration(text: string, what = 'duration'): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
-  if (!m) {
-    throw new ImgctlError('USAGE', `${what} '${printable(text)}' is not a duration`, {
-      hint: 'e.g. 90s, 10m, 2h',
-    });
-  }
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? 's']!;
-  return Math.round(Number(m[1]) * unit);
-}

@@ -8,8 +8,7 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
 import { isValidName, printable } from '../util/names.ts';
-import { DEFAULT_SIGNATURE_TTL_S, keyIdOf, parsePrivateKey } from '../plan/signing.ts';
-import { parseDuration } from '../util/duration.ts';
+import { DEFAULT_SIGNATURE_TTL_S, keyIdOf, parsePrivateKey, ttlSeconds } from '../plan/signing.ts';
 import { loadStoreConfig, signingKeyPath } from '../store/store-config.ts';
 import {
   parseImageRef,
@@ -176,8 +175,7 @@ export function createRouteContext(
         key,
         keyId: keyIdOf(key),
         publicKeyPem: keyPublicPem(key),
-        ttlSeconds:
-          ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : parseDuration(ttl, 'signature_ttl'),
+        ttlSeconds: ttl === undefined ? DEFAULT_SIGNATURE_TTL_S : ttlSeconds(ttl, 'signature_ttl'),
       };
     }
     // Stamped over the key's directories as they are watched now.

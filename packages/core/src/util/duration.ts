@@ -1,14 +1,15 @@
 import { ImgctlError } from './errors.ts';
 import { printable } from './names.ts';
 
-const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** Seconds in a duration like 90s, 15m, 1h or 30d; USAGE for anything else. */
-export function parseDuration(text: string, what: string): number {
-  const m = /^([1-9][0-9]{0,8})(s|m|h|d)$/.exec(text);
-  if (!m)
-    throw new ImgctlError('USAGE', `${what}: invalid duration '${printable(text)}'`, {
-      hint: 'a duration is a number and a unit: 90s, 15m, 1h or 30d',
+/** `500ms`, `90s`, `10m`, `2h`, `30d`, or a bare number of seconds, in milliseconds. */
+export function parseDuration(text: string, what = 'duration'): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim());
+  if (!m) {
+    throw new ImgctlError('USAGE', `${what} '${printable(text)}' is not a duration`, {
+      hint: 'e.g. 90s, 10m, 2h, 30d',
     });
-  return Number(m[1]) * UNITS[m[2]!]!;
+  }
+  return Math.round(Number(m[1]) * UNIT_MS[m[2] ?? 's']!);
 }
