@@ -7,7 +7,7 @@
  * for a revoked one — also when a plan signed before the revocation is replayed to a `--trust`
  * agent, once its signature has expired.
  */
-import { appendFile, readFile } from 'node:fs/promises';
+import { appendFile, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -123,15 +123,50 @@ describe('slow: provisioning from releases and channels', () => {
 
   it('provisions --image tiny-linux@stable: the VM boots the first release with boots=1', async () => {
     onTestFinished(() => removeDomain(VM));
-    const run = await agent(['--virt', '--image', 'tiny-linux@stable', '--virt-name', VM]);
+    // a system that follows the channel
+    await writeFile(
+      join(rig.store.dir, 'systems/relsys.yaml'),
+      'apiVersion: imgctl/v1\nkind: System\nname: relsys\nhostname: relsys\nimage: tiny-linux@stable\n',
+    );
+    const run = await agent([
+      ...['--virt', '--image', 'tiny-linux@stable', '--system', 'relsys', '--virt-name', VM],
+    ]);
     expect(run.exitCode, run.stderr).toBe(0);
     const serial = join(rig.paths.virt, `${VM}.serial.log`);
     const report = await waitForApplianceReport(serial);
-    expect(report).toMatchObject({ hostname: VM, boots: '1' });
+    expect(report).toMatchObject({ hostname: 'relsys', boots: '1' });
     await waitForShutoff(VM);
     const log = await readFile(serial, 'utf8');
     expect(log).toContain('hello from imgctl');
     expect(log).not.toContain('hello from release 2');
+
+    // the events say which release it runs; it is outdated once the channel moves on
+    const status = async () => {
+      const out = await imgctl(['status', '--outdated', '--json']);
+      expect(out.exitCode, out.stderr).toBe(0);
+      return JSON.parse(out.stdout) as unknown[];
+    };
+    expect(await status()).toEqual([]);
+    const shown = JSON.parse((await imgctl(['status', '--json'])).stdout) as Array<{
+      system: string;
+      release: string;
+    }>;
+    expect(shown.find((s) => s.system === 'relsys')).toMatchObject({ release: R1.ref });
+    expect(
+      (await imgctl(['channel', 'set', 'tiny-linux', 'stable', String(R2.rev)])).exitCode,
+    ).toBe(0);
+    expect(await status()).toEqual([
+      {
+        system: 'relsys',
+        follows: 'tiny-linux@stable',
+        deployed: R1.ref,
+        current: R2.ref,
+        outdated: true,
+      },
+    ]);
+    expect(
+      (await imgctl(['channel', 'set', 'tiny-linux', 'stable', String(R1.rev)])).exitCode,
+    ).toBe(0);
   });
 
   it('warns about a deprecated release and refuses a revoked one: exit 7, nothing made', async () => {

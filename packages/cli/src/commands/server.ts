@@ -39,11 +39,17 @@ export const serverCommands: CommandSpec[] = [
         description: 'a run with no event for this long is stalled (e.g. 90s, 10m, 2h)',
         defaultValue: '10m',
       },
+      {
+        flags: '--outdated',
+        description:
+          'only the systems whose image is a release or channel they do not run (the last successful provisioning put another one there)',
+      },
     ],
     examples: [
       'imgctl status',
       'imgctl status --system web01',
       'imgctl status --json --stalled-after 5m',
+      'imgctl status --outdated   # systems behind the channel they follow',
     ],
     load: () => import('./status.ts'),
   },

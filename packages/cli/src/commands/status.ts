@@ -1,4 +1,4 @@
-import { provisioningStatus, type SystemStatus } from '@imgctl/core/server/events';
+import { provisioningStatus, releaseStatus, type SystemStatus } from '@imgctl/core/server/events';
 import { parseDuration } from '@imgctl/core/util/duration';
 import { assertName, terminalSafe } from '@imgctl/core/util/names';
 import type { Handler } from '../command.ts';
@@ -8,6 +8,7 @@ export interface StatusOptions {
   system?: string;
   /** a duration such as 90s, 10m, 2h; the spec's default is 10m */
   stalledAfter?: string;
+  outdated?: boolean;
 }
 
 /** Reads .state/events of the store directly: no server needed. */
@@ -17,6 +18,19 @@ export const run: Handler<StatusOptions> = async (_args, options, ctx) => {
   const stalledAfterMs = parseDuration(options.stalledAfter ?? '10m', '--stalled-after');
   const now = new Date();
   const statuses = await provisioningStatus(storeDir, { system, now, stalledAfterMs });
+  if (options.outdated) {
+    const outdated = (await releaseStatus(storeDir, statuses)).filter((r) => r.outdated);
+    const table = renderTable(
+      ['system', 'follows', 'deployed', 'current'],
+      outdated.map((r) => [
+        r.system,
+        r.follows,
+        r.deployed ?? '-',
+        r.current ?? `? (${terminalSafe(r.error ?? '')})`,
+      ]),
+    );
+    return { data: outdated, text: table || 'every system runs the release it follows' };
+  }
   const text =
     system !== undefined
       ? details(statuses[0]!)
@@ -26,7 +40,7 @@ export const run: Handler<StatusOptions> = async (_args, options, ctx) => {
             s.system,
             s.state,
             s.phase ?? '-',
-            s.image ?? '-',
+            s.release ?? s.image ?? '-',
             s.started_at ?? '-',
             s.elapsed_ms === null ? '-' : formatMs(s.elapsed_ms),
             s.updated_at === null
@@ -42,7 +56,11 @@ function details(s: SystemStatus): string {
     `system:  ${s.system}`,
     `state:   ${s.state}${s.phase ? ` (last phase: ${s.phase})` : ''}`,
   ];
-  if (s.image) lines.push(`image:   ${s.image}${s.vm_name ? ` as ${s.vm_name}` : ''}`);
+  if (s.image) lines.push(`image:   ${s.release ?? s.image}${s.vm_name ? ` as ${s.vm_name}` : ''}`);
+  if (s.deployed)
+    lines.push(
+      `runs:    ${s.deployed.release ?? `${s.deployed.image} (working image)`} since ${s.deployed.at}`,
+    );
   if (s.started_at)
     lines.push(
       `started: ${s.started_at}   elapsed ${formatMs(s.elapsed_ms ?? 0)}   runs ${s.runs}`,

@@ -227,6 +227,7 @@ export function eventSender(
           system: plan.system ?? vm,
           phase,
           image: plan.image.name,
+          ...(plan.image.release ? { release: plan.image.release } : {}),
           record: plan.record,
           vm_name: vm,
           ...extra,

@@ -8,6 +8,11 @@ import { initStore } from '../store/images.ts';
 const at = (s: number) => new Date(Date.UTC(2026, 0, 1, 12, 0, s));
 
 describe('parseEvent', () => {
+  it('keeps the release an event names', () => {
+    expect(parseEvent({ system: 'a', phase: 'done', release: 'web@3' }, at(0))).toMatchObject({
+      release: 'web@3',
+    });
+  });
   it('stamps a valid event with the server time', () => {
     expect(parseEvent({ system: 'web01', phase: 'started', image: 'web' }, at(0))).toEqual({
       system: 'web01',
@@ -25,6 +30,8 @@ describe('parseEvent', () => {
     [{ system: 'a', phase: 'done', code: 'FAILED' }, /only a 'failed' event/],
     [{ system: 'a', phase: 'done', time: 'x' }, /unknown event field 'time'/],
     [{ system: 'a', phase: 'done', message: 'x'.repeat(5000) }, /at most 4096/],
+    [{ system: 'a', phase: 'done', release: 'web@stable' }, /'release' must be IMAGE@REVISION/],
+    [{ system: 'a', phase: 'done', release: '../x@1' }, /'release' must be IMAGE@REVISION/],
   ])('refuses %j', (body, message) => {
     expect(() => parseEvent(body, at(0))).toThrow(message);
   });
@@ -73,6 +80,21 @@ describe('provisioningStatus', () => {
     expect(c).toMatchObject({ state: 'failed', error: { code: 'INTEGRITY', message: 'bad blob' } });
     const fresh = await provisioningStatus(s, { now: at(40), stalledAfterMs: 20_000 });
     expect(fresh[1]!.state).toBe('in-progress');
+  });
+
+  it('says what the last successful run deployed, even while a later run fails', async () => {
+    const s = await store();
+    const post = (body: object, t: Date) => appendEvent(s, parseEvent(body, t));
+    await post({ system: 'a', phase: 'started', image: 'web', release: 'web@2' }, at(0));
+    await post({ system: 'a', phase: 'done' }, at(5));
+    await post({ system: 'a', phase: 'started', image: 'web', release: 'web@3' }, at(10));
+    await post({ system: 'a', phase: 'failed', code: 'HOST', message: 'no kvm' }, at(12));
+    const [a] = await provisioningStatus(s, { now: at(20), stalledAfterMs: 20_000 });
+    expect(a).toMatchObject({
+      state: 'failed',
+      release: 'web@3',
+      deployed: { image: 'web', release: 'web@2', at: at(5).toISOString() },
+    });
   });
 
   it('skips a line cut short by a crash, and knows systems that never reported', async () => {

@@ -9,6 +9,7 @@ import { syncDirectory } from '../yaml/document.ts';
 import { compact } from '../util/compact.ts';
 import { EXIT, type ErrorCode, ImgctlError } from '../util/errors.ts';
 import { isValidName, printable } from '../util/names.ts';
+import { resolveImageRef } from '../store/releases.ts';
 import { listSystems } from '../store/systems.ts';
 import { storePaths } from '../store/store.ts';
 
@@ -30,6 +31,8 @@ export interface ProvisionEvent {
   /** ISO 8601, set by the server (the agent's clock may be wrong) */
   time: string;
   image?: string;
+  /** the release provisioned (IMAGE@REV), when it was one, not the working image */
+  release?: string;
   record?: string;
   vm_name?: string;
   /** for `failed`: an error code of design.md §4 (FAILED, HOST, INTEGRITY, …) */
@@ -38,7 +41,16 @@ export interface ProvisionEvent {
 }
 
 const MAX_TEXT = 4096;
-const EVENT_FIELDS = ['system', 'phase', 'image', 'record', 'vm_name', 'code', 'message'];
+const EVENT_FIELDS = [
+  'system',
+  'phase',
+  'image',
+  'release',
+  'record',
+  'vm_name',
+  'code',
+  'message',
+];
 
 export function eventsDir(storeDir: string): string {
   return join(storePaths.stateDir(storeDir), 'events');
@@ -75,6 +87,14 @@ export function parseEvent(body: unknown, now: Date): ProvisionEvent {
       );
     return v;
   };
+  const release = b.release;
+  if (
+    release !== undefined &&
+    (typeof release !== 'string' ||
+      !/^[1-9][0-9]{0,8}$/.test(release.slice(release.indexOf('@') + 1)) ||
+      !isValidName(release.slice(0, release.indexOf('@'))))
+  )
+    throw new ImgctlError('USAGE', "event field 'release' must be IMAGE@REVISION, like web@3");
   const phase = b.phase;
   if (typeof phase !== 'string' || !(PHASES as readonly string[]).includes(phase)) {
     throw new ImgctlError('USAGE', `event field 'phase' must be one of ${PHASES.join(', ')}`);
@@ -96,6 +116,7 @@ export function parseEvent(body: unknown, now: Date): ProvisionEvent {
     phase: phase as Phase,
     time: now.toISOString(),
     image: name('image', false),
+    release: release as string | undefined,
     record: name('record', false),
     vm_name: name('vm_name', false),
     code: code as ErrorCode | undefined,
@@ -198,7 +219,11 @@ export interface SystemStatus {
   /** the last phase reported, null when none */
   phase: Phase | null;
   image: string | null;
+  /** the release the latest run provisioned, null for the working image or none */
+  release: string | null;
   vm_name: string | null;
+  /** what the last successful run put there: the release (null: the working image) and when */
+  deployed: { image: string | null; release: string | null; at: string } | null;
   started_at: string | null;
   updated_at: string | null;
   /** from the run's start to its last event (done/failed) or to now (still running) */
@@ -252,6 +277,21 @@ export async function provisioningStatus(
     .map((name) => statusOf(name, bySystem.get(name)!, options.now, options.stalledAfterMs));
 }
 
+/** The last `done` run's image and release: what the system runs now, as far as events tell. */
+function deployedBy(all: ProvisionEvent[]): SystemStatus['deployed'] {
+  let done = all.length - 1;
+  while (done >= 0 && all[done]!.phase !== 'done') done--;
+  if (done < 0) return null;
+  let start = done;
+  while (start > 0 && all[start]!.phase !== 'started') start--;
+  const run = all.slice(start, done + 1).reverse();
+  return {
+    image: run.find((e) => e.image)?.image ?? null,
+    release: run.find((e) => e.release)?.release ?? null,
+    at: all[done]!.time,
+  };
+}
+
 function statusOf(
   system: string,
   all: ProvisionEvent[],
@@ -273,7 +313,9 @@ function statusOf(
       state: 'pending',
       phase: null,
       image: null,
+      release: null,
       vm_name: null,
+      deployed: null,
       started_at: null,
       updated_at: null,
       elapsed_ms: null,
@@ -301,7 +343,9 @@ function statusOf(
     state,
     phase: last.phase,
     image: withImage.find((e) => e.image)?.image ?? null,
+    release: withImage.find((e) => e.release)?.release ?? null,
     vm_name: withImage.find((e) => e.vm_name)?.vm_name ?? null,
+    deployed: deployedBy(all),
     started_at: run[0]!.time,
     updated_at: last.time,
     elapsed_ms: (finished ? lastAt : now.getTime()) - t0,
@@ -310,4 +354,61 @@ function statusOf(
       last.phase === 'failed' ? { code: last.code ?? 'FAILED', message: last.message ?? '' } : null,
     runs,
   };
+}
+
+/** Whether a system runs the release its image reference points at now. */
+export interface ReleaseStatus {
+  system: string;
+  /** the system's `image:`, e.g. web@stable */
+  follows: string;
+  /** the release the last successful provisioning put there (null: none, or the working image) */
+  deployed: string | null;
+  /** the release `follows` points at now; null when it cannot be resolved (see `error`) */
+  current: string | null;
+  outdated: boolean;
+  error?: string;
+}
+
+/**
+ * For each system whose image reference is a release or a channel: what it runs (from its
+ * events) and what it should (the reference resolved now). Systems that follow the working image
+ * carry no release to compare and are left out.
+ */
+export async function releaseStatus(
+  storeDir: string,
+  statuses: SystemStatus[],
+): Promise<ReleaseStatus[]> {
+  const follows = new Map(
+    (await listSystems(storeDir))
+      .filter((s) => s.image?.includes('@'))
+      .map((s) => [s.name, s.image!]),
+  );
+  const out: ReleaseStatus[] = [];
+  for (const status of statuses) {
+    const ref = follows.get(status.system);
+    if (ref === undefined) continue;
+    const deployed = status.deployed?.release ?? null;
+    try {
+      const resolved = await resolveImageRef(storeDir, ref);
+      const current = `${resolved.name}@${resolved.revision}`;
+      out.push({
+        system: status.system,
+        follows: ref,
+        deployed,
+        current,
+        outdated: deployed !== current,
+      });
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      out.push({
+        system: status.system,
+        follows: ref,
+        deployed,
+        current: null,
+        outdated: true,
+        error: message,
+      });
+    }
+  }
+  return out;
 }
