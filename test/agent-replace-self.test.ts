@@ -476,4 +476,60 @@ describe('slow: imgagent --replace-self writes an image over a disk and makes it
     expect(again.stderr()).toMatch(/error\[FAILED\]: interrupted by SIGTERM/);
     expect((await execa('sfdisk', ['--json', target], { reject: false })).exitCode).not.toBe(0);
   });
+
+  it('--update writes a new release over the system disk and keeps the data disk byte for byte', async () => {
+    const imgctl = (args: string[]) => execImgctl(['--store', store.dir, ...args]);
+    const release = async () => {
+      const made = await imgctl(['release', 'create', 'tiny-linux', '--json']);
+      expect(made.exitCode, made.stderr).toBe(0);
+      return (JSON.parse(made.stdout) as { ref: string }).ref;
+    };
+    const first = await release();
+    const set = await imgctl(['image', 'set', 'tiny-linux', 'parameters.greeting.default=updated']);
+    expect(set.exitCode, set.stderr).toBe(0);
+    const second = await release();
+    const target = await makeFile(join(work.dir, 'update-root.raw'), 80 * MiB);
+    const data = await makeFile(join(work.dir, 'update-data.raw'), 16 * MiB);
+    const boot = async (name: string) => {
+      const serial = await bootAppliance({
+        disks: [
+          { file: target, format: 'raw' },
+          { file: data, format: 'raw' },
+        ],
+        serialLog: join(work.dir, `${name}.serial.log`),
+      });
+      return { report: applianceReport(serial), serial };
+    };
+
+    const installed = await agent([
+      ...['--replace-self', '--image', first, '--virt-name', 'upd01'],
+      ...['--target-disk', target, '--data-disk', `data=${data}`],
+    ]);
+    expect(installed.exitCode, installed.stderr).toBe(0);
+    const one = await boot('update-1');
+    expect(one.report).toMatchObject({ hostname: 'upd01', 'data-disk': 'ok', boots: '1' });
+    expect(one.serial).toContain('hello from imgctl');
+
+    const kept = await sha256File(data);
+    const withData = await agent([
+      ...['--replace-self', '--update', '--image', second, '--virt-name', 'upd01'],
+      ...['--target-disk', target, '--data-disk', `data=${data}`, '--force'],
+    ]);
+    expect(withData.exitCode).toBe(2);
+    expect(withData.stderr).toContain('--update never writes a data disk');
+    const updated = await agent([
+      ...['--replace-self', '--update', '--image', second, '--virt-name', 'upd01'],
+      ...['--target-disk', target, '--force', '--json'],
+    ]);
+    expect(updated.exitCode, updated.stderr).toBe(0);
+    expect((JSON.parse(updated.stdout) as { disks: unknown[] }).disks[1]).toMatchObject({
+      id: 'data',
+      skipped: 'kept: an update leaves data disks as they are',
+    });
+    expect(await sha256File(data)).toBe(kept);
+    const two = await boot('update-2');
+    expect(two.report).toMatchObject({ hostname: 'upd01', boots: '2' });
+    expect(two.serial).toContain('updated');
+    expect(two.serial).not.toContain('hello from imgctl');
+  });
 });

@@ -37,6 +37,7 @@ export interface Flags {
   dataDisk: string[];
   reboot?: boolean;
   kexec?: boolean;
+  update?: boolean;
   progress?: boolean;
 }
 

@@ -106,6 +106,10 @@ export function agentProgram(
     .option('--reboot', '--replace-self: reboot into the written disk when done')
     .option('--no-reboot', '--replace-self: do not reboot (the default)')
     .option('--kexec', "--replace-self: boot the written disk's kernel with kexec when done")
+    .option(
+      '--update',
+      '--replace-self: update a machine written before: the system disk(s) and config partition only, data disks kept',
+    )
     .option('--virt-name <name>', 'the VM name (default: the system, else the image)')
     .option('--virt-path <dir>', 'where the VM disks and seed go', DEFAULT_VIRT_PATH)
     .addOption(
@@ -173,6 +177,10 @@ async function run(
     );
   }
   checkNames(flags);
+  if (flags.update && !flags.replaceSelf)
+    throw new ImgctlError('USAGE', '--update goes with --replace-self', {
+      hint: 'updating a VM in place (--virt --update) is not supported: provision a new VM, or use --force',
+    });
   flags.set = [...setsFromEnv(env.IMGAGENT_SETS), ...flags.set];
   const ctx: ActionContext = {
     flags,

@@ -27,6 +27,7 @@ export interface AgentOptions {
   /** true with --reboot, false with --no-reboot */
   reboot?: boolean;
   kexec?: boolean;
+  update?: boolean;
   agentArg?: string[];
 }
 
@@ -159,6 +160,13 @@ export const AGENT_OPTIONS: Array<
     flags: '--kexec',
     description: '--replace-self: kexec into the new system',
     key: 'kexec',
+    value: false,
+  },
+  {
+    flags: '--update',
+    description:
+      '--replace-self: write the system disk(s) and config partition only, keep data disks',
+    key: 'update',
     value: false,
   },
   {

@@ -22,6 +22,7 @@ export async function run(ctx: ActionContext): Promise<ActionResult> {
       boot: bootFlag(flags),
       dryRun: flags.dryRun,
       force: flags.force,
+      update: flags.update,
     },
     { ...agentDeps(ctx), client: ctx.client },
   );

@@ -92,6 +92,11 @@ export interface ReplaceSelfOptions extends PlanQuery {
   boot: BootAction;
   dryRun?: boolean;
   force?: boolean;
+  /**
+   * An update of a machine written before: only the system disk(s) and the config partition
+   * are written; data disks are never touched (--data-disk may name other system disks only)
+   */
+  update?: boolean;
 }
 
 export interface WrittenDisk {
@@ -150,7 +155,7 @@ export async function replaceSelf(
     throw new ImgctlError('USAGE', 'no target disk: give --target-disk DEV|FILE', {
       hint: `or set target_disk in the system${plan.system ? ` ${plan.system}` : ''}`,
     });
-  const disks = assignDisks(plan, targetPath, options.dataDisks ?? {});
+  const disks = assignDisks(plan, targetPath, options.dataDisks ?? {}, Boolean(options.update));
   for (const d of disks)
     if (d.target !== undefined)
       assertPullable(
@@ -300,12 +305,14 @@ export async function replaceSelf(
 
 /**
  * Where each disk of the plan goes: the first system disk (the boot entry's first drive when it
- * names one) to the target; disks named by --data-disk to theirs; the rest are skipped.
+ * names one) to the target; disks named by --data-disk to theirs; the rest are skipped. An
+ * update keeps data disks: naming one is refused.
  */
 function assignDisks(
   plan: PlanDoc,
   targetPath: string,
   dataDisks: Record<string, string>,
+  update: boolean,
 ): WrittenDisk[] {
   for (const id of Object.keys(dataDisks))
     if (!plan.disks.some((d) => d.id === id))
@@ -327,6 +334,13 @@ function assignDisks(
       'USAGE',
       `--data-disk ${system.id}: that is the system disk (--target-disk)`,
     );
+  const kept = plan.disks.filter((d) => d.use === 'data' && dataDisks[d.id] !== undefined);
+  if (update && kept.length > 0)
+    throw new ImgctlError(
+      'USAGE',
+      `--update never writes a data disk: ${kept.map((d) => `--data-disk ${d.id}`).join(', ')} would`,
+      { hint: 'an update keeps the data disks as they are; leave --data-disk out for them' },
+    );
   const ordered = [system, ...plan.disks.filter((d) => d !== system)];
   return ordered.map((disk): WrittenDisk => {
     const entry: WrittenDisk = {
@@ -339,6 +353,8 @@ function assignDisks(
     if (disk === system) entry.target = targetPath;
     else if (disk.use === 'scratch') entry.skipped = 'a scratch disk has no content';
     else if (dataDisks[disk.id] !== undefined) entry.target = dataDisks[disk.id];
+    else if (update && disk.use === 'data')
+      entry.skipped = 'kept: an update leaves data disks as they are';
     else entry.skipped = `no --data-disk ${disk.id}=DEV given`;
     return entry;
   });
