@@ -265,11 +265,16 @@ function listedPackages(): Set<string> {
 
 describe('the programs the code runs', () => {
   const fromTs = new Map<string, string>();
-  for (const pkg of ['core', 'cli', 'agent']) {
-    for (const file of sourceFiles(join(REPO_ROOT, 'packages', pkg, 'src'))) {
-      for (const program of programsOfTs(file)) fromTs.set(program, relative(REPO_ROOT, file));
-    }
-  }
+  const tsFiles = [
+    ...['core', 'cli', 'agent'].flatMap((pkg) =>
+      sourceFiles(join(REPO_ROOT, 'packages', pkg, 'src')),
+    ),
+    // npm run package and npm run build
+    join(REPO_ROOT, 'scripts/package.ts'),
+    join(REPO_ROOT, 'scripts/build.mjs'),
+  ];
+  for (const file of tsFiles)
+    for (const program of programsOfTs(file)) fromTs.set(program, relative(REPO_ROOT, file));
   const scripts = SHELL_SCRIPTS.map((script) => ({
     script,
     text: readFileSync(join(REPO_ROOT, script), 'utf8'),
