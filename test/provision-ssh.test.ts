@@ -305,6 +305,32 @@ describe('slow: imgctl provision over SSH', () => {
     expect((JSON.parse(again.stdout) as Summary).targets[0]!.node).toBeUndefined();
   });
 
+  it('a rollout whose canary fails touches no other target (--canary 1 --max-unavailable 1)', async () => {
+    const others = [
+      await startSshd({ clientKey: sshd.clientKey }),
+      await startSshd({ clientKey: sshd.clientKey }),
+    ];
+    onTestFinished(() => Promise.all(others.map((o) => o.stop())).then(() => undefined));
+    const hosts = join(work.dir, 'known_hosts.rollout');
+    await writeFile(hosts, [sshd, ...others].map((s) => `${s.knownHostsLine}\n`).join(''));
+    // the canary's agent fails: the image does not exist
+    const run = await provision(
+      [sshd.target, ...others.map((o) => o.target)],
+      ['--image', 'nosuch', '--canary', '1', '--max-unavailable', '1', '--dry-run', '--json'],
+      hosts,
+    );
+    expect(run.exitCode, run.stderr).toBe(4);
+    const summary = JSON.parse(run.stdout) as Summary & { stoppedBy?: string };
+    expect(summary.stoppedBy).toBe(sshd.target);
+    expect(summary.targets.map((t) => t.status)).toEqual(['failed', 'not-started', 'not-started']);
+    expect(summary.targets[1]!.error?.message).toBe(
+      `not started: the rollout stopped when ${sshd.target} failed`,
+    );
+    // nobody logged in to the others
+    for (const other of others) expect(other.log()).not.toMatch(/Accepted publickey/);
+    expect(sshd.log()).toMatch(/Accepted publickey/);
+  });
+
   it('says exactly what is missing where neither agent can run', async () => {
     // A bundle with no executable beside it, and targets with an old Node or none.
     const bundleOnly = join(work.dir, 'bundle-only');

@@ -14,8 +14,17 @@ export const provisionCommands: CommandSpec[] = [
       },
       {
         flags: '--parallel <n>',
-        description: 'targets provisioned at the same time',
-        defaultValue: '10',
+        description: 'targets provisioned at the same time (default 10)',
+      },
+      {
+        flags: '--max-unavailable <n>',
+        description:
+          'a rollout: at most N targets at a time, and no new one once one has failed (instead of --parallel)',
+      },
+      {
+        flags: '--canary <k>',
+        description:
+          'a rollout: the first K targets first; the rest only when they all succeed (no new one after a failure)',
       },
       {
         flags: '--server <url>',
@@ -50,6 +59,7 @@ export const provisionCommands: CommandSpec[] = [
       'imgctl provision --targets hypervisors.txt --virt --image tiny-linux --dry-run --parallel 20',
       'imgctl provision web01 --replace-self --image web --target-disk /dev/sda --reboot --json',
       'imgctl provision root@hv1 --virt --image web --accept-new --identity ~/.ssh/provision_ed25519',
+      'imgctl provision --targets fleet.txt --replace-self --update --image web@stable --canary 1 --max-unavailable 2',
     ],
     load: () => import('./provision.ts'),
   },

@@ -25,8 +25,10 @@ import { type AgentOptions, agentArguments } from '../agent-options.ts';
 
 export interface ProvisionOptions extends AgentOptions {
   targets?: string;
-  /** the spec's default is 10 */
+  /** default 10 */
   parallel?: string;
+  maxUnavailable?: string;
+  canary?: string;
   server?: string;
   tokenFile?: string;
   identity?: string[];
@@ -52,7 +54,15 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
         hint: 'names are [a-z0-9][a-z0-9._-]{0,62}',
       });
   }
-  const parallel = integerOption(options.parallel ?? '10', '--parallel')!;
+  if (options.maxUnavailable !== undefined && options.parallel !== undefined)
+    throw new ImgctlError('USAGE', 'give --max-unavailable or --parallel, not both', {
+      hint: '--max-unavailable N runs N at a time and stops at the first failure',
+    });
+  const parallel = integerOption(
+    options.maxUnavailable ?? options.parallel ?? '10',
+    options.maxUnavailable !== undefined ? '--max-unavailable' : '--parallel',
+  )!;
+  const canary = integerOption(options.canary, '--canary');
   const timeoutS = integerOption(options.connectTimeout ?? '15', '--connect-timeout')!;
 
   const specs = [...args];
@@ -127,6 +137,8 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
         sets: options.set ?? [],
         agentArgs,
         parallel,
+        ...(canary === undefined ? {} : { canary }),
+        stopOnFailure: options.maxUnavailable !== undefined || canary !== undefined,
         signal: controller.signal,
       },
       {
@@ -367,6 +379,6 @@ function summaryTable(summary: ProvisionSummary): string {
   const failed = summary.targets.filter((t) => t.status !== 'ok').length;
   const tail = summary.ok
     ? `all ${summary.targets.length} target(s) provisioned`
-    : `${failed} of ${summary.targets.length} target(s) not provisioned${summary.cancelled ? ' (interrupted)' : ''}`;
+    : `${failed} of ${summary.targets.length} target(s) not provisioned${summary.cancelled ? ' (interrupted)' : ''}${summary.stoppedBy ? ` (the rollout stopped when ${summary.stoppedBy} failed)` : ''}`;
   return `${table}\n${tail}`;
 }

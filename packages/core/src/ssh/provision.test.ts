@@ -323,4 +323,47 @@ describe('provisionTargets', () => {
     ]);
     expect(summaryExitCode(summary)).toBe(130);
   });
+
+  it('rolls out: canaries first, then the rest, and no new target after a failure', async () => {
+    const failing = async () => ({
+      exitCode: 6,
+      stdout: JSON.stringify({ error: { code: 'HOST', message: 'no kvm' } }),
+      stderr: '',
+    });
+    const canaryFails = fakeDeps({ c1: { agent: failing }, h2: {}, h3: {} });
+    const first = await provisionTargets(
+      { ...base, targets: [target('c1'), target('h2'), target('h3')], canary: 1, parallel: 1 },
+      canaryFails.deps,
+    );
+    expect(first.stoppedBy).toBe('c1');
+    expect(first.targets.map((t) => [t.target, t.status])).toEqual([
+      ['c1', 'failed'],
+      ['h2', 'not-started'],
+      ['h3', 'not-started'],
+    ]);
+    expect(first.targets[1]!.error?.message).toBe(
+      'not started: the rollout stopped when c1 failed',
+    );
+    // the others were never connected to
+    expect(new Set(canaryFails.calls.map((c) => c.host))).toEqual(new Set(['c1']));
+    expect(summaryExitCode(first)).toBe(6);
+
+    const laterFails = fakeDeps({ c1: {}, h2: { agent: failing }, h3: {}, h4: {} });
+    const second = await provisionTargets(
+      {
+        ...base,
+        targets: ['c1', 'h2', 'h3', 'h4'].map((h) => target(h)),
+        canary: 1,
+        parallel: 1,
+      },
+      laterFails.deps,
+    );
+    expect(second.targets.map((t) => t.status)).toEqual([
+      'ok',
+      'failed',
+      'not-started',
+      'not-started',
+    ]);
+    expect(new Set(laterFails.calls.map((c) => c.host))).toEqual(new Set(['c1', 'h2']));
+  });
 });

@@ -56,6 +56,13 @@ export interface ProvisionOptions {
   /** the action and its flags, e.g. ['--virt', '--image', 'web', '--dry-run'] */
   agentArgs: string[];
   parallel?: number;
+  /**
+   * A rollout: these many targets first (the canaries), the rest only when they all succeed;
+   * implies stopOnFailure
+   */
+  canary?: number;
+  /** no new target starts once one has failed (the others are `not-started`, saying why) */
+  stopOnFailure?: boolean;
   /** aborted: no new target starts, running agents get SIGTERM */
   signal?: AbortSignal;
 }
@@ -116,6 +123,8 @@ export interface TargetResult {
 export interface ProvisionSummary {
   ok: boolean;
   cancelled: boolean;
+  /** a rollout stopped at a failure: the first failed target */
+  stoppedBy?: string;
   targets: TargetResult[];
 }
 
@@ -130,43 +139,52 @@ export async function provisionTargets(
     return files.get(path)!;
   };
   const signal = options.signal ?? new AbortController().signal;
-  const results = await mapLimit(
-    options.targets,
-    options.parallel ?? DEFAULT_PARALLEL,
-    async (target) => {
-      const start = deps.now();
-      const base = {
-        target: target.label,
-        address: formatSshTarget(target.ssh),
-        ...(target.system ? { system: target.system } : {}),
-      };
-      let result: TargetResult;
-      if (signal.aborted) {
-        result = { ...base, status: 'not-started', seconds: 0 };
-      } else {
-        const partial: Partial<TargetResult> = {};
-        try {
-          await provisionOne(target, { ...options, readAgent, signal }, deps, partial);
-          result = { ...base, ...partial, status: 'ok', seconds: 0 };
-        } catch (error) {
-          const cancelled = signal.aborted;
-          result = {
-            ...base,
-            ...partial,
-            status: cancelled ? 'cancelled' : 'failed',
-            seconds: 0,
-            error: cancelled ? { code: 'FAILED', message: 'cancelled' } : errorFields(error),
-          };
-        }
-        result.seconds = Math.round(deps.now() - start) / 1000;
+  const stopOnFailure = Boolean(options.stopOnFailure || options.canary);
+  let stoppedBy: string | undefined;
+  const runOne = async (target: ProvisionTarget): Promise<TargetResult> => {
+    const start = deps.now();
+    const base = {
+      target: target.label,
+      address: formatSshTarget(target.ssh),
+      ...(target.system ? { system: target.system } : {}),
+    };
+    let result: TargetResult;
+    if (signal.aborted) {
+      result = { ...base, status: 'not-started', seconds: 0 };
+    } else if (stoppedBy !== undefined) {
+      const message = `not started: the rollout stopped when ${stoppedBy} failed`;
+      result = { ...base, status: 'not-started', seconds: 0, error: { code: 'FAILED', message } };
+    } else {
+      const partial: Partial<TargetResult> = {};
+      try {
+        await provisionOne(target, { ...options, readAgent, signal }, deps, partial);
+        result = { ...base, ...partial, status: 'ok', seconds: 0 };
+      } catch (error) {
+        const cancelled = signal.aborted;
+        result = {
+          ...base,
+          ...partial,
+          status: cancelled ? 'cancelled' : 'failed',
+          seconds: 0,
+          error: cancelled ? { code: 'FAILED', message: 'cancelled' } : errorFields(error),
+        };
+        if (!cancelled && stopOnFailure) stoppedBy ??= target.label;
       }
-      deps.onEvent?.({ target: target.label, kind: 'done', result });
-      return result;
-    },
-  );
+      result.seconds = Math.round(deps.now() - start) / 1000;
+    }
+    deps.onEvent?.({ target: target.label, kind: 'done', result });
+    return result;
+  };
+  const parallel = options.parallel ?? DEFAULT_PARALLEL;
+  const canaries = options.targets.slice(0, options.canary ?? 0);
+  const results = [
+    ...(await mapLimit(canaries, parallel, runOne)),
+    ...(await mapLimit(options.targets.slice(canaries.length), parallel, runOne)),
+  ];
   return {
     ok: results.every((r) => r.status === 'ok'),
     cancelled: signal.aborted,
+    ...(stoppedBy === undefined ? {} : { stoppedBy }),
     targets: results,
   };
 }
