@@ -100,7 +100,11 @@ ${fn}_values() {
           [[ -f $entry ]] && entry=\${entry%.yaml} && names+=("\${entry##*/}")
         done
       fi
-      COMPREPLY=($(compgen -W "\${names[*]}" -- "$cur"))
+      # names from the disk are only offered when they are valid names, and matched here, not
+      # by compgen -W, which would expand $(…) in a directory's name
+      for entry in "\${names[@]}"; do
+        [[ $entry =~ ^[a-z0-9][a-z0-9._-]{0,62}$ && $entry == "$cur"* ]] && COMPREPLY+=("$entry")
+      done
       ;;
     - | '') ;;
     *) COMPREPLY=($(compgen -W "\${kind//,/ }" -- "$cur")) ;;

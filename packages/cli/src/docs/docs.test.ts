@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { agentProgram } from '../../../agent/src/main.ts';
 import { allCommands } from '../commands/index.ts';
 import { imgctlProgram } from '../main.ts';
@@ -125,6 +125,19 @@ describe('bash completion generated from the commander program', () => {
     const agent = bashCompletion(imgagent);
     expect(complete(agent, ['imgagent', '--virt-type', ''])).toEqual(['kvm', 'qemu', 'auto']);
     expect(complete(agent, ['imgagent', '--repl'])).toEqual(['--replace-self']);
+  });
+
+  it('never runs what a directory name holds, and offers only valid names', () => {
+    const hostile = mkdtempSync(join(tmpdir(), 'imgctl-completion-hostile-'));
+    onTestFinished(() => rmSync(hostile, { recursive: true, force: true }));
+    writeFileSync(join(hostile, 'store.yaml'), 'kind: ImageStore\n');
+    for (const image of ['$(touch PWNED)', '`touch PWNED2`', 'ok']) {
+      mkdirSync(join(hostile, 'images', image), { recursive: true });
+      writeFileSync(join(hostile, 'images', image, 'image.yaml'), '');
+    }
+    expect(complete(completion, ['imgctl', 'plan', ''], hostile)).toEqual(['ok']);
+    expect(existsSync(join(hostile, 'PWNED'))).toBe(false);
+    expect(existsSync(join(hostile, 'PWNED2'))).toBe(false);
   });
 
   it('completes files and directories where --help names one', () => {
