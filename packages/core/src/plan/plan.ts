@@ -32,6 +32,11 @@ import { locateIn, planError } from './problems.ts';
 export interface PlanRequest {
   /** NAME (the working image), NAME@REV (a release) or NAME@CHANNEL */
   image: string;
+  /**
+   * `image` already resolved (the server's, checked for links and revocation): used as is, so
+   * a channel moved meanwhile cannot give the plan another tree than the one checked
+   */
+  resolved?: ResolvedImageRef;
   record?: string;
   system?: string;
   /** `--set` arguments, each `NAME=VALUE`; the last one for a name wins */
@@ -50,7 +55,7 @@ export const REDACTED = '<redacted>';
  * store's defaults from the store. Secrets are in the result: print `redactPlan(plan)`.
  */
 export async function resolvePlan(storeDir: string, request: PlanRequest): Promise<PlanDoc> {
-  const ref = await resolveImageRef(storeDir, request.image);
+  const ref = request.resolved ?? (await resolveImageRef(storeDir, request.image));
   refuseRevoked(ref);
   const imageName = ref.name;
   const sets = parseSets(request.sets ?? []);

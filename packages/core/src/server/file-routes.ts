@@ -92,6 +92,7 @@ export function fileRoutes(ctx: RouteContext): Route[] {
     const system = systemKey === undefined ? undefined : (await ctx.lookupSystem(systemKey)).name;
     const resolved = await resolvePlan(storeDir, {
       image: ref.ref,
+      resolved: ref,
       record: q.name('record', 'record'),
       system,
       sets: q.all('set'),

@@ -104,7 +104,7 @@ export function planRoutes(ctx: RouteContext): Route[] {
     const records = [...image, 'records'];
     for (const name of listDir(join(storeDir, ...records)))
       lstatInStore(storeDir, [...records, name]);
-    const resolved = await resolvePlan(storeDir, { image: ref.ref, ...options });
+    const resolved = await resolvePlan(storeDir, { image: ref.ref, resolved: ref, ...options });
     const shown = authed ? resolved : redactPlan(resolved);
     return {
       plan: shown,
