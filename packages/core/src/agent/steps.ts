@@ -11,6 +11,7 @@ import { type ErrorCode, ImgctlError, isImgctlError } from '../util/errors.ts';
 import type { Phase } from '../server/events.ts';
 import type { ProcessRunner, RunOptions } from '../util/process.ts';
 import { humanSize } from '../util/sizes.ts';
+import { terminalSafe } from '../util/names.ts';
 import type { PlanDisk, PlanDoc } from '../store/types.ts';
 
 /** What every agent flow needs from the outside world. */
@@ -48,9 +49,11 @@ export function assertPullable(plan: PlanDoc, disk: PlanDisk): void {
 export function warnIfDeprecated(plan: PlanDoc, log: StepDeps['log']): void {
   const deprecated = plan.image.deprecated;
   if (!deprecated) return;
-  const via = plan.image.reference ? ` (${plan.image.reference})` : '';
+  // what the server sends is printed escaped
+  const via = plan.image.reference ? ` (${terminalSafe(plan.image.reference)})` : '';
+  const reason = deprecated.reason ? `: ${terminalSafe(deprecated.reason)}` : '';
   log(
-    `warning: ${plan.image.release}${via} is deprecated since ${deprecated.at}${deprecated.reason ? `: ${deprecated.reason}` : ''}`,
+    `warning: ${terminalSafe(String(plan.image.release))}${via} is deprecated since ${terminalSafe(deprecated.at)}${reason}`,
   );
 }
 

@@ -9,8 +9,10 @@ import {
   parsePrivateKey,
   parsePublicKey,
   parseSignatureHeader,
+  type PlanSignature,
   signPlan,
   signPlanFile,
+  ttlSeconds,
   verifyPlan,
   verifySignedPlanFile,
   writeSigningKey,
@@ -98,6 +100,16 @@ describe('plan signatures', () => {
     // a window stretched after signing no longer matches
     const stretched = { ...signature, expires_at: '2027-12-04T09:00:00.000Z' };
     expect(() => verifyPlan(plan, stretched, pub, NOW)).toThrow(/does not match its content/);
+  });
+
+  it('lives 1s to 366d, and one without a time window is refused as such', () => {
+    expect(ttlSeconds('1h', '--ttl')).toBe(3600);
+    for (const bad of ['0s', '367d', '999999999d'])
+      expect(() => ttlSeconds(bad, '--ttl'), bad).toThrow(/must be from 1s to 366d/);
+    const { issued_at: _i, expires_at: _e, ...old } = signPlan(plan, priv, HOUR);
+    expect(() => verifyPlan(plan, old as unknown as PlanSignature, pub, NOW)).toThrow(
+      /signed without a time window/,
+    );
   });
 
   it('refuses a key that is not ed25519 PEM', () => {

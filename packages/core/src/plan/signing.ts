@@ -198,6 +198,14 @@ export function verifyPlan(
       { hint: 'check which key the server signs with (GET /v1) and which one you trust' },
     );
   }
+  if (typeof signature.issued_at !== 'string' || typeof signature.expires_at !== 'string')
+    throw new ImgctlError(
+      'INTEGRITY',
+      'the plan is signed without a time window (issued, expires)',
+      {
+        hint: 'it was signed by an older imgctl: sign it again, or ask the server for a fresh plan',
+      },
+    );
   const sig = Buffer.from(String(signature.value), 'base64');
   let ok = false;
   try {
@@ -478,10 +486,14 @@ export async function signPlanFile(options: SignFileOptions): Promise<SignedPlan
   return { apiVersion: 'imgctl/v1', kind: 'SignedPlan', plan, signature };
 }
 
-/** A signature lifetime in whole seconds (at least one), from a duration like 1h. */
+/** The longest a signature may live: a year and a day. */
+const MAX_SIGNATURE_TTL_S = 366 * 86_400;
+
+/** A signature lifetime in whole seconds (1s to 366d), from a duration like 1h. */
 export function ttlSeconds(text: string, what: string): number {
   const seconds = Math.floor(parseDuration(text, what) / 1000);
-  if (seconds < 1) throw new ImgctlError('USAGE', `${what} must be at least 1s`);
+  if (seconds < 1 || seconds > MAX_SIGNATURE_TTL_S)
+    throw new ImgctlError('USAGE', `${what} must be from 1s to 366d, not '${text}'`);
   return seconds;
 }
 
