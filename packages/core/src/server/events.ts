@@ -9,7 +9,7 @@ import { syncDirectory } from '../yaml/document.ts';
 import { compact } from '../util/compact.ts';
 import { EXIT, type ErrorCode, ImgctlError } from '../util/errors.ts';
 import { isValidName, printable } from '../util/names.ts';
-import { resolveImageRef } from '../store/releases.ts';
+import { parseImageRef, resolveImageRef } from '../store/releases.ts';
 import { listSystems } from '../store/systems.ts';
 import { storePaths } from '../store/store.ts';
 
@@ -88,12 +88,7 @@ export function parseEvent(body: unknown, now: Date): ProvisionEvent {
     return v;
   };
   const release = b.release;
-  if (
-    release !== undefined &&
-    (typeof release !== 'string' ||
-      !/^[1-9][0-9]{0,8}$/.test(release.slice(release.indexOf('@') + 1)) ||
-      !isValidName(release.slice(0, release.indexOf('@'))))
-  )
+  if (release !== undefined && !isRelease(release))
     throw new ImgctlError('USAGE', "event field 'release' must be IMAGE@REVISION, like web@3");
   const phase = b.phase;
   if (typeof phase !== 'string' || !(PHASES as readonly string[]).includes(phase)) {
@@ -122,6 +117,14 @@ export function parseEvent(body: unknown, now: Date): ProvisionEvent {
     code: code as ErrorCode | undefined,
     message,
   });
+}
+
+function isRelease(value: unknown): boolean {
+  try {
+    return typeof value === 'string' && parseImageRef(value).revision !== undefined;
+  } catch {
+    return false;
+  }
 }
 
 function errorCodes(): string[] {

@@ -196,6 +196,12 @@ async function refuseExisting(storeDir: string, name: string): Promise<void> {
       hint: `pick another name, or edit it with 'imgctl image set ${name} PATH=VALUE'`,
     });
   }
+  // A new image of a removed one's name would take over its releases and channels.
+  if (await exists(join(storeDir, 'releases', name))) {
+    throw new ImgctlError('CONFLICT', `image '${name}' was removed but its releases remain`, {
+      hint: `pick another name; 'imgctl image history ${name}' lists them (releases/${name}/)`,
+    });
+  }
 }
 
 /**

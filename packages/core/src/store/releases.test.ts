@@ -9,14 +9,13 @@ import {
   makeStore,
   SHA,
 } from '../../../../test/helpers/validate-documents.ts';
-import { setImage } from './images.ts';
+import { createImage, removeImage, setImage } from './images.ts';
 import {
   changedReleaseFiles,
   createRelease,
   listReleases,
   parseImageRef,
   refuseRevoked,
-  releasedBlobs,
   releasePaths,
   revokedOnlyBlobs,
   resolveImageRef,
@@ -93,7 +92,6 @@ describe('releases', () => {
       [1, 'active', []],
       [2, 'active', ['stable']],
     ]);
-    expect([...(await releasedBlobs(store))].sort()).toEqual([SHA, DATA_SHA]);
 
     // a file of a release changed behind imgctl's back is found
     await writeFile(join(dir, 'images/web/records/large.yaml'), 'tampered\n');
@@ -117,6 +115,17 @@ describe('releases', () => {
       message: "image 'web' has no channel 'beta'",
     });
     await expect(resolveImageRef(store, 'web@2')).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  });
+
+  it('outlive their image, whose name is then not reused', async () => {
+    const store = await storeWithContent();
+    await createRelease(store, 'web', { channels: ['stable'] });
+    await removeImage(store, 'web', { force: true });
+    expect((await listReleases(store, 'web')).map((r) => r.revision)).toEqual([1]);
+    await expect(createImage(store, 'web')).rejects.toMatchObject({
+      code: 'CONFLICT',
+      message: "image 'web' was removed but its releases remain",
+    });
   });
 
   it('refuse an image whose disk has no content or whose blob is missing', async () => {

@@ -88,11 +88,6 @@ export function parseImageRef(text: string): ImageRef {
   });
 }
 
-export function formatImageRef(ref: ImageRef): string {
-  if (ref.revision !== undefined) return `${ref.name}@${ref.revision}`;
-  return ref.channel === undefined ? ref.name : `${ref.name}@${ref.channel}`;
-}
-
 export function releaseState(release: ReleaseDoc): ReleaseState {
   return release.revoked ? 'revoked' : release.deprecated ? 'deprecated' : 'active';
 }
@@ -506,13 +501,4 @@ export async function revokedOnlyBlobs(storeDir: string): Promise<Map<string, st
   }
   for (const sha of live) revoked.delete(sha);
   return revoked;
-}
-
-/** Every blob a release of the store names: `imgctl verify --gc` keeps them. */
-export async function releasedBlobs(storeDir: string): Promise<Set<string>> {
-  const blobs = new Set<string>();
-  for (const image of await listNames(join(storeDir, 'releases'), 'dirs'))
-    for (const release of await listReleases(storeDir, image))
-      for (const sha of Object.values(release.disks)) blobs.add(sha);
-  return blobs;
 }
