@@ -301,6 +301,9 @@ function md5(file: string): string {
 }
 
 const args = parseArgs(process.argv.slice(2));
+// the staged tree's modes are the packages' modes: the builder's umask must not decide them
+// (0700 directories under 077; a package differing by builder under 002)
+process.umask(0o022);
 let dist = args.dist;
 if (dist === undefined) {
   execFileSync(process.execPath, [join(ROOT, 'scripts/build.mjs')], { stdio: 'inherit' });
