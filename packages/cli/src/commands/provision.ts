@@ -15,7 +15,12 @@ import {
   type TargetResult,
 } from '@imgctl/core/ssh/provision';
 import { connectSsh, loadIdentity, openKnownHosts, type RemoteShell } from '@imgctl/core/ssh/ssh';
-import { readTargetsFile, resolveServerUrl, resolveTargets } from '@imgctl/core/ssh/targets';
+import {
+  pinImageRef,
+  readTargetsFile,
+  resolveServerUrl,
+  resolveTargets,
+} from '@imgctl/core/ssh/targets';
 import { readTokenFile } from '@imgctl/core/client/token';
 import { parseImageRef } from '@imgctl/core/store/releases';
 import type { Context, Handler } from '../command.ts';
@@ -40,8 +45,7 @@ export interface ProvisionOptions extends AgentOptions {
 
 export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
   const env = ctx.io.env;
-  const agentArgs = agentArguments(options);
-  const actions = ['--virt', '--replace-self'].filter((a) => agentArgs.includes(a));
+  const actions = ['--virt', '--replace-self'].filter((a) => agentArguments(options).includes(a));
   if (actions.length !== 1)
     throw new ImgctlError('USAGE', 'give one of --virt or --replace-self', {
       hint: 'imgctl provision --help',
@@ -94,6 +98,13 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
     options.tokenFile === undefined
       ? undefined
       : await readTokenFile(resolve(ctx.io.cwd, options.tokenFile), '--token-file');
+  const image =
+    options.image === undefined
+      ? undefined
+      : await pinImageRef(options.image, { storeDir, server, token });
+  if (image !== options.image && !ctx.json)
+    ctx.io.stderr.write(`imgctl: ${options.image} is ${image}: every target gets that release\n`);
+  const agentArgs = agentArguments({ ...options, image });
   const agentBundle = await locateAgentBundle(ctx.io);
   const agentExecutable = await locateAgentExecutable(ctx.io, agentBundle);
 

@@ -1,10 +1,12 @@
-import { appendFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { initStore } from '../store/images.ts';
 import { storePaths } from '../store/store.ts';
-import { readTargetsFile, resolveServerUrl, resolveTargets } from './targets.ts';
+import { minimalImageYaml } from '../../../../test/helpers/base-store.ts';
+import { createRelease } from '../store/releases.ts';
+import { pinImageRef, readTargetsFile, resolveServerUrl, resolveTargets } from './targets.ts';
 
 let store: string;
 beforeEach(async () => {
@@ -86,5 +88,25 @@ describe('resolveServerUrl', () => {
     await expect(resolveServerUrl({ storeDir: store })).rejects.toMatchObject({
       code: 'VALIDATION',
     });
+  });
+});
+
+describe('pinImageRef', () => {
+  it('pins a channel to the release it points at now; anything else stays as given', async () => {
+    const dir = store;
+    const image = minimalImageYaml({
+      name: 'web',
+      disks: [{ id: 'root', use: 'system', sha256: 'a'.repeat(64), blob: true }],
+    });
+    await mkdir(join(dir, 'images/web/records'), { recursive: true });
+    await writeFile(join(dir, 'images/web/image.yaml'), image);
+    await mkdir(join(dir, '.blobs/sha256/aa'), { recursive: true });
+    await writeFile(join(dir, '.blobs/sha256/aa', 'a'.repeat(64)), 'x');
+    await createRelease(dir, 'web', { channels: ['stable'] });
+    const from = { storeDir: dir, server: 'http://127.0.0.1:1' };
+    expect(await pinImageRef('web@stable', from)).toBe('web@1');
+    expect(await pinImageRef('web@1', from)).toBe('web@1');
+    expect(await pinImageRef('web', from)).toBe('web');
+    await expect(pinImageRef('web@beta', from)).rejects.toMatchObject({ code: 'NOT_FOUND' });
   });
 });

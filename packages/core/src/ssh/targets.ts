@@ -3,7 +3,9 @@
  * server URL the targets' agents use (docs/provision.md, "Targets").
  */
 import { readFile } from 'node:fs/promises';
+import { createClient } from '../client/client.ts';
 import { checkServerUrl } from '../client/server-url.ts';
+import { parseImageRef, resolveImageRef } from '../store/releases.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { isValidName } from '../util/names.ts';
 import { loadStoreConfig } from '../store/store-config.ts';
@@ -89,4 +91,24 @@ export async function resolveServerUrl(options: {
       hint: "or set $IMGCTL_SERVER, or server.url in store.yaml (e.g. 'imgctl serve' on 0.0.0.0:8460)",
     });
   return checkServerUrl(server);
+}
+
+/**
+ * An image reference as every target of one run gets it: a channel (web@stable) pinned to the
+ * release it points at now (web@3), from the local store when there is one, else from the
+ * server; anything else as given. A channel moved during a rollout then cannot leave the
+ * targets on different releases.
+ */
+export async function pinImageRef(
+  image: string,
+  from: { storeDir?: string; server: string; token?: string },
+): Promise<string> {
+  const ref = parseImageRef(image);
+  if (ref.channel === undefined) return image;
+  if (from.storeDir !== undefined) {
+    const resolved = await resolveImageRef(from.storeDir, image);
+    return `${resolved.name}@${resolved.revision}`;
+  }
+  const client = createClient({ baseUrl: from.server, token: from.token, retries: 1 });
+  return `${ref.name}@${(await client.getImage(image)).image.revision}`;
 }
