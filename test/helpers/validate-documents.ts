@@ -12,6 +12,7 @@ import {
   validateDocument,
 } from '../../packages/core/src/validate/document.ts';
 import type { DocKind } from '../../packages/core/src/validate/schemas.ts';
+import { storePaths } from '../../packages/core/src/store/store.ts';
 
 export const SHA = 'a'.repeat(64);
 
@@ -120,3 +121,10 @@ export const GOOD_STORE = {
   'images/web/custom_scripts/base/10-hello.sh': 'echo hello\n',
   'systems/web1.yaml': SYSTEM,
 };
+
+/** A blob file of the store under `sha256` (its content is not checked against the name). */
+export async function putBlob(storeDir: string, sha256: string, content = 'x'): Promise<void> {
+  const file = storePaths.blobFile(storeDir, sha256);
+  await mkdir(dirname(file), { recursive: true });
+  await writeFile(file, content);
+}

@@ -181,10 +181,11 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
 /** What a plan says of the release it was resolved from: `reference`, `release`, `deprecated`. */
 function releaseFields(ref: ResolvedImageRef): Partial<PlanDoc['image']> {
   if (!ref.release) return {};
+  const release = `${ref.name}@${ref.release.revision}`;
   const deprecated = ref.release.deprecated;
   return {
-    ...(ref.ref === `${ref.name}@${ref.revision}` ? {} : { reference: ref.ref }),
-    release: `${ref.name}@${ref.revision}`,
+    ...(ref.ref === release ? {} : { reference: ref.ref }),
+    release,
     ...(deprecated
       ? { deprecated: compact({ at: deprecated.at, reason: deprecated.reason }) }
       : {}),

@@ -393,7 +393,8 @@ export async function releaseStatus(
     const deployed = status.deployed?.release ?? null;
     try {
       const resolved = await resolveImageRef(storeDir, ref);
-      const current = `${resolved.name}@${resolved.revision}`;
+      // a reference with '@' always resolves to a release
+      const current = `${resolved.name}@${resolved.release!.revision}`;
       out.push({
         system: status.system,
         follows: ref,

@@ -196,7 +196,9 @@ export function createRouteContext(
     } else lstatInStore(storeDir, ['images', ref.name, 'image.yaml']);
     const stamp = watch.stamp([storeDir, dirs.images, ...imageDirs(ref.name)]);
     const resolved = await kept(refCache, text, stamp, () => resolveImageRef(storeDir, text));
-    const base = resolved.release ? ['releases', resolved.name, String(resolved.revision)] : [];
+    const base = resolved.release
+      ? ['releases', resolved.name, String(resolved.release.revision)]
+      : [];
     lstatInStore(storeDir, [...base, 'images', resolved.name, 'image.yaml']);
     try {
       refuseRevoked(resolved);

@@ -1,9 +1,10 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { minimalImageYaml } from '../../../../test/helpers/base-store.ts';
 import { makeStore } from '../../../../test/helpers/index.ts';
+import { putBlob } from '../../../../test/helpers/validate-documents.ts';
 import { HttpError } from './files.ts';
 import { createRouter, type Reply, type Route, type RouteRequest } from './route-table.ts';
 import { createRoutes, type Routes } from './routes.ts';
@@ -168,10 +169,7 @@ describe('the route table of imgctl serve', () => {
       disks: [{ id: 'root', use: 'system', sha256: a, blob: true }],
     });
     const routes = await storeRoutes(image);
-    for (const hex of [a, b]) {
-      await mkdir(join(routes.dir, '.blobs/sha256', hex.slice(0, 2)), { recursive: true });
-      await writeFile(join(routes.dir, '.blobs/sha256', hex.slice(0, 2), hex), hex);
-    }
+    for (const hex of [a, b]) await putBlob(routes.dir, hex);
     await createRelease(routes.dir, 'web');
     await writeFile(join(routes.dir, 'images/web/provision.sh'), '#!/bin/sh\necho 2\n');
     await setImage(routes.dir, 'web', [`disks[0].sha256=${b}`]);

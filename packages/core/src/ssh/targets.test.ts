@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { initStore } from '../store/images.ts';
 import { storePaths } from '../store/store.ts';
 import { minimalImageYaml } from '../../../../test/helpers/base-store.ts';
+import { putBlob } from '../../../../test/helpers/validate-documents.ts';
 import { createRelease } from '../store/releases.ts';
 import { pinImageRef, readTargetsFile, resolveServerUrl, resolveTargets } from './targets.ts';
 
@@ -100,8 +101,7 @@ describe('pinImageRef', () => {
     });
     await mkdir(join(dir, 'images/web/records'), { recursive: true });
     await writeFile(join(dir, 'images/web/image.yaml'), image);
-    await mkdir(join(dir, '.blobs/sha256/aa'), { recursive: true });
-    await writeFile(join(dir, '.blobs/sha256/aa', 'a'.repeat(64)), 'x');
+    await putBlob(dir, 'a'.repeat(64));
     await createRelease(dir, 'web', { channels: ['stable'] });
     const from = { storeDir: dir, server: 'http://127.0.0.1:1' };
     expect(await pinImageRef('web@stable', from)).toBe('web@1');

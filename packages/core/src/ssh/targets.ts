@@ -107,7 +107,7 @@ export async function pinImageRef(
   if (ref.channel === undefined) return image;
   if (from.storeDir !== undefined) {
     const resolved = await resolveImageRef(from.storeDir, image);
-    return `${resolved.name}@${resolved.revision}`;
+    return `${resolved.name}@${resolved.release!.revision}`;
   }
   const client = createClient({ baseUrl: from.server, token: from.token, retries: 1 });
   return `${ref.name}@${(await client.getImage(image)).image.revision}`;

@@ -1,4 +1,4 @@
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
@@ -7,6 +7,7 @@ import {
   GOOD_STORE,
   IMAGE,
   makeStore,
+  putBlob,
   SHA,
 } from '../../../../test/helpers/validate-documents.ts';
 import { createImage, removeImage, setImage } from './images.ts';
@@ -34,8 +35,7 @@ async function storeWithContent(): Promise<string> {
   );
   const dir = await makeStore({ ...GOOD_STORE, 'images/web/image.yaml': image });
   for (const sha of [SHA, DATA_SHA]) {
-    await mkdir(join(dir, '.blobs/sha256', sha.slice(0, 2)), { recursive: true });
-    await writeFile(join(dir, '.blobs/sha256', sha.slice(0, 2), sha), 'x');
+    await putBlob(dir, sha);
   }
   return dir;
 }
@@ -104,10 +104,10 @@ describe('releases', () => {
     const store = await storeWithContent();
     await createRelease(store, 'web', { channels: ['stable'] });
     await setImage(store, 'web', ['devices.vcpus=4']);
-    expect(await resolveImageRef(store, 'web')).toMatchObject({ revision: 2, root: store });
+    expect(await resolveImageRef(store, 'web')).toEqual({ ref: 'web', name: 'web', root: store });
     expect(await resolveImageRef(store, 'web@stable')).toMatchObject({
       ref: 'web@stable',
-      revision: 1,
+      release: { revision: 1 },
       root: releasePaths.releaseDir(store, 'web', 1),
     });
     await expect(resolveImageRef(store, 'web@beta')).rejects.toMatchObject({
@@ -134,8 +134,7 @@ describe('releases', () => {
       code: 'INTEGRITY',
       message: "the blob of disk 'system' of web is missing",
     });
-    await mkdir(join(store, '.blobs/sha256', SHA.slice(0, 2)), { recursive: true });
-    await writeFile(join(store, '.blobs/sha256', SHA.slice(0, 2), SHA), 'x');
+    await putBlob(store, SHA);
     await expect(createRelease(store, 'web')).rejects.toMatchObject({
       code: 'VALIDATION',
       message: "disk 'data' of web has no content yet",
@@ -197,8 +196,7 @@ describe('withdrawal', () => {
     await createRelease(store, 'web');
     // the image moves on to another system disk: the first release alone names SHA now
     const NEW = 'c'.repeat(64);
-    await mkdir(join(store, '.blobs/sha256/cc'), { recursive: true });
-    await writeFile(join(store, '.blobs/sha256/cc', NEW), 'y');
+    await putBlob(store, NEW);
     await setImage(store, 'web', [`disks[0].sha256=${NEW}`]);
     await createRelease(store, 'web');
     expect(await revokedOnlyBlobs(store)).toEqual(new Map());

@@ -97,25 +97,22 @@ export interface ResolvedImageRef {
   /** what was asked for, e.g. web@stable */
   ref: string;
   name: string;
-  /** the image revision: the working one, or the release's */
-  revision: number;
-  /** the release, for NAME@REV and NAME@CHANNEL */
+  /** the release, for NAME@REV and NAME@CHANNEL (its `revision` is the image revision) */
   release?: ReleaseDoc;
   /** the directory that holds images/NAME/ (the store, or the release's copy) */
   root: string;
 }
 
 /**
- * Resolves a reference: NAME is the working image in the store; NAME@CHANNEL the release the
- * channel points at; NAME@REV that release. NOT_FOUND for a release or channel that does not
- * exist. A revoked release resolves too: refusing it is the caller's (see refuseRevoked).
+ * Resolves a reference: NAME is the working image in the store (not read here: whoever reads it
+ * says when it is missing); NAME@CHANNEL the release the channel points at; NAME@REV that
+ * release. NOT_FOUND for a release or channel that does not exist. A revoked release resolves
+ * too: refusing it is the caller's (see refuseRevoked).
  */
 export async function resolveImageRef(storeDir: string, text: string): Promise<ResolvedImageRef> {
   const ref = parseImageRef(text);
-  if (ref.revision === undefined && ref.channel === undefined) {
-    const image = await loadImage(storeDir, ref.name);
-    return { ref: text, name: ref.name, revision: image.revision, root: storeDir };
-  }
+  if (ref.revision === undefined && ref.channel === undefined)
+    return { ref: text, name: ref.name, root: storeDir };
   let revision = ref.revision;
   if (revision === undefined) {
     const channels = await readChannels(storeDir, ref.name);
@@ -129,7 +126,6 @@ export async function resolveImageRef(storeDir: string, text: string): Promise<R
   return {
     ref: text,
     name: ref.name,
-    revision,
     release,
     root: releasePaths.releaseDir(storeDir, ref.name, revision),
   };
@@ -139,7 +135,7 @@ export async function resolveImageRef(storeDir: string, text: string): Promise<R
 export function refuseRevoked(resolved: ResolvedImageRef): void {
   const revoked = resolved.release?.revoked;
   if (!revoked) return;
-  const what = `${resolved.name}@${resolved.revision}`;
+  const what = `${resolved.name}@${resolved.release!.revision}`;
   throw new ImgctlError(
     'INTEGRITY',
     `${what}${resolved.ref === what ? '' : ` (${resolved.ref})`} is revoked since ${revoked.at}${revoked.reason ? `: ${revoked.reason}` : ''}`,
