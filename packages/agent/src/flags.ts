@@ -38,6 +38,9 @@ export interface Flags {
   reboot?: boolean;
   kexec?: boolean;
   update?: boolean;
+  rollback?: boolean;
+  shutdownTimeout: string;
+  healthTimeout?: string;
   progress?: boolean;
 }
 
@@ -98,4 +101,18 @@ export function sizeFlag(flag: string, value: string): number {
   } catch {
     throw new ImgctlError('USAGE', `${flag}: not a size: '${value}'`, { hint: 'e.g. 20GiB' });
   }
+}
+
+/** Where a VM host keeps things and how it reaches libvirt: what --virt and --update share. */
+export function virtHostFlags(flags: Flags, abs: (path: string) => string) {
+  return {
+    cacheDir: abs(flags.cacheDir),
+    cacheLimit:
+      flags.cacheLimit === undefined ? undefined : sizeFlag('--cache-limit', flags.cacheLimit),
+    logDir: abs(flags.logDir),
+    connect: flags.connect,
+    virtType: flags.virtType,
+    bridge: flags.virtBridge,
+    nogfx: flags.nogfx,
+  };
 }

@@ -45,12 +45,12 @@ describe('imgagent', () => {
 
   it('needs exactly one action (exit 2)', async () => {
     expect((await agent(['--server', 'http://127.0.0.1:1'])).stderr).toMatch(
-      /error\[USAGE\]: nothing to do: give one of --list, --display, --virt, --replace-self/,
+      /error\[USAGE\]: nothing to do: give one of --list, --display, --virt, --replace-self, --update, --rollback/,
     );
     const both = await agent(['--server', 'http://127.0.0.1:1', '--virt', '--display']);
     expect(both.exitCode).toBe(2);
     expect(both.stderr).toMatch(
-      /give only one of --list, --display, --virt, --replace-self \(got --display, --virt\)/,
+      /give only one of --list, --display, --virt, --replace-self, --update, --rollback \(got --display, --virt\)/,
     );
   });
 

@@ -1,9 +1,9 @@
 import { isAbsolute, resolve } from 'node:path';
 import { DEFAULT_CACHE_DIR } from '@imgctl/core/agent/blob-cache';
 import { DEFAULT_CONNECT, DEFAULT_LOG_DIR, DEFAULT_VIRT_PATH } from '@imgctl/core/agent/virt';
-import { EXIT, ImgctlError } from '@imgctl/core/util/errors';
+import { EXIT, ImgctlError, isImgctlError } from '@imgctl/core/util/errors';
 import { kebab } from '@imgctl/core/util/names';
-import { reportError } from '@imgctl/core/util/output';
+import { errorDocument, reportError } from '@imgctl/core/util/output';
 import { VERSION } from '@imgctl/core/util/version';
 import { Command, CommanderError, Option } from 'commander';
 import type { Action, ActionContext } from './actions/action.ts';
@@ -11,15 +11,24 @@ import { makeClient } from './client.ts';
 import { checkNames, type Flags, setsFromEnv } from './flags.ts';
 import type { AgentIo } from './io.ts';
 
-type ActionName = 'list' | 'display' | 'virt' | 'replaceSelf';
+type ActionName = 'list' | 'display' | 'virt' | 'replaceSelf' | 'update' | 'rollback';
 
 /** One module per action flag, loaded only when it runs. */
-const ACTIONS: Record<ActionName, () => Promise<{ run: Action }>> = {
-  list: () => import('./actions/list.ts'),
-  display: () => import('./actions/display.ts'),
-  virt: () => import('./actions/virt.ts'),
-  replaceSelf: () => import('./actions/replace-self.ts'),
+const ACTIONS: Record<ActionName, () => Promise<Action>> = {
+  list: async () => (await import('./actions/list.ts')).run,
+  display: async () => (await import('./actions/display.ts')).run,
+  virt: async () => (await import('./actions/virt.ts')).run,
+  replaceSelf: async () => (await import('./actions/replace-self.ts')).run,
+  update: async () => (await import('./actions/update.ts')).run,
+  rollback: async () => (await import('./actions/update.ts')).rollback,
 };
+
+/** Whether the action flag is given: --update goes with --replace-self, else it updates a VM. */
+function isGiven(flags: Flags, action: ActionName): boolean {
+  if (action === 'update') return Boolean(flags.update) && !flags.replaceSelf;
+  if (action === 'virt') return Boolean(flags.virt) && !flags.update;
+  return flags[action] !== undefined && flags[action] !== false;
+}
 
 const EXAMPLES = `
 Examples:
@@ -29,10 +38,13 @@ Examples:
   imgagent --server http://imgsrv:8460 --virt --image tiny-linux --virt-name tiny02 \\
            --virt-type qemu --nogfx --token-file /etc/imgctl/token --trust /etc/imgctl/server.pub
   imgagent --server http://imgsrv:8460 --replace-self --system tiny01 --target-disk /dev/sdb --dry-run
+  imgagent --server http://imgsrv:8460 --update --virt-name tiny01      # to what its channel says
+  imgagent --server http://imgsrv:8460 --update --virt-name tiny01 --image tiny-linux@4 --dry-run
+  imgagent --rollback --virt-name tiny01
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 validation, 4 not found, 5 conflict (the VM exists),
 6 this host cannot run the image (or the target disk is too small), 7 integrity (checksum or
-signature). See docs/agent.md.
+signature). A VM update that failed its health check and rolled back exits 1. See docs/agent.md.
 `;
 
 /**
@@ -108,7 +120,17 @@ export function agentProgram(
     .option('--kexec', "--replace-self: boot the written disk's kernel with kexec when done")
     .option(
       '--update',
-      '--replace-self: update a machine written before: the system disk(s) and config partition only, data disks kept',
+      'update the VM --virt-name to the release its image reference (or --image) points at: new system disks, data disks kept, health-checked, rolled back if it fails; with --replace-self: rewrite the system disk(s) and config partition only',
+    )
+    .option('--rollback', 'put the VM --virt-name back on the generation its last update replaced')
+    .option(
+      '--health-timeout <duration>',
+      "--update/--rollback: how long to wait for the image's health marker (default: the image's, else 300s)",
+    )
+    .option(
+      '--shutdown-timeout <duration>',
+      '--update/--rollback: how long a running VM gets to shut down before it is destroyed',
+      '120s',
     )
     .option('--virt-name <name>', 'the VM name (default: the system, else the image)')
     .option('--virt-path <dir>', 'where the VM disks and seed go', DEFAULT_VIRT_PATH)
@@ -165,7 +187,7 @@ async function run(
   cwd: string,
 ): Promise<number> {
   const names = Object.keys(ACTIONS) as ActionName[];
-  const given = names.filter((a) => flags[a] !== undefined && flags[a] !== false);
+  const given = names.filter((a) => isGiven(flags, a));
   const asFlags = (list: ActionName[]) => list.map((a) => `--${kebab(a)}`).join(', ');
   if (given.length !== 1) {
     throw new ImgctlError(
@@ -177,10 +199,6 @@ async function run(
     );
   }
   checkNames(flags);
-  if (flags.update && !flags.replaceSelf)
-    throw new ImgctlError('USAGE', '--update goes with --replace-self', {
-      hint: 'updating a VM in place (--virt --update) is not supported: provision a new VM, or use --force',
-    });
   flags.set = [...setsFromEnv(env.IMGAGENT_SETS), ...flags.set];
   const ctx: ActionContext = {
     flags,
@@ -192,8 +210,14 @@ async function run(
       if (!flags.json || flags.progress) io.stderr.write(`imgagent: ${line}\n`);
     },
   };
-  const { run: action } = await ACTIONS[given[0]!]();
+  const action = await ACTIONS[given[0]!]();
   const { data, text, failure } = await action(ctx);
+  if (flags.json && isImgctlError(failure)) {
+    // one document: what happened, with the error that decides the exit code
+    const error = errorDocument(failure);
+    io.stdout.write(`${JSON.stringify({ ...(data as object), error }, null, 2)}\n`);
+    return failure.exitCode;
+  }
   io.stdout.write(flags.json ? `${JSON.stringify(data, null, 2)}\n` : text.replace(/\n?$/, '\n'));
   if (failure) throw failure;
   return 0;

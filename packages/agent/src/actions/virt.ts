@@ -2,7 +2,7 @@ import { systemProbe } from '@imgctl/core/agent/host-check';
 import { provisionVirt, type VirtResult } from '@imgctl/core/agent/virt';
 import { ImgctlError } from '@imgctl/core/util/errors';
 import { formatSize } from '@imgctl/core/util/sizes';
-import { planQuery, sizeFlag } from '../flags.ts';
+import { planQuery, virtHostFlags } from '../flags.ts';
 import { type ActionContext, type ActionResult, agentDeps } from './action.ts';
 
 /** --virt: a VM through libvirt from the image (or with --dry-run, what it would be). */
@@ -15,14 +15,7 @@ export async function run(ctx: ActionContext): Promise<ActionResult> {
     {
       ...planQuery(flags),
       virtPath: abs(flags.virtPath),
-      cacheDir: abs(flags.cacheDir),
-      cacheLimit:
-        flags.cacheLimit === undefined ? undefined : sizeFlag('--cache-limit', flags.cacheLimit),
-      logDir: abs(flags.logDir),
-      connect: flags.connect,
-      virtType: flags.virtType,
-      bridge: flags.virtBridge,
-      nogfx: flags.nogfx,
+      ...virtHostFlags(flags, abs),
       noStart: !flags.start,
       autostart: flags.autostart,
       dryRun: flags.dryRun,

@@ -1,4 +1,47 @@
-import type { BootEntry } from '../store/types.ts';
+import { childElements, firstChild, parseXml, textOf, type XmlElement } from '../disks/xml.ts';
+import type { BootEntry, DiskUse } from '../store/types.ts';
+
+/** The namespace of the `<metadata>` element imgagent keeps in the domains it defines. */
+export const VM_META_NS = 'https://imgctl.dev/xmlns/vm/1';
+
+/** One disk of a VM generation, as imgagent made it. */
+export interface VmMetaDisk {
+  id: string;
+  use: DiskUse;
+  path: string;
+  format: string;
+  /** the blob a system disk is an overlay on */
+  sha256?: string;
+}
+
+/**
+ * What imgagent records in a domain it defines (docs/agent.md, "Updating a VM"): which
+ * generation of the VM this definition is, what it was made from, and the generation it
+ * replaced, so an update knows what to keep and a rollback where to go.
+ */
+export interface VmMeta {
+  generation: number;
+  /** the generation this one replaced, kept for --rollback */
+  previous?: number;
+  image: string;
+  /** what the VM follows: NAME, NAME@REV or NAME@CHANNEL */
+  reference: string;
+  release?: string;
+  record: string;
+  system?: string;
+  instance: string;
+  /** sha256 of the plan it was made from (secrets redacted): same plan, nothing to update */
+  fingerprint: string;
+  /** none: no check ran (--virt); pending: defined, not yet seen healthy; ok */
+  health: 'none' | 'pending' | 'ok';
+  /** the check this generation declared: a marker on the serial console, within a timeout */
+  healthSerial?: string;
+  healthTimeoutMs?: number;
+  virtPath: string;
+  seed: string;
+  serialLog: string;
+  disks: VmMetaDisk[];
+}
 
 /** One disk of a domain, as a path on the host. */
 export interface DomainDisk {
@@ -32,6 +75,7 @@ export interface DomainSpec {
   serialLog?: string;
   graphics: 'none' | 'vnc' | 'spice';
   description?: string;
+  metadata?: VmMeta;
 }
 
 /** Escapes text for XML content and attribute values. */
@@ -123,6 +167,7 @@ export function renderDomainXml(spec: DomainSpec): string {
     tag('name', {}, spec.name),
     ...(spec.uuid ? [tag('uuid', {}, spec.uuid)] : []),
     ...(spec.description ? [tag('description', {}, spec.description)] : []),
+    ...(spec.metadata ? [tag('metadata', {}, [renderVmMeta(spec.metadata)])] : []),
     tag('memory', { unit: 'KiB' }, String(memoryKiB)),
     tag('currentMemory', { unit: 'KiB' }, String(memoryKiB)),
     tag('vcpu', {}, String(spec.vcpus)),
@@ -141,4 +186,114 @@ export function renderDomainXml(spec: DomainSpec): string {
     tag('on_crash', {}, 'destroy'),
     tag('devices', {}, devices),
   ])}\n`;
+}
+
+/**
+ * The `<imgctl:vm>` element of a VM's metadata. `virsh metadata --set` takes it unqualified
+ * (`bare`): libvirt puts it in the namespace of --uri under the prefix of --key.
+ */
+export function renderVmMeta(meta: VmMeta, bare = false): string {
+  const prefix = bare ? '' : 'imgctl:';
+  return tag(
+    `${prefix}vm`,
+    {
+      'xmlns:imgctl': bare ? undefined : VM_META_NS,
+      generation: meta.generation,
+      previous: meta.previous,
+      image: meta.image,
+      reference: meta.reference,
+      release: meta.release,
+      record: meta.record,
+      system: meta.system,
+      instance: meta.instance,
+      fingerprint: meta.fingerprint,
+      health: meta.health,
+      'health-serial': meta.healthSerial,
+      'health-timeout-ms': meta.healthTimeoutMs,
+      'virt-path': meta.virtPath,
+      seed: meta.seed,
+      'serial-log': meta.serialLog,
+    },
+    meta.disks.map((d) =>
+      tag(`${prefix}disk`, {
+        id: d.id,
+        use: d.use,
+        path: d.path,
+        format: d.format,
+        sha256: d.sha256,
+      }),
+    ),
+  );
+}
+
+/** What a domain definition (virsh dumpxml) says: its UUID, nics and imgagent's metadata. */
+export interface DomainInfo {
+  uuid?: string;
+  nics: DomainNic[];
+  /** undefined for a domain imgagent did not define (or defined before it kept metadata) */
+  meta?: VmMeta;
+}
+
+/** Reads a domain definition; its metadata is checked field by field (it is ours, but on disk). */
+export function parseDomainXml(xml: string, what: string): DomainInfo {
+  const root = parseXml(xml, what);
+  const uuid = firstChild(root, 'uuid');
+  const devices = firstChild(root, 'devices');
+  const nics = devices
+    ? childElements(devices, 'interface').map((el): DomainNic => {
+        const source = firstChild(el, 'source')?.attrs ?? {};
+        return {
+          mac: firstChild(el, 'mac')?.attrs.address ?? '',
+          model: firstChild(el, 'model')?.attrs.type ?? 'virtio',
+          ...(source.bridge ? { bridge: source.bridge } : { network: source.network }),
+        };
+      })
+    : [];
+  const metadata = firstChild(root, 'metadata');
+  const el = metadata?.children.find(
+    (c) => c.name.endsWith(':vm') && Object.values(c.attrs).includes(VM_META_NS),
+  );
+  return { uuid: uuid ? textOf(uuid) : undefined, nics, meta: el && readVmMeta(el, what) };
+}
+
+function readVmMeta(el: XmlElement, what: string): VmMeta {
+  const a = el.attrs;
+  const bad = (field: string): never => {
+    throw new Error(`${what}: imgctl metadata: '${field}' is missing or not valid`);
+  };
+  const text = (field: string) => a[field] ?? bad(field);
+  const int = (field: string) => {
+    const n = Number(a[field]);
+    return Number.isSafeInteger(n) && n > 0 ? n : bad(field);
+  };
+  const health = text('health');
+  if (health !== 'none' && health !== 'pending' && health !== 'ok') bad('health');
+  return {
+    generation: int('generation'),
+    previous: a.previous === undefined ? undefined : int('previous'),
+    image: text('image'),
+    reference: text('reference'),
+    release: a.release,
+    record: text('record'),
+    system: a.system,
+    instance: text('instance'),
+    fingerprint: text('fingerprint'),
+    health: health as VmMeta['health'],
+    healthSerial: a['health-serial'],
+    healthTimeoutMs: a['health-timeout-ms'] === undefined ? undefined : int('health-timeout-ms'),
+    virtPath: text('virt-path'),
+    seed: text('seed'),
+    serialLog: text('serial-log'),
+    disks: el.children
+      .filter((c) => c.name.endsWith(':disk'))
+      .map((d) => ({
+        id: d.attrs.id ?? bad('disk id'),
+        use: (['system', 'data', 'scratch'].includes(d.attrs.use ?? '')
+          ? d.attrs.use
+          : bad('disk use')) as DiskUse,
+        path: d.attrs.path ?? bad('disk path'),
+        format: d.attrs.format ?? bad('disk format'),
+        ...(d.attrs.sha256 ? { sha256: d.attrs.sha256 } : {}),
+      })),
+  };
 }

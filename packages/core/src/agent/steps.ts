@@ -214,7 +214,7 @@ async function imageDefaults(
 /** Events are best effort: a server that refuses them (read-only) does not stop provisioning. */
 export function eventSender(
   deps: Pick<StepDeps, 'client' | 'log' | 'signal'>,
-  plan: PlanDoc,
+  plan: Pick<PlanDoc, 'system' | 'record'> & { image: Pick<PlanDoc['image'], 'name' | 'release'> },
   vm: string,
 ) {
   let disabled = false;

@@ -7,6 +7,7 @@
  * Every side effect goes through `VirtDeps` (processes, the server, the host probe, the clock,
  * randomness), so unit tests run the whole flow with fakes.
  */
+import { createHash } from 'node:crypto';
 import { access, chmod, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ensureDir } from '../store/store.ts';
@@ -27,7 +28,10 @@ import {
 import type { ProcessRunner } from '../util/process.ts';
 import { openBlobCache } from './blob-cache.ts';
 import type { Client, PlanQuery } from '../client/client.ts';
-import { type DomainDisk, type DomainNic, renderDomainXml } from './domain-xml.ts';
+import { type DomainDisk, type DomainNic, renderDomainXml, type VmMeta } from './domain-xml.ts';
+import { redactPlan } from '../plan/plan.ts';
+import { canonicalJson } from '../plan/signing.ts';
+import { parseDuration } from '../util/duration.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { checkHost, type HostCheckResult, type HostProbe, type VirtType } from './host-check.ts';
 import { assertName } from '../util/names.ts';
@@ -51,6 +55,8 @@ export interface VirtDeps extends StepDeps {
   randomHex(bytes: number): string;
   /** where the run's scratch directory (scripts, config files, XML) is made */
   tmpDir: string;
+  /** waits between polls of a domain (tests pass a fake); default: a real timer */
+  sleep?(ms: number): Promise<void>;
 }
 
 export interface VirtOptions extends PlanQuery {
@@ -80,6 +86,7 @@ export interface VmDisk {
   size: number;
   /** the cached blob a system disk is an overlay on, or a data disk was copied from */
   source?: string;
+  sha256?: string;
 }
 
 export interface VirtResult {
@@ -104,8 +111,10 @@ export interface VirtResult {
   host: HostCheckResult['facts'];
 }
 
-const OVERLAY_BYTES = 1024 * 1024;
-const SEED_BYTES = 1024 * 1024;
+export const OVERLAY_BYTES = 1024 * 1024;
+export const SEED_BYTES = 1024 * 1024;
+/** how long an update waits for the health marker when the image does not say */
+export const DEFAULT_HEALTH_TIMEOUT = '300s';
 
 /** The whole --virt flow. Throws ImgctlError with the code of design.md §4 on failure. */
 export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promise<VirtResult> {
@@ -126,58 +135,23 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
     });
   }
 
-  // The host check, with the space the disks and downloads need.
-  const missing: PlanDisk[] = [];
-  for (const disk of plan.disks)
-    if (disk.sha256 && disk.use !== 'scratch' && !(await cache.has(disk.sha256)))
-      missing.push(disk);
-  const cacheBytes = unique(missing, (d) => d.sha256!).reduce((sum, d) => sum + d.image_size, 0);
   const virtPathBytes =
     SEED_BYTES +
     plan.disks.reduce((sum, d) => sum + (d.use === 'data' ? d.size : OVERLAY_BYTES), 0);
-  const host = await checkHost(
-    plan,
-    {
-      connect: options.connect,
-      virtType: options.virtType,
-      virtPath: options.virtPath,
-      virtPathBytes,
-      cacheDir: options.cacheDir,
-      cacheBytes,
-      bridge: options.bridge,
-    },
-    deps.probe,
-  );
-  if (!host.ok || !host.boot) {
-    throw new ImgctlError('HOST', `this host cannot run ${plan.image.name} as '${vm}'`, {
-      details: host.reasons,
-      hint: 'every reason is listed; nothing was changed',
-    });
-  }
+  const host = await checkVirtHost(plan, options, deps, virtPathBytes);
   for (const disk of plan.disks) if (disk.use !== 'scratch') assertPullable(plan, disk);
 
   const instanceId = `${vm}-${deps.randomHex(4)}`;
   const disks = vmDisks(plan, layout, host.boot.drives, (hex) => cache.path(hex));
   const nics = vmNics(plan, options.bridge, deps.randomHex);
-  const xml = renderDomainXml({
-    name: vm,
+  const xml = vmDomainXml(plan, {
     virtType: host.virtType,
-    memoryBytes: plan.devices.memory,
-    vcpus: plan.devices.vcpus,
     boot: host.boot,
-    disks: [
-      ...disks.map((d): DomainDisk => ({
-        path: d.path,
-        format: d.format,
-        target: d.target,
-        device: 'disk',
-      })),
-      { path: layout.seed, format: 'raw', target: 'hdc', device: 'cdrom' },
-    ],
+    disks,
+    layout,
     nics,
-    serialLog: layout.serialLog,
     graphics: options.nogfx ? 'none' : plan.devices.graphics,
-    description: `imgctl: ${plan.image.name}@${plan.image.revision} record ${plan.record}${plan.system ? ` system ${plan.system}` : ''}, instance ${instanceId}`,
+    meta: vmMeta(plan, { generation: 1, health: 'none', instanceId, layout, disks, options }),
   });
   const result: VirtResult = {
     vm,
@@ -211,68 +185,13 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
     if (existing.length > 0) await removeExisting(vm, layout, virsh, deps);
     await events.send('started');
 
-    // Blobs into the cache, each referenced by the disk about to be built on it.
-    for (const disk of plan.disks) {
-      if (disk.use === 'scratch' || !disk.sha256) continue;
-      const vmDisk = disks.find((d) => d.id === disk.id)!;
-      await cache.addRef(disk.sha256, vmDisk.path);
-      refs.push([disk.sha256, vmDisk.path]);
-      if (result.blobs.some((b) => b.sha256 === disk.sha256)) continue;
-      const pulled = await cache.ensure(disk.sha256, client, {
-        signal: deps.signal,
-        onProgress: progressLogger(deps, disk),
-        onWait: (pid) =>
-          deps.log(`waiting for agent ${pid}, which is pulling sha256:${short(disk.sha256!)}`),
-      });
-      deps.log(
-        pulled.downloaded
-          ? `pulled disk ${disk.id}: sha256:${short(disk.sha256)} ${formatSize(pulled.size)}, verified`
-          : `disk ${disk.id}: sha256:${short(disk.sha256)} is in the cache`,
-      );
-      result.blobs.push({ sha256: disk.sha256, ...pulled });
-    }
-    if (options.cacheLimit !== undefined) {
-      const evicted = await cache.evict(
-        options.cacheLimit,
-        result.blobs.map((b) => b.sha256),
-      );
-      for (const hex of evicted) deps.log(`evicted sha256:${short(hex)} from the cache`);
-    }
+    result.blobs = await pullBlobs(plan, disks, refs, deps, options);
     await events.send('disks-ready');
 
-    // Per-VM disks, each made under a temporary name and renamed into place.
-    await ensureDir(options.virtPath, 0o755);
-    for (const disk of disks) {
-      deps.signal?.throwIfAborted();
-      const tmp = `${disk.path}.tmp-${deps.randomHex(4)}`;
-      created.push(tmp);
-      await makeDisk(
-        disk,
-        plan.disks.find((d) => d.id === disk.id)!,
-        tmp,
-        runner,
-      );
-      created.push(disk.path);
-      await rename(tmp, disk.path);
-    }
-
-    // Configuration: the seed, then provision.sh and the custom scripts on this host.
+    await makeVmDisks(plan, disks, created, deps, options.virtPath);
     work = await mkdtemp(join(deps.tmpDir, 'imgagent-'));
-    const seedFiles = renderSeed(plan, {
-      instanceId,
-      passwordHashes: await passwordHashes(plan, runner),
-      extraUserData: { imgctl: publicParameters(plan) },
-    });
     created.push(layout.seed);
-    await writeSeedIso(seedFiles, layout.seed, {
-      run: (file, args, opts) => run(runner, file, args, 'writing the seed ISO', opts),
-    });
-    await chmod(layout.seed, 0o644);
-    await runProvisioning(
-      plan,
-      { work, logFile: layout.logFile, env: { VIRT_PATH: options.virtPath } },
-      deps,
-    );
+    await configureVm(plan, { instanceId, layout, work, virtPath: options.virtPath }, deps);
     await events.send('configured');
 
     // The domain.
@@ -320,7 +239,224 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
   }
 }
 
-interface Layout {
+/** A VM's domain definition: its disks, the seed as a cdrom, its nics, and imgagent's metadata. */
+export function vmDomainXml(
+  plan: PlanDoc,
+  spec: {
+    virtType: VirtType;
+    boot: NonNullable<HostCheckResult['boot']>;
+    disks: VmDisk[];
+    layout: Layout;
+    nics: DomainNic[];
+    graphics: 'none' | 'vnc' | 'spice';
+    uuid?: string;
+    meta: VmMeta;
+  },
+): string {
+  return renderDomainXml({
+    name: plan.vm_name,
+    uuid: spec.uuid,
+    virtType: spec.virtType,
+    memoryBytes: plan.devices.memory,
+    vcpus: plan.devices.vcpus,
+    boot: spec.boot,
+    disks: [
+      ...spec.disks.map((d): DomainDisk => ({
+        path: d.path,
+        format: d.format,
+        target: d.target,
+        device: 'disk',
+      })),
+      { path: spec.layout.seed, format: 'raw', target: 'hdc', device: 'cdrom' },
+    ],
+    nics: spec.nics,
+    serialLog: spec.layout.serialLog,
+    graphics: spec.graphics,
+    description: `imgctl: ${spec.meta.release ?? `${plan.image.name}@${plan.image.revision}`} record ${plan.record}${plan.system ? ` system ${plan.system}` : ''}, instance ${spec.meta.instance}, generation ${spec.meta.generation}`,
+    metadata: spec.meta,
+  });
+}
+
+/** What imgagent records in the domain of a VM generation made from `plan`. */
+export function vmMeta(
+  plan: PlanDoc,
+  spec: {
+    generation: number;
+    previous?: number;
+    health: VmMeta['health'];
+    instanceId: string;
+    layout: Layout;
+    disks: VmDisk[];
+    options: Pick<VirtOptions, 'virtPath'>;
+  },
+): VmMeta {
+  return {
+    generation: spec.generation,
+    previous: spec.previous,
+    image: plan.image.name,
+    reference: plan.image.reference ?? plan.image.release ?? plan.image.name,
+    release: plan.image.release,
+    record: plan.record,
+    system: plan.system,
+    instance: spec.instanceId,
+    fingerprint: planFingerprint(plan),
+    health: spec.health,
+    healthSerial: plan.health?.serial,
+    healthTimeoutMs: plan.health
+      ? parseDuration(plan.health.timeout ?? DEFAULT_HEALTH_TIMEOUT, 'health timeout')
+      : undefined,
+    virtPath: spec.options.virtPath,
+    seed: spec.layout.seed,
+    serialLog: spec.layout.serialLog,
+    disks: spec.disks.map((d) => ({
+      id: d.id,
+      use: d.use,
+      path: d.path,
+      format: d.format,
+      ...(d.use === 'system' && d.sha256 ? { sha256: d.sha256 } : {}),
+    })),
+  };
+}
+
+/**
+ * What a VM is made from, as one digest: the plan with secrets redacted, without how it was
+ * asked for (a channel or the release it points at plan the same VM).
+ */
+export function planFingerprint(plan: PlanDoc): string {
+  const { reference: _reference, deprecated: _deprecated, ...image } = plan.image;
+  return createHash('sha256')
+    .update(canonicalJson({ ...redactPlan(plan), image }))
+    .digest('hex');
+}
+
+/** The VM's disks that this run makes, each under a temporary name renamed into place. */
+export async function makeVmDisks(
+  plan: PlanDoc,
+  disks: VmDisk[],
+  created: string[],
+  deps: Pick<VirtDeps, 'runner' | 'randomHex' | 'signal'>,
+  virtPath: string,
+): Promise<void> {
+  await ensureDir(virtPath, 0o755);
+  for (const disk of disks) {
+    deps.signal?.throwIfAborted();
+    const tmp = `${disk.path}.tmp-${deps.randomHex(4)}`;
+    created.push(tmp);
+    await makeDisk(
+      disk,
+      plan.disks.find((d) => d.id === disk.id)!,
+      tmp,
+      deps.runner,
+    );
+    created.push(disk.path);
+    await rename(tmp, disk.path);
+  }
+}
+
+/** Configuration: the seed, then provision.sh and the custom scripts on this host. */
+export async function configureVm(
+  plan: PlanDoc,
+  spec: { instanceId: string; layout: Layout; work: string; virtPath: string },
+  deps: VirtDeps,
+): Promise<void> {
+  const { runner } = deps;
+  const seedFiles = renderSeed(plan, {
+    instanceId: spec.instanceId,
+    passwordHashes: await passwordHashes(plan, runner),
+    extraUserData: { imgctl: publicParameters(plan) },
+  });
+  await writeSeedIso(seedFiles, spec.layout.seed, {
+    run: (file, args, opts) => run(runner, file, args, 'writing the seed ISO', opts),
+  });
+  await chmod(spec.layout.seed, 0o644);
+  await runProvisioning(
+    plan,
+    { work: spec.work, logFile: spec.layout.logFile, env: { VIRT_PATH: spec.virtPath } },
+    deps,
+  );
+}
+
+/**
+ * The host check for a VM of `plan`, with the space its new files (`virtPathBytes`) and the
+ * blobs not yet cached need; throws HOST with every reason when it cannot run here.
+ */
+export async function checkVirtHost(
+  plan: PlanDoc,
+  options: Pick<VirtOptions, 'connect' | 'virtType' | 'virtPath' | 'cacheDir' | 'bridge'>,
+  deps: Pick<VirtDeps, 'probe'>,
+  virtPathBytes: number,
+): Promise<HostCheckResult & { boot: NonNullable<HostCheckResult['boot']> }> {
+  const cache = openBlobCache(options.cacheDir);
+  const missing: PlanDisk[] = [];
+  for (const disk of plan.disks)
+    if (disk.sha256 && disk.use !== 'scratch' && !(await cache.has(disk.sha256)))
+      missing.push(disk);
+  const cacheBytes = unique(missing, (d) => d.sha256!).reduce((sum, d) => sum + d.image_size, 0);
+  const host = await checkHost(
+    plan,
+    {
+      connect: options.connect,
+      virtType: options.virtType,
+      virtPath: options.virtPath,
+      virtPathBytes,
+      cacheDir: options.cacheDir,
+      cacheBytes,
+      bridge: options.bridge,
+    },
+    deps.probe,
+  );
+  if (!host.ok || !host.boot) {
+    throw new ImgctlError('HOST', `this host cannot run ${plan.image.name} as '${plan.vm_name}'`, {
+      details: host.reasons,
+      hint: 'every reason is listed; nothing was changed',
+    });
+  }
+  return { ...host, boot: host.boot };
+}
+
+/**
+ * Pulls the blobs of the plan's disks into the cache, each referenced (in `refs`, to undo) by
+ * the VM disk about to be built on it; then evicts beyond --cache-limit.
+ */
+export async function pullBlobs(
+  plan: PlanDoc,
+  disks: VmDisk[],
+  refs: Array<[string, string]>,
+  deps: VirtDeps,
+  options: Pick<VirtOptions, 'cacheDir' | 'cacheLimit'>,
+): Promise<VirtResult['blobs']> {
+  const cache = openBlobCache(options.cacheDir);
+  const blobs: VirtResult['blobs'] = [];
+  for (const disk of plan.disks) {
+    const vmDisk = disks.find((d) => d.id === disk.id);
+    if (!vmDisk?.source || !disk.sha256) continue;
+    await cache.addRef(disk.sha256, vmDisk.path);
+    refs.push([disk.sha256, vmDisk.path]);
+    if (blobs.some((b) => b.sha256 === disk.sha256)) continue;
+    const pulled = await cache.ensure(disk.sha256, deps.client, {
+      signal: deps.signal,
+      onProgress: progressLogger(deps, disk),
+      onWait: (pid) =>
+        deps.log(`waiting for agent ${pid}, which is pulling sha256:${short(disk.sha256!)}`),
+    });
+    deps.log(
+      pulled.downloaded
+        ? `pulled disk ${disk.id}: sha256:${short(disk.sha256)} ${formatSize(pulled.size)}, verified`
+        : `disk ${disk.id}: sha256:${short(disk.sha256)} is in the cache`,
+    );
+    blobs.push({ sha256: disk.sha256, ...pulled });
+  }
+  if (options.cacheLimit !== undefined) {
+    const evicted = await cache.evict(
+      options.cacheLimit,
+      blobs.map((b) => b.sha256),
+    );
+    for (const hex of evicted) deps.log(`evicted sha256:${short(hex)} from the cache`);
+  }
+  return blobs;
+}
+
+export interface Layout {
   seed: string;
   serialLog: string;
   logFile: string;
@@ -329,11 +465,24 @@ interface Layout {
   files(): string[];
 }
 
-function planLayout(plan: PlanDoc, options: VirtOptions): Layout {
+/**
+ * Where a VM's files go. Generation 1 is what --virt makes; an update makes generation 2, 3, …
+ * whose system and scratch disks and seed carry `.gN` in their names. Data disks have one name:
+ * every generation uses the same file.
+ */
+export function planLayout(
+  plan: PlanDoc,
+  options: Pick<VirtOptions, 'virtPath' | 'logDir'>,
+  generation = 1,
+): Layout {
   const vm = plan.vm_name;
+  const gen = generation > 1 ? `.g${generation}` : '';
   const diskPath = (disk: PlanDisk) =>
-    join(options.virtPath, `${vm}-${disk.id}.${disk.use === 'system' ? 'qcow2' : disk.format}`);
-  const seed = join(options.virtPath, `${vm}-seed.iso`);
+    join(
+      options.virtPath,
+      `${vm}-${disk.id}${disk.use === 'data' ? '' : gen}.${disk.use === 'system' ? 'qcow2' : disk.format}`,
+    );
+  const seed = join(options.virtPath, `${vm}-seed${gen}.iso`);
   const serialLog = join(options.virtPath, `${vm}.serial.log`);
   return {
     seed,
@@ -380,7 +529,7 @@ async function removeExisting(
   deps.log(`--force: removed the existing VM ${vm} (domain, disks and seed)`);
 }
 
-function vmDisks(
+export function vmDisks(
   plan: PlanDoc,
   layout: Layout,
   drives: Array<{ disk: string; target: string }>,
@@ -405,10 +554,11 @@ function vmDisks(
     target: drives.find((d) => d.disk === disk.id)?.target ?? freeTarget(),
     size: Math.max(disk.size, disk.image_size),
     source: disk.sha256 && disk.use !== 'scratch' ? blobPath(disk.sha256) : undefined,
+    sha256: disk.use === 'scratch' ? undefined : disk.sha256,
   }));
 }
 
-function vmNics(
+export function vmNics(
   plan: PlanDoc,
   bridge: string | undefined,
   randomHex: (bytes: number) => string,
@@ -424,7 +574,7 @@ function vmNics(
 }
 
 /** system: a qcow2 overlay on the cached blob; data: a sparse copy; scratch: new and empty. */
-async function makeDisk(
+export async function makeDisk(
   disk: VmDisk,
   planDisk: PlanDisk,
   file: string,

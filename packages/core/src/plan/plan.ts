@@ -174,6 +174,7 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
     variables,
     provision,
     requires: image.value.requires,
+    health: image.value.health,
   };
   return compact(plan);
 }

@@ -19,6 +19,8 @@ const PHASES = [
   'configured',
   'defined',
   'booted',
+  'healthy',
+  'rolled-back',
   'done',
   'failed',
 ] as const;

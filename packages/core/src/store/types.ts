@@ -108,6 +108,14 @@ export interface Requirements {
   min_disk?: Size;
 }
 
+/** How an update (imgagent --update) decides a new generation of a VM came up (docs/formats.md). */
+export interface HealthSpec {
+  /** text a line of the serial console contains once the machine is up */
+  serial: string;
+  /** how long to wait for it after the domain starts: 90s, 5m (default 300s) */
+  timeout?: string;
+}
+
 export interface ImageDoc {
   apiVersion: typeof API_VERSION;
   kind: 'Image';
@@ -125,6 +133,7 @@ export interface ImageDoc {
   parameters?: Record<string, Parameter>;
   provision?: ProvisionSpec;
   requires?: Requirements;
+  health?: HealthSpec;
 }
 
 export interface RecordDisk {
@@ -232,4 +241,5 @@ export interface PlanDoc {
   variables: Record<string, string>;
   provision: { script?: string; custom_scripts: string[]; kickstart?: string };
   requires?: Requirements;
+  health?: HealthSpec;
 }

@@ -20,6 +20,16 @@ export interface ErrorReport {
   stderr: string;
 }
 
+/** An ImgctlError as the `error` member of a --json document. */
+export function errorDocument(error: ImgctlError) {
+  return {
+    code: error.code,
+    message: error.message,
+    hint: error.hint ?? null,
+    details: error.details,
+  };
+}
+
 /**
  * How `program` (imgctl, imgagent) shows an error: a user error as one line plus its problems
  * and hint (or `{"error":…}` JSON on stdout); anything else as a bug with its stack.
@@ -33,14 +43,7 @@ export function describeError(
   const error = fromSystemError(failure);
   if (isImgctlError(error)) {
     if (json) {
-      const body = {
-        error: {
-          code: error.code,
-          message: error.message,
-          hint: error.hint ?? null,
-          details: error.details,
-        },
-      };
+      const body = { error: errorDocument(error) };
       return { exitCode: error.exitCode, stdout: `${JSON.stringify(body, null, 2)}\n`, stderr: '' };
     }
     const lines = [

@@ -1,0 +1,740 @@
+/**
+ * `imgagent --update --virt-name VM` and `imgagent --rollback --virt-name VM` (docs/agent.md,
+ * "Updating a VM"). A VM is a series of generations: each is a libvirt definition whose system
+ * disks are qcow2 overlays on the cached blobs of one release, with its own scratch disks and
+ * seed; data disks are one set of files every generation uses. An update makes generation N+1
+ * beside N, switches the domain to it (one `virsh define`), boots it and runs the image's health
+ * check; a failed check switches back to N. Nothing is copied: update and rollback cost the same
+ * for a 64 MiB and a 4 TiB system disk.
+ *
+ * Crash safety: the definition of N+1 is written to VM.gN+1.xml before any file of it exists,
+ * and N's definition to VM.gN.xml before the switch. Whatever point a run is killed at, libvirt
+ * holds a complete definition of N or of N+1, and the next --update or --rollback reads which
+ * from the domain's metadata, removes what a dead run left of other generations, and goes on.
+ */
+import { copyFile, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { setTimeout as sleepFor } from 'node:timers/promises';
+import type { PlanQuery } from '../client/client.ts';
+import { writeFileAtomic } from '../yaml/document.ts';
+import { ImgctlError } from '../util/errors.ts';
+import { assertName } from '../util/names.ts';
+import { isAlive } from '../util/pid.ts';
+import { ensureDir } from '../store/store.ts';
+import type { PlanDoc } from '../store/types.ts';
+import { openBlobCache } from './blob-cache.ts';
+import {
+  type DomainInfo,
+  parseDomainXml,
+  renderVmMeta,
+  VM_META_NS,
+  type VmMeta,
+} from './domain-xml.ts';
+import {
+  asImgctlError,
+  assertPullable,
+  eventSender,
+  interrupted,
+  run,
+  warnIfDeprecated,
+} from './steps.ts';
+import {
+  checkVirtHost,
+  configureVm,
+  DEFAULT_HEALTH_TIMEOUT,
+  makeVmDisks,
+  OVERLAY_BYTES,
+  planFingerprint,
+  planLayout,
+  pullBlobs,
+  SEED_BYTES,
+  type VirtDeps,
+  type VirtOptions,
+  type VmDisk,
+  vmDisks,
+  vmDomainXml,
+  vmMeta,
+  vmNics,
+} from './virt.ts';
+import { parseDuration } from '../util/duration.ts';
+
+export interface UpdateOptions
+  extends
+    Omit<PlanQuery, 'vmName'>,
+    Pick<
+      VirtOptions,
+      'cacheDir' | 'cacheLimit' | 'logDir' | 'connect' | 'virtType' | 'bridge' | 'nogfx' | 'dryRun'
+    > {
+  vmName: string;
+  /** update even when the plan is the one the VM runs; allow another image; detach data disks */
+  force?: boolean;
+  /** how long a running VM gets to shut down (ACPI) before it is destroyed */
+  shutdownTimeoutMs: number;
+  /** overrides the timeout of the image's health check */
+  healthTimeoutMs?: number;
+}
+
+export type RollbackOptions = Pick<
+  UpdateOptions,
+  'vmName' | 'connect' | 'logDir' | 'shutdownTimeoutMs' | 'healthTimeoutMs'
+>;
+
+/** One generation of a VM, as the result shows it. */
+export interface GenerationSummary {
+  generation: number;
+  image: string;
+  reference: string;
+  release?: string;
+}
+
+export interface HealthOutcome {
+  /** what was checked: `serial 'MARKER'`, or `none` when the image declares no check */
+  check: string;
+  ok: boolean;
+  /** seconds from the start of the domain to the answer */
+  seconds: number;
+  reason?: string;
+}
+
+export interface UpdateResult {
+  vm: string;
+  /**
+   * updated: now on `to`; up-to-date: nothing to do; checked: an interrupted update's check was
+   * finished; rolled-back: back on `to` after `from` failed its check, or by --rollback
+   */
+  action: 'updated' | 'up-to-date' | 'checked' | 'rolled-back';
+  from: GenerationSummary;
+  to: GenerationSummary;
+  /** the check of the generation the VM ended on (and of the failed one, when it rolled back) */
+  health?: HealthOutcome;
+  failedHealth?: HealthOutcome;
+  /** the new generation's disks (for an update) */
+  disks: VmDisk[];
+  /** data disks the new generation uses as they were */
+  keptDataDisks: string[];
+  serialLog: string;
+  /** where the serial console of a failed boot was saved */
+  failedSerialLog?: string;
+  xml?: string;
+  dryRun: boolean;
+  seconds: number;
+}
+
+/** The result, and what to exit with once it is shown (a rollback is a failed update). */
+export interface UpdateOutcome {
+  result: UpdateResult;
+  failure?: ImgctlError;
+}
+
+type Virsh = (args: string[]) => Promise<{ stdout: string }>;
+
+const POLL_MS = 500;
+
+/** The whole --update flow for a VM. */
+export async function updateVirt(options: UpdateOptions, deps: VirtDeps): Promise<UpdateOutcome> {
+  const started = deps.now();
+  const vm = assertName('VM', options.vmName);
+  const virsh = virshOf(deps, options.connect);
+  const current = await readVm(vm, virsh);
+  const meta = current.meta;
+  const unlock = await lockVm(meta.virtPath, vm);
+  try {
+    await pruneGenerations(vm, meta, [meta.generation, meta.previous], deps);
+    const { plan } = await deps.client.getPlan({
+      image: options.image ?? meta.reference,
+      record: options.record ?? meta.record,
+      system: options.system ?? meta.system,
+      vmName: vm,
+      sets: options.sets,
+    });
+    warnIfDeprecated(plan, deps.log);
+    if (plan.vm_name !== vm)
+      throw new ImgctlError('CONFLICT', `the plan is for VM '${plan.vm_name}', not '${vm}'`, {
+        hint: `system ${plan.system ?? '?'} names another VM; give --virt-name ${plan.vm_name}`,
+      });
+    if (plan.image.name !== meta.image && !options.force)
+      throw new ImgctlError('CONFLICT', `${vm} runs ${meta.image}, not ${plan.image.name}`, {
+        hint: 'nothing was changed; give --force to move it to another image (its data disks are kept)',
+      });
+    const from = summary(meta);
+    const base = { vm, from, serialLog: meta.serialLog, keptDataDisks: [], disks: [] };
+    if (planFingerprint(plan) === meta.fingerprint && !options.force) {
+      if (meta.health !== 'pending' || options.dryRun) {
+        deps.log(`${vm} is up to date: generation ${meta.generation}, ${describe(from)}`);
+        return {
+          result: {
+            ...base,
+            action: 'up-to-date',
+            to: from,
+            dryRun: Boolean(options.dryRun),
+            seconds: 0,
+          },
+        };
+      }
+      // An update was interrupted after it switched: its check decides now.
+      deps.log(`${vm}: generation ${meta.generation} was not seen healthy yet; checking it again`);
+      await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
+      const events = eventSender(deps, plan, vm);
+      await events.send('started');
+      return await bootAndCheck(
+        vm,
+        meta,
+        plan,
+        events,
+        { ...base, action: 'checked' },
+        options,
+        deps,
+        started,
+      );
+    }
+    return await switchGeneration(vm, current, plan, options, deps, started);
+  } finally {
+    await unlock();
+  }
+}
+
+/** `imgagent --rollback`: back to the generation the current one replaced, by hand. */
+export async function rollbackVirt(
+  options: RollbackOptions,
+  deps: VirtDeps,
+): Promise<UpdateOutcome> {
+  const started = deps.now();
+  const vm = assertName('VM', options.vmName);
+  const virsh = virshOf(deps, options.connect);
+  const { meta } = await readVm(vm, virsh);
+  const unlock = await lockVm(meta.virtPath, vm);
+  try {
+    const target = await keptGeneration(vm, meta);
+    const events = eventSender(deps, eventSubject(target.meta), vm);
+    await events.send('started');
+    await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
+    const health = await switchBack(vm, target, virsh, options, deps);
+    await events.send('rolled-back', {
+      message: `from generation ${meta.generation} (${describe(summary(meta))}), by hand`,
+    });
+    const result: UpdateResult = {
+      vm,
+      action: 'rolled-back',
+      from: summary(meta),
+      to: summary(target.meta),
+      health,
+      disks: [],
+      keptDataDisks: [],
+      serialLog: target.meta.serialLog,
+      dryRun: false,
+      seconds: (deps.now() - started) / 1000,
+    };
+    if (!health.ok) {
+      const failure = new ImgctlError(
+        'FAILED',
+        `rolled back ${vm} to generation ${target.meta.generation}, but it failed its health check: ${health.reason}`,
+        { hint: `its serial console is ${target.meta.serialLog}` },
+      );
+      throw await events.failed(failure, failure);
+    }
+    await events.send('done');
+    return { result };
+  } finally {
+    await unlock();
+  }
+}
+
+/** Makes generation N+1 beside N, switches to it, checks it, and rolls back when it fails. */
+async function switchGeneration(
+  vm: string,
+  current: DomainInfo & { meta: VmMeta; xml: string },
+  plan: PlanDoc,
+  options: UpdateOptions,
+  deps: VirtDeps,
+  started: number,
+): Promise<UpdateOutcome> {
+  const meta = current.meta;
+  const virsh = virshOf(deps, options.connect);
+  const generation = meta.generation + 1;
+  const virtPath = meta.virtPath;
+  const layout = planLayout(plan, { virtPath, logDir: options.logDir }, generation);
+
+  // Data disks stay as they are: one the new plan does not have would be detached.
+  const keptData = meta.disks.filter((d) => d.use === 'data');
+  const dropped = keptData.filter(
+    (d) => !plan.disks.some((p) => p.id === d.id && p.use === 'data'),
+  );
+  if (dropped.length > 0 && !options.force) {
+    throw new ImgctlError(
+      'CONFLICT',
+      `${describe(summaryOfPlan(plan))} has no data disk ${dropped.map((d) => `'${d.id}'`).join(', ')}, which ${vm} has`,
+      {
+        hint: 'nothing was changed; --force updates it anyway and detaches them (their files are kept)',
+      },
+    );
+  }
+  const newFiles = plan.disks.filter(
+    (d) => d.use !== 'data' || !keptData.some((k) => k.id === d.id),
+  );
+  const host = await checkVirtHost(
+    plan,
+    { ...options, virtPath },
+    deps,
+    SEED_BYTES + newFiles.reduce((sum, d) => sum + (d.use === 'data' ? d.size : OVERLAY_BYTES), 0),
+  );
+  for (const disk of plan.disks) if (disk.use !== 'scratch') assertPullable(plan, disk);
+  const cache = openBlobCache(options.cacheDir);
+  const disks = vmDisks(plan, layout, host.boot.drives, (hex) => cache.path(hex)).map((d) => {
+    const kept = keptData.find((k) => k.id === d.id && d.use === 'data');
+    return kept ? { ...d, path: kept.path, format: kept.format, source: undefined } : d;
+  });
+  const toMake = disks.filter((d) => !keptData.some((k) => k.path === d.path));
+  const instanceId = `${vm}-${deps.randomHex(4)}`;
+  // The nics keep their MAC addresses: the guest's network identity survives the update.
+  const nics = vmNics(plan, options.bridge, deps.randomHex).map((nic, i) => ({
+    ...nic,
+    mac: plan.devices.nics[i]?.mac?.toLowerCase() ?? current.nics[i]?.mac ?? nic.mac,
+  }));
+  const newMeta = vmMeta(plan, {
+    generation,
+    previous: meta.generation,
+    health: 'pending',
+    instanceId,
+    layout,
+    disks,
+    options: { virtPath },
+  });
+  const xml = vmDomainXml(plan, {
+    virtType: host.virtType,
+    boot: host.boot,
+    disks,
+    layout,
+    nics,
+    graphics: options.nogfx ? 'none' : plan.devices.graphics,
+    uuid: current.uuid,
+    meta: newMeta,
+  });
+  const base = {
+    vm,
+    from: summary(meta),
+    disks,
+    keptDataDisks: disks.filter((d) => !toMake.includes(d)).map((d) => d.path),
+    serialLog: layout.serialLog,
+  };
+  if (options.dryRun) {
+    return {
+      result: {
+        ...base,
+        action: 'updated',
+        to: summary(newMeta),
+        xml,
+        dryRun: true,
+        seconds: 0,
+      },
+    };
+  }
+
+  const events = eventSender(deps, plan, vm);
+  const created: string[] = [];
+  const refs: Array<[string, string]> = [];
+  let work: string | undefined;
+  try {
+    // What generation N+1 is made of goes down before any of it exists, and N's definition is
+    // kept for the way back.
+    await writeDurably(definitionFile(virtPath, vm, generation), xml);
+    created.push(definitionFile(virtPath, vm, generation));
+    await writeDurably(definitionFile(virtPath, vm, meta.generation), current.xml);
+    await events.send('started');
+    deps.log(
+      `updating ${vm}: generation ${meta.generation} (${describe(summary(meta))}) → ${generation} (${describe(summary(newMeta))})`,
+    );
+    await pullBlobs(plan, toMake, refs, deps, options);
+    await events.send('disks-ready');
+    await makeVmDisks(plan, toMake, created, deps, virtPath);
+    work = await mkdtemp(join(deps.tmpDir, 'imgagent-'));
+    created.push(layout.seed);
+    await configureVm(plan, { instanceId, layout, work, virtPath }, deps);
+    await events.send('configured');
+  } catch (error) {
+    const failure = interrupted(deps) ?? asImgctlError(error);
+    for (const file of created.reverse()) await rm(file, { force: true });
+    for (const [hex, path] of refs) await cache.removeRef(hex, path).catch(() => undefined);
+    throw await events.failed(error, failure);
+  } finally {
+    if (work) await rm(work, { recursive: true, force: true });
+  }
+
+  // The switch: one `virsh define`, from here on the VM is generation N+1.
+  try {
+    await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
+    await run(
+      deps.runner,
+      'virsh',
+      ['--connect', options.connect, 'define', definitionFile(virtPath, vm, generation)],
+      'virsh define',
+    );
+  } catch (error) {
+    // still generation N, shut off: what N+1 made goes at the next run (its files are named)
+    throw await events.failed(error, interrupted(deps) ?? asImgctlError(error));
+  }
+  deps.log(`defined ${vm} as generation ${generation}`);
+  await events.send('defined');
+  return await bootAndCheck(
+    vm,
+    newMeta,
+    plan,
+    events,
+    { ...base, action: 'updated' },
+    options,
+    deps,
+    started,
+  );
+}
+
+/**
+ * Starts generation `meta` (defined, shut off) and runs its check: healthy, it stays and the
+ * generations before its previous one go; not, the previous generation is defined and started
+ * again, and the outcome carries the failure.
+ */
+async function bootAndCheck(
+  vm: string,
+  meta: VmMeta,
+  plan: PlanDoc,
+  events: ReturnType<typeof eventSender>,
+  base: Omit<UpdateResult, 'to' | 'dryRun' | 'seconds'>,
+  options: UpdateOptions,
+  deps: VirtDeps,
+  started: number,
+): Promise<UpdateOutcome> {
+  const virsh = virshOf(deps, options.connect);
+  const health = await startAndCheck(vm, meta, virsh, options.healthTimeoutMs, deps);
+  const seconds = () => (deps.now() - started) / 1000;
+  if (health.ok) {
+    await setHealth(vm, { ...meta, health: 'ok' }, options.connect, deps);
+    await pruneGenerations(vm, meta, [meta.generation, meta.previous], deps);
+    deps.log(
+      `${vm} is healthy on generation ${meta.generation} (${health.check}, ${health.seconds.toFixed(1)}s)`,
+    );
+    await events.send('healthy');
+    await events.send('done');
+    return { result: { ...base, to: summary(meta), health, dryRun: false, seconds: seconds() } };
+  }
+
+  // The way back.
+  const failedSerialLog = await keepSerialLog(vm, meta, options.logDir);
+  deps.log(
+    `${vm}: generation ${meta.generation} failed its health check: ${health.reason}; rolling back`,
+  );
+  const target = await keptGeneration(vm, meta);
+  await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
+  const back = await switchBack(vm, target, virsh, options, deps);
+  await pruneGenerations(vm, target.meta, [target.meta.generation, target.meta.previous], deps);
+  await events.send('rolled-back', {
+    message: `to generation ${target.meta.generation} (${describe(summary(target.meta))}): ${health.reason}`,
+  });
+  const failure = new ImgctlError(
+    'FAILED',
+    `${describe(summary(meta))} failed its health check (${health.check}): ${health.reason}; ${vm} was rolled back to generation ${target.meta.generation} (${describe(summary(target.meta))})`,
+    {
+      details: [
+        ...(failedSerialLog ? [`the failed boot's serial console: ${failedSerialLog}`] : []),
+        back.ok
+          ? `generation ${target.meta.generation} is up again (${back.check}, ${back.seconds.toFixed(1)}s)`
+          : `generation ${target.meta.generation} did not pass its check either: ${back.reason}`,
+      ],
+      hint: 'fix the release (or move its channel back); the next --update tries again',
+    },
+  );
+  await events.failed(failure, failure);
+  return {
+    result: {
+      ...base,
+      action: 'rolled-back',
+      from: summary(meta),
+      to: summary(target.meta),
+      health: back,
+      failedHealth: health,
+      failedSerialLog,
+      dryRun: false,
+      seconds: seconds(),
+    },
+    failure,
+  };
+}
+
+/** Defines a kept generation again and starts it; returns its check. */
+async function switchBack(
+  vm: string,
+  target: { meta: VmMeta; file: string },
+  virsh: Virsh,
+  options: Pick<UpdateOptions, 'connect' | 'healthTimeoutMs'>,
+  deps: VirtDeps,
+): Promise<HealthOutcome> {
+  await run(
+    deps.runner,
+    'virsh',
+    ['--connect', options.connect, 'define', target.file],
+    'virsh define',
+  );
+  deps.log(`defined ${vm} as generation ${target.meta.generation} again`);
+  return await startAndCheck(vm, target.meta, virsh, options.healthTimeoutMs, deps);
+}
+
+/** The generation `meta` replaced, with its definition file; NOT_FOUND when none is kept. */
+async function keptGeneration(vm: string, meta: VmMeta): Promise<{ meta: VmMeta; file: string }> {
+  const previous = meta.previous;
+  const file = previous === undefined ? undefined : definitionFile(meta.virtPath, vm, previous);
+  const xml = file && (await readFile(file, 'utf8').catch(() => undefined));
+  const info = xml ? parseDomainXml(xml, file!) : undefined;
+  if (!file || !info?.meta || info.meta.generation !== previous) {
+    throw new ImgctlError(
+      'NOT_FOUND',
+      `${vm} has no previous generation to go back to (it is on generation ${meta.generation})`,
+      { hint: 'only the generation an update replaced is kept, until the next update' },
+    );
+  }
+  return { meta: info.meta, file };
+}
+
+/** Starts the domain and waits for its check; a start that fails is a failed check. */
+async function startAndCheck(
+  vm: string,
+  meta: VmMeta,
+  virsh: Virsh,
+  timeoutMs: number | undefined,
+  deps: VirtDeps,
+): Promise<HealthOutcome> {
+  const check = meta.healthSerial ? `serial '${meta.healthSerial}'` : 'none';
+  const t0 = deps.now();
+  try {
+    await virsh(['start', vm]);
+  } catch (error) {
+    const e = error as { stderr?: string; message?: string };
+    const text = (e.stderr || e.message || String(error)).trim().split('\n').pop();
+    return { check, ok: false, seconds: 0, reason: `virsh start failed: ${text}` };
+  }
+  deps.log(`started ${vm}; its serial console goes to ${meta.serialLog}`);
+  if (!meta.healthSerial) {
+    deps.log('the image declares no health check: a domain that starts counts as healthy');
+    return { check, ok: true, seconds: (deps.now() - t0) / 1000 };
+  }
+  const limit =
+    timeoutMs ?? meta.healthTimeoutMs ?? parseDuration(DEFAULT_HEALTH_TIMEOUT, 'health timeout');
+  const seen = async () =>
+    (await readFile(meta.serialLog, 'utf8').catch(() => '')).includes(meta.healthSerial!);
+  for (;;) {
+    deps.signal?.throwIfAborted();
+    const seconds = (deps.now() - t0) / 1000;
+    if (await seen()) return { check, ok: true, seconds };
+    const state = await domainState(vm, virsh);
+    if (state === 'shut off' || state === 'crashed') {
+      if (await seen()) return { check, ok: true, seconds };
+      return {
+        check,
+        ok: false,
+        seconds,
+        reason: `the VM stopped (${state}) before its serial console showed '${meta.healthSerial}'`,
+      };
+    }
+    if (deps.now() - t0 > limit) {
+      return {
+        check,
+        ok: false,
+        seconds,
+        reason: `'${meta.healthSerial}' did not appear on the serial console within ${Math.round(limit / 1000)}s`,
+      };
+    }
+    await (deps.sleep ?? sleepFor)(POLL_MS);
+  }
+}
+
+/** Shuts the domain down (ACPI), destroying it when it is still up after `timeoutMs`. */
+async function stopDomain(vm: string, virsh: Virsh, deps: VirtDeps, timeoutMs: number) {
+  if ((await domainState(vm, virsh)) === 'shut off') return;
+  deps.log(`shutting ${vm} down`);
+  await virsh(['shutdown', vm]).catch(() => undefined);
+  const t0 = deps.now();
+  while (deps.now() - t0 < timeoutMs) {
+    if ((await domainState(vm, virsh)) === 'shut off') return;
+    await (deps.sleep ?? sleepFor)(POLL_MS);
+  }
+  deps.log(`${vm} did not shut down within ${Math.round(timeoutMs / 1000)}s: destroying it`);
+  await virsh(['destroy', vm]).catch(() => undefined);
+}
+
+async function domainState(vm: string, virsh: Virsh): Promise<string> {
+  return (await virsh(['domstate', vm])).stdout.trim();
+}
+
+/** The domain as defined, with imgagent's metadata; NOT_FOUND / CONFLICT when it has none. */
+async function readVm(
+  vm: string,
+  virsh: Virsh,
+): Promise<DomainInfo & { meta: VmMeta; xml: string }> {
+  let xml: string;
+  try {
+    xml = (await virsh(['dumpxml', '--inactive', '--security-info', vm])).stdout;
+  } catch {
+    throw new ImgctlError('NOT_FOUND', `no VM '${vm}' on this host`, {
+      hint: 'make it with imgagent --virt first',
+    });
+  }
+  const info = parseDomainXml(xml, `domain ${vm}`);
+  if (!info.meta)
+    throw new ImgctlError(
+      'CONFLICT',
+      `VM '${vm}' was not made by imgagent --virt (no imgctl metadata)`,
+      {
+        hint: 'make it again with imgagent --virt --force, or update it by other means',
+      },
+    );
+  return { ...info, meta: info.meta, xml };
+}
+
+/** Records the generation's health in the domain's persistent definition. */
+async function setHealth(vm: string, meta: VmMeta, connect: string, deps: VirtDeps) {
+  await run(
+    deps.runner,
+    'virsh',
+    [
+      ...['--connect', connect, 'metadata', vm, '--uri', VM_META_NS],
+      ...['--key', 'imgctl', '--set', renderVmMeta(meta, true), '--config'],
+    ],
+    'virsh metadata',
+  );
+}
+
+/**
+ * Removes what generations other than `keep` left at the VM's path: their system and scratch
+ * disks, seed and definition (data disks never). Each generation's files are read from its own
+ * definition file, never guessed from names.
+ */
+async function pruneGenerations(
+  vm: string,
+  meta: VmMeta,
+  keep: Array<number | undefined>,
+  deps: Pick<VirtDeps, 'log'>,
+): Promise<void> {
+  const dir = meta.virtPath;
+  const kept = new Set<string>([meta.seed, ...meta.disks.map((d) => d.path)]);
+  const others: Array<{ file: string; meta?: VmMeta }> = [];
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    const generation = generationOf(vm, name);
+    if (generation === undefined) continue;
+    const file = join(dir, name);
+    const xml = await readFile(file, 'utf8').catch(() => '');
+    let info: VmMeta | undefined;
+    try {
+      info = parseDomainXml(xml, file).meta;
+    } catch {
+      info = undefined;
+    }
+    if (keep.includes(generation)) {
+      for (const path of info ? [info.seed, ...info.disks.map((d) => d.path)] : []) kept.add(path);
+    } else others.push({ file, meta: info });
+  }
+  for (const other of others) {
+    const files = other.meta
+      ? [other.meta.seed, ...other.meta.disks.filter((d) => d.use !== 'data').map((d) => d.path)]
+      : [];
+    for (const path of files) {
+      if (kept.has(path) || dirname(path) !== dir) continue;
+      await rm(path, { force: true });
+      // and a disk a killed run left under its temporary name
+      for (const name of names)
+        if (name.startsWith(`${basename(path)}.tmp-`)) await rm(join(dir, name), { force: true });
+    }
+    await rm(other.file, { force: true });
+    deps.log(
+      `removed generation ${other.meta?.generation ?? '?'} of ${vm} (${basename(other.file)})`,
+    );
+  }
+}
+
+/** N for VM.gN.xml, the definition file of generation N of `vm`; undefined for other names. */
+function generationOf(vm: string, name: string): number | undefined {
+  const prefix = `${vm}.g`;
+  if (!name.startsWith(prefix) || !name.endsWith('.xml')) return undefined;
+  const digits = name.slice(prefix.length, -'.xml'.length);
+  return /^[1-9][0-9]{0,8}$/.test(digits) ? Number(digits) : undefined;
+}
+
+function definitionFile(virtPath: string, vm: string, generation: number): string {
+  return join(virtPath, `${vm}.g${generation}.xml`);
+}
+
+async function writeDurably(file: string, text: string): Promise<void> {
+  await ensureDir(dirname(file), 0o755);
+  await writeFileAtomic(file, text);
+}
+
+/** A copy of the serial console of a failed boot, before the rollback's boot truncates it. */
+async function keepSerialLog(
+  vm: string,
+  meta: VmMeta,
+  logDir: string,
+): Promise<string | undefined> {
+  const dest = join(logDir, meta.image, `${vm}.g${meta.generation}.failed.serial.log`);
+  try {
+    await ensureDir(dirname(dest), 0o755);
+    await copyFile(meta.serialLog, dest);
+    return dest;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * One update or rollback of a VM at a time: VM.lock at its path holds the pid of the agent
+ * working on it; a lock whose process is gone (killed) is taken over.
+ */
+async function lockVm(virtPath: string, vm: string): Promise<() => Promise<void>> {
+  const file = join(virtPath, `${vm}.lock`);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const handle = await open(file, 'wx', 0o600);
+      await handle.writeFile(`${process.pid}\n`);
+      await handle.close();
+      return () => rm(file, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 2) throw error;
+      const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+      if (isAlive(pid) && pid !== process.pid)
+        throw new ImgctlError('CONFLICT', `agent ${pid} is updating ${vm} now`, {
+          hint: `nothing was changed; wait for it (or remove ${file} if no agent runs)`,
+        });
+      await rm(file, { force: true });
+    }
+  }
+}
+
+function virshOf(deps: VirtDeps, connect: string): Virsh {
+  return (args) => deps.runner.run('virsh', ['--connect', connect, ...args]);
+}
+
+function summary(meta: VmMeta): GenerationSummary {
+  return {
+    generation: meta.generation,
+    image: meta.image,
+    reference: meta.reference,
+    ...(meta.release ? { release: meta.release } : {}),
+  };
+}
+
+function summaryOfPlan(plan: PlanDoc): Omit<GenerationSummary, 'generation'> {
+  return {
+    image: plan.image.name,
+    reference: plan.image.reference ?? plan.image.release ?? plan.image.name,
+    release: plan.image.release,
+  };
+}
+
+function describe(g: Omit<GenerationSummary, 'generation'>): string {
+  if (!g.release) return `${g.image} (working image)`;
+  return g.reference === g.release ? g.release : `${g.release} via ${g.reference}`;
+}
+
+/** What events of a generation name: its system, image and release. */
+function eventSubject(meta: VmMeta) {
+  return {
+    system: meta.system,
+    record: meta.record,
+    image: { name: meta.image, release: meta.release },
+  };
+}
