@@ -174,6 +174,11 @@ provision_vm() {
   chmod 755 "$WORK"
   mkdir -p "$WORK/vms" "$WORK/cache" "$WORK/logs"
 
+  say 'Releasing the appliance: its revision frozen as tiny-linux@REV on channel stable, and tiny01
+made to follow the channel (one reviewable change of one file each).'
+  imgctl release create tiny-linux --channel stable
+  imgctl system set tiny01 image=tiny-linux@stable
+
   say "The agent, as on a hypervisor host: the plan for system tiny01, the host check, the disks pulled
 into the cache and verified, a qcow2 overlay per VM, a NoCloud seed, provision.sh, the domain
 defined and started."
@@ -184,18 +189,42 @@ defined and started."
     --virt-bridge "$DEMO_BRIDGE" --virt-path "$WORK/vms" --cache-dir "$WORK/cache" --log-dir "$WORK/logs"
 
   say "Waiting for the VM's serial console (software emulation: about 20 s)..."
-  local serial=$WORK/vms/$DEMO_VM.serial.log line=
-  for _ in $(seq 1 1800); do
-    line=$(grep -a -m1 '^IMGCTL-APPLIANCE ' "$serial" 2>/dev/null || true)
-    [ -n "$line" ] && break
-    sleep 0.1
-  done
-  [ -n "$line" ] || die "no report on the VM's serial console within 180 s: $(tail -5 "$serial" 2>/dev/null)"
-  printf '==> grep IMGCTL-APPLIANCE %s\n' "$serial" >&2
-  printf '%s\n' "$line"
+  show_report
   say 'Provisioning status, from the events the agent sent to the server:'
   imgctl status
   imgctl status --system tiny01
+}
+
+# show_report: waits for the appliance's report line on the demo VM's serial console (the log
+# starts afresh at each boot), prints it and the greeting after it.
+show_report() {
+  local serial=$WORK/vms/$DEMO_VM.serial.log line=
+  for _ in $(seq 1 1800); do
+    line=$(grep -a -A1 '^IMGCTL-APPLIANCE ' "$serial" 2>/dev/null || true)
+    [ "$(printf '%s\n' "$line" | wc -l)" -ge 2 ] && break
+    sleep 0.1
+  done
+  [ -n "$line" ] || die "no report on the VM's serial console within 180 s: $(tail -5 "$serial" 2>/dev/null)"
+  printf '==> grep -A1 IMGCTL-APPLIANCE %s\n' "$serial" >&2
+  printf '%s\n' "$line"
+}
+
+update_vm() {
+  [ -n "${VM_MADE:-}" ] || return 0
+  say 'Day two: release 2 (another greeting) moves channel stable; tiny01 is now behind it.'
+  imgctl image set tiny-linux 'parameters.greeting.default=hello from release 2'
+  imgctl release create tiny-linux --channel stable
+  imgctl status --outdated
+  say "The agent updates the VM to what stable points at: a new overlay on the cached disk, a new
+seed, the same data disk; the domain is redefined and booted, and the image's health check (its
+report line on the serial console) decides whether it stays or is rolled back."
+  imgagent --server "$SERVER_URL" --token-file "$WORK/token" \
+    --update --virt-name "$DEMO_VM" --virt-type qemu --nogfx \
+    --virt-bridge "$DEMO_BRIDGE" --cache-dir "$WORK/cache" --log-dir "$WORK/logs"
+  say 'The data disk was kept: the appliance counts its boots there (boots=2), and says the new greeting.'
+  show_report
+  imgctl image history tiny-linux
+  imgctl status --outdated
 }
 
 main() {
@@ -208,6 +237,7 @@ main() {
   build_appliance
   serve_store
   provision_vm
+  update_vm
   say 'Done. The VM, its disks, the server and the temporary store are removed; image-store/ is unchanged.'
 }
 

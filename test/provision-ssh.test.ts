@@ -305,7 +305,7 @@ describe('slow: imgctl provision over SSH', () => {
     expect((JSON.parse(again.stdout) as Summary).targets[0]!.node).toBeUndefined();
   });
 
-  it('a rollout whose canary fails touches no other target (--canary 1 --max-unavailable 1)', async () => {
+  it('an update rollout whose canary fails touches no other target (--update --canary 1 --max-unavailable 1)', async () => {
     const others = [
       await startSshd({ clientKey: sshd.clientKey }),
       await startSshd({ clientKey: sshd.clientKey }),
@@ -313,15 +313,16 @@ describe('slow: imgctl provision over SSH', () => {
     onTestFinished(() => Promise.all(others.map((o) => o.stop())).then(() => undefined));
     const hosts = join(work.dir, 'known_hosts.rollout');
     await writeFile(hosts, [sshd, ...others].map((s) => `${s.knownHostsLine}\n`).join(''));
-    // the canary's agent fails: the image does not exist
+    // an update whose canary fails: that target has no such VM
     const run = await provision(
       [sshd.target, ...others.map((o) => o.target)],
-      ['--image', 'nosuch', '--canary', '1', '--max-unavailable', '1', '--dry-run', '--json'],
+      ['--update', '--virt-name', 'nosuchvm', '--canary', '1', '--max-unavailable', '1', '--json'],
       hosts,
     );
     expect(run.exitCode, run.stderr).toBe(4);
     const summary = JSON.parse(run.stdout) as Summary & { stoppedBy?: string };
     expect(summary.stoppedBy).toBe(sshd.target);
+    expect(summary.targets[0]!.error?.message).toBe("no VM 'nosuchvm' on this host");
     expect(summary.targets.map((t) => t.status)).toEqual(['failed', 'not-started', 'not-started']);
     expect(summary.targets[1]!.error?.message).toBe(
       `not started: the rollout stopped when ${sshd.target} failed`,

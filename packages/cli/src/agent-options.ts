@@ -165,7 +165,7 @@ export const AGENT_OPTIONS: Array<
   {
     flags: '--update',
     description:
-      '--replace-self: write the system disk(s) and config partition only, keep data disks',
+      "--virt: update each target's VM to its image reference's release (health-checked, rolled back if it fails); --replace-self: write the system disk(s) and config partition only; data disks kept",
     key: 'update',
     value: false,
   },

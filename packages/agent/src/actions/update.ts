@@ -17,7 +17,7 @@ export async function run(ctx: ActionContext): Promise<ActionResult> {
   const outcome = await updateVirt(
     {
       ...planQuery(flags),
-      vmName: vmName(flags, '--update'),
+      vmName: flags.virtName,
       ...virtHostFlags(flags, abs),
       force: flags.force,
       dryRun: flags.dryRun,
@@ -33,7 +33,8 @@ export async function rollback(ctx: ActionContext): Promise<ActionResult> {
   const { flags } = ctx;
   const outcome = await rollbackVirt(
     {
-      vmName: vmName(flags, '--rollback'),
+      vmName: flags.virtName,
+      system: flags.system,
       connect: flags.connect,
       logDir: ctx.abs(flags.logDir),
       ...timeouts(flags),
@@ -50,12 +51,6 @@ function deps(ctx: ActionContext) {
     client: ctx.client,
     probe: systemProbe((file: string, args: string[]) => base.runner.run(file, args)),
   };
-}
-
-function vmName(flags: Flags, action: string): string {
-  if (flags.virtName === undefined)
-    throw new ImgctlError('USAGE', `${action} needs --virt-name: the VM to change`);
-  return flags.virtName;
 }
 
 function timeouts(flags: Flags) {

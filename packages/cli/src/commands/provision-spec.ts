@@ -60,6 +60,7 @@ export const provisionCommands: CommandSpec[] = [
       'imgctl provision web01 --replace-self --image web --target-disk /dev/sda --reboot --json',
       'imgctl provision root@hv1 --virt --image web --accept-new --identity ~/.ssh/provision_ed25519',
       'imgctl provision --targets fleet.txt --replace-self --update --image web@stable --canary 1 --max-unavailable 2',
+      'imgctl provision --targets hypervisors.txt --virt --update --canary 1 --max-unavailable 1   # each VM to its channel',
     ],
     load: () => import('./provision.ts'),
   },

@@ -371,15 +371,46 @@ function describeDone(r: TargetResult): string {
   return `failed: ${r.error?.message ?? 'unknown error'}`;
 }
 
+/** What an update did to a target's VM: `imgagent --update`'s result. */
+interface UpdateResultView {
+  vm?: string;
+  dryRun?: boolean;
+  action?: 'updated' | 'up-to-date' | 'checked' | 'rolled-back';
+  to?: { generation?: number; release?: string; image?: string };
+}
+
 function detail(r: TargetResult): string {
   if (r.status !== 'ok') return r.error?.message ?? '';
-  const result = r.result as { vm?: string; dryRun?: boolean } | undefined;
+  const result = r.result as UpdateResultView | undefined;
   const parts = [];
   if (result?.vm)
-    parts.push(`vm ${terminalSafe(String(result.vm))}${result.dryRun ? ' (dry run)' : ''}`);
+    parts.push(
+      `vm ${terminalSafe(String(result.vm))}${result.action ? ` ${describeUpdate(result)}` : ''}${result.dryRun ? ' (dry run)' : ''}`,
+    );
   const agent = r.agent === 'executable' ? 'self-contained agent' : 'agent';
   parts.push(`${agent} ${r.agentCopied ? 'copied' : 'up to date'}`);
   return parts.join(', ');
+}
+
+function describeUpdate(result: UpdateResultView): string {
+  const to = `${terminalSafe(String(result.to?.release ?? result.to?.image ?? '?'))} (generation ${result.to?.generation ?? '?'})`;
+  if (result.action === 'up-to-date') return `up to date on ${to}`;
+  if (result.action === 'rolled-back') return `rolled back to ${to}`;
+  return `updated to ${to}`;
+}
+
+/** How many targets' VMs were updated, left as they were, rolled back, not started. */
+function updateCounts(summary: ProvisionSummary): string {
+  const actions = summary.targets.map((t) => (t.result as UpdateResultView | undefined)?.action);
+  if (!actions.some((a) => a !== undefined)) return '';
+  const count = (what: string, n: number) => (n > 0 ? [`${what} ${n}`] : []);
+  const parts = [
+    ...count('updated', actions.filter((a) => a === 'updated' || a === 'checked').length),
+    ...count('up to date', actions.filter((a) => a === 'up-to-date').length),
+    ...count('rolled back', actions.filter((a) => a === 'rolled-back').length),
+    ...count('not started', summary.targets.filter((t) => t.status === 'not-started').length),
+  ];
+  return `: ${parts.join(', ')}`;
 }
 
 function summaryTable(summary: ProvisionSummary): string {
@@ -391,5 +422,5 @@ function summaryTable(summary: ProvisionSummary): string {
   const tail = summary.ok
     ? `all ${summary.targets.length} target(s) provisioned`
     : `${failed} of ${summary.targets.length} target(s) not provisioned${summary.cancelled ? ' (interrupted)' : ''}${summary.stoppedBy ? ` (the rollout stopped when ${summary.stoppedBy} failed)` : ''}`;
-  return `${table}\n${tail}`;
+  return `${table}\n${tail}${updateCounts(summary)}`;
 }

@@ -3,7 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { busOf, renderDomainXml, type DomainSpec } from './domain-xml.ts';
+import {
+  busOf,
+  type DomainSpec,
+  parseDomainXml,
+  renderDomainXml,
+  renderVmMeta,
+  type VmMeta,
+} from './domain-xml.ts';
 
 const spec: DomainSpec = {
   name: 'web01',
@@ -111,5 +118,63 @@ describe('renderDomainXml', () => {
       'xen',
     ]);
     expect(() => busOf('fd0')).toThrow(/unknown disk target/);
+  });
+});
+
+describe('the VM metadata imgagent keeps in a domain', () => {
+  const meta: VmMeta = {
+    generation: 3,
+    previous: 2,
+    image: 'web',
+    reference: 'web@stable',
+    release: 'web@7',
+    record: 'default',
+    system: 'web01',
+    instance: 'web01-0a1b2c3d',
+    fingerprint: 'f'.repeat(64),
+    health: 'pending',
+    healthSerial: `READY <"it's">`,
+    healthTimeoutMs: 90_000,
+    virtPath: '/var/lib/libvirt/images',
+    seed: '/var/lib/libvirt/images/web01-seed.g3.iso',
+    serialLog: '/var/lib/libvirt/images/web01.serial.log',
+    disks: [
+      {
+        id: 'root',
+        use: 'system',
+        path: '/var/lib/libvirt/images/web01-root.g3.qcow2',
+        format: 'qcow2',
+        sha256: 'a'.repeat(64),
+      },
+      { id: 'data', use: 'data', path: '/var/lib/libvirt/images/web01-data.raw', format: 'raw' },
+    ],
+  };
+
+  it('reads back what it wrote, with the UUID and the MAC addresses', () => {
+    const xml = renderDomainXml({
+      ...spec,
+      uuid: '0b7f1c1e-0000-4000-8000-000000000001',
+      metadata: meta,
+    });
+    const info = parseDomainXml(xml, 'test');
+    expect(info.meta).toEqual(meta);
+    expect(info.uuid).toBe('0b7f1c1e-0000-4000-8000-000000000001');
+    expect(info.nics.map((n) => n.mac)).toEqual(spec.nics.map((n) => n.mac));
+  });
+
+  it('finds nothing in a domain without it, and refuses a damaged one', () => {
+    expect(parseDomainXml(renderDomainXml(spec), 'test').meta).toBeUndefined();
+    const bad = renderDomainXml({ ...spec, metadata: meta }).replace(
+      "generation='3'",
+      "generation='x'",
+    );
+    expect(() => parseDomainXml(bad, 'dom')).toThrow(/'generation' is missing or not valid/);
+  });
+
+  it('renders the bare element virsh metadata --set takes', () => {
+    const bare = renderVmMeta(meta, true);
+    expect(bare.startsWith('<vm ')).toBe(true);
+    expect(bare).not.toContain('xmlns');
+    expect(bare).toContain("<disk id='root'");
   });
 });

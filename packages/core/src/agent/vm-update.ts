@@ -65,7 +65,8 @@ export interface UpdateOptions
       VirtOptions,
       'cacheDir' | 'cacheLimit' | 'logDir' | 'connect' | 'virtType' | 'bridge' | 'nogfx' | 'dryRun'
     > {
-  vmName: string;
+  /** the VM; default: the VM name of --system's plan */
+  vmName?: string;
   /** update even when the plan is the one the VM runs; allow another image; detach data disks */
   force?: boolean;
   /** how long a running VM gets to shut down (ACPI) before it is destroyed */
@@ -76,7 +77,7 @@ export interface UpdateOptions
 
 export type RollbackOptions = Pick<
   UpdateOptions,
-  'vmName' | 'connect' | 'logDir' | 'shutdownTimeoutMs' | 'healthTimeoutMs'
+  'vmName' | 'system' | 'connect' | 'logDir' | 'shutdownTimeoutMs' | 'healthTimeoutMs'
 >;
 
 /** One generation of a VM, as the result shows it. */
@@ -133,13 +134,14 @@ const POLL_MS = 500;
 /** The whole --update flow for a VM. */
 export async function updateVirt(options: UpdateOptions, deps: VirtDeps): Promise<UpdateOutcome> {
   const started = deps.now();
-  const vm = assertName('VM', options.vmName);
+  const vm = await vmNameOf(options, deps, '--update');
   const virsh = virshOf(deps, options.connect);
-  const current = await readVm(vm, virsh);
-  const meta = current.meta;
-  const unlock = await lockVm(meta.virtPath, vm);
+  const unlock = await lockVm((await readVm(vm, virsh)).meta.virtPath, vm);
   try {
-    await pruneGenerations(vm, meta, [meta.generation, meta.previous], deps);
+    // read again under the lock: another agent may have just finished
+    const current = await readVm(vm, virsh);
+    const meta = current.meta;
+    if (!options.dryRun) await pruneGenerations(vm, meta, [meta.generation, meta.previous], deps);
     const { plan } = await deps.client.getPlan({
       image: options.image ?? meta.reference,
       record: options.record ?? meta.record,
@@ -199,11 +201,11 @@ export async function rollbackVirt(
   deps: VirtDeps,
 ): Promise<UpdateOutcome> {
   const started = deps.now();
-  const vm = assertName('VM', options.vmName);
+  const vm = await vmNameOf(options, deps, '--rollback');
   const virsh = virshOf(deps, options.connect);
-  const { meta } = await readVm(vm, virsh);
-  const unlock = await lockVm(meta.virtPath, vm);
+  const unlock = await lockVm((await readVm(vm, virsh)).meta.virtPath, vm);
   try {
+    const { meta } = await readVm(vm, virsh);
     const target = await keptGeneration(vm, meta);
     const events = eventSender(deps, eventSubject(target.meta), vm);
     await events.send('started');
@@ -702,6 +704,23 @@ async function lockVm(virtPath: string, vm: string): Promise<() => Promise<void>
       await rm(file, { force: true });
     }
   }
+}
+
+/** --virt-name, else the VM name the server plans for --system. */
+async function vmNameOf(
+  options: Pick<UpdateOptions, 'vmName' | 'system' | 'image' | 'record'>,
+  deps: VirtDeps,
+  action: string,
+): Promise<string> {
+  if (options.vmName !== undefined) return assertName('VM', options.vmName);
+  if (options.system === undefined)
+    throw new ImgctlError('USAGE', `${action} needs --virt-name (or --system): the VM to change`);
+  const { plan } = await deps.client.getPlan({
+    system: options.system,
+    image: options.image,
+    record: options.record,
+  });
+  return assertName('VM', plan.vm_name);
 }
 
 function virshOf(deps: VirtDeps, connect: string): Virsh {

@@ -249,6 +249,8 @@ async function provisionOne(
       return;
     }
     if (isAgentError(output)) {
+      // a result beside the error (an update that rolled back) says what happened
+      if (Object.keys(output).length > 1) partial.result = output;
       const e = output.error;
       throw new ImgctlError(agentCode(e.code), terminalSafe(e.message), {
         hint: e.hint ? terminalSafe(e.hint) : undefined,
