@@ -40,5 +40,11 @@ describe('checkOverlay', () => {
     expect(
       await checkOverlay(dir, 'System', parseYaml('s.yaml', SYSTEM), { expectedName: 'web1' }),
     ).toEqual([]);
+    // a system that follows a channel or release is checked against the working image
+    const follows = edit(SYSTEM, 'image: web', 'image: web@stable');
+    expect(follows).toContain('image: web@stable');
+    expect(
+      await checkOverlay(dir, 'System', parseYaml('s.yaml', follows), { expectedName: 'web1' }),
+    ).toEqual([]);
   });
 });

@@ -181,8 +181,9 @@ export async function checkOverlay(
   if (problems.length > 0 || !isObject(y.value)) return problems;
   const doc = y.value;
   const limit = createLimiter(CONCURRENCY);
-  const imageName = doc.image;
-  if (typeof imageName !== 'string') return problems;
+  if (typeof doc.image !== 'string') return problems;
+  // a system may follow a release or channel: the working image stands for it here
+  const imageName = doc.image.split('@')[0]!;
   const image = await readImage(storeDir, imageName, limit);
   if (!image.yaml) {
     problems.push(problemAt(y, ['image'], `image '${imageName}' does not exist`));
