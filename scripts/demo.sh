@@ -211,8 +211,8 @@ show_report() {
 
 update_vm() {
   [ -n "${VM_MADE:-}" ] || return 0
-  say 'Day two: release 2 (another greeting) moves channel stable; tiny01 is now behind it.'
-  imgctl image set tiny-linux 'parameters.greeting.default=hello from release 2'
+  say 'Day two: a second release (another greeting) moves channel stable; tiny01 is now behind it.'
+  imgctl image set tiny-linux 'parameters.greeting.default=hello from the second release'
   imgctl release create tiny-linux --channel stable
   imgctl status --outdated
   say "The agent updates the VM to what stable points at: a new overlay on the cached disk, a new

@@ -7,7 +7,8 @@ import type { HostProbe } from './host-check.ts';
 import type { PlanDoc } from '../store/types.ts';
 import type { ProcessRunner } from '../util/process.ts';
 import { renderConfig } from './steps.ts';
-import { provisionVirt, type VirtDeps, type VirtOptions } from './virt.ts';
+import { planFingerprint, provisionVirt, type VirtDeps, type VirtOptions } from './virt.ts';
+import { type UpdateOptions, updateVirt } from './vm-update.ts';
 
 const ROOT = '1'.repeat(64);
 const DATA = '2'.repeat(64);
@@ -141,21 +142,26 @@ function fakes(dir: string, options: { failOn?: string } = {}): Fakes {
   return { deps, calls, events, domains };
 }
 
+/** The --virt options of system tiny01, everything under `dir`. */
+function virtOptions(dir: string): VirtOptions {
+  return {
+    system: 'tiny01',
+    virtPath: join(dir, 'vms'),
+    cacheDir: join(dir, 'cache'),
+    logDir: join(dir, 'logs'),
+    connect: 'qemu:///system',
+    virtType: 'auto',
+    bridge: 'br0',
+    nogfx: true,
+  };
+}
+
 describe('provisionVirt', () => {
   let dir: string;
   let options: VirtOptions;
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'virt-'));
-    options = {
-      system: 'tiny01',
-      virtPath: join(dir, 'vms'),
-      cacheDir: join(dir, 'cache'),
-      logDir: join(dir, 'logs'),
-      connect: 'qemu:///system',
-      virtType: 'auto',
-      bridge: 'br0',
-      nogfx: true,
-    };
+    options = virtOptions(dir);
   });
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
@@ -279,5 +285,86 @@ describe('renderConfig', () => {
     expect(renderConfig({ A: "it's", B: 8080, C: true, D: null, 'bad-name': 'x' })).toBe(
       `A='it'"'"'s'\nB='8080'\nC='true'\nD=''\n`,
     );
+  });
+});
+
+describe('planFingerprint', () => {
+  it('is the same for a release asked for by channel or by revision, and changes with the plan', () => {
+    const release = { ...PLAN, image: { ...PLAN.image, release: 'tiny-linux@3' } };
+    const viaChannel = { ...release, image: { ...release.image, reference: 'tiny-linux@stable' } };
+    expect(planFingerprint(viaChannel)).toBe(planFingerprint(release));
+    const greeting = { ...release, parameters: { ...release.parameters, greeting: 'hello' } };
+    expect(planFingerprint(greeting)).not.toBe(planFingerprint(release));
+    // a secret is not in it: the digest says nothing about a password
+    const password = { ...release, parameters: { ...release.parameters, root_password: 'x' } };
+    expect(planFingerprint(password)).toBe(planFingerprint(release));
+  });
+});
+
+describe('updateVirt', () => {
+  let dir: string;
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  /** A VM made by provisionVirt, whose definition the fake virsh then answers dumpxml with. */
+  async function madeVm() {
+    dir = await mkdtemp(join(tmpdir(), 'update-'));
+    const f = fakes(dir);
+    const made = await provisionVirt(virtOptions(dir), f.deps);
+    const runner = f.deps.runner;
+    f.deps.runner = {
+      async run(file, args, opts) {
+        if (file === 'virsh' && args[2] === 'dumpxml') return { stdout: made.xml };
+        if (file === 'virsh' && args[2] === 'domstate') return { stdout: 'shut off\n' };
+        return runner.run(file, args, opts);
+      },
+    };
+    f.calls.length = 0;
+    f.events.length = 0;
+    const options: UpdateOptions = {
+      vmName: 'tiny01',
+      cacheDir: join(dir, 'cache'),
+      logDir: join(dir, 'logs'),
+      connect: 'qemu:///system',
+      virtType: 'auto',
+      bridge: 'br0',
+      shutdownTimeoutMs: 1000,
+    };
+    return { f, options };
+  }
+
+  it('changes nothing when the plan is the one the VM was made from', async () => {
+    const { f, options } = await madeVm();
+    const { result, failure } = await updateVirt(options, f.deps);
+    expect(failure).toBeUndefined();
+    expect(result).toMatchObject({ action: 'up-to-date', from: { generation: 1 } });
+    expect(f.calls.filter((c) => c[0] !== 'virsh' || c[3] !== 'dumpxml')).toEqual([]);
+  });
+
+  it('refuses a release without a data disk the VM has, before making anything', async () => {
+    const { f, options } = await madeVm();
+    const plan = structuredClone(PLAN);
+    plan.disks = plan.disks.filter((d) => d.id !== 'data');
+    f.deps.client.getPlan = async () => ({ plan });
+    await expect(updateVirt(options, f.deps)).rejects.toMatchObject({
+      code: 'CONFLICT',
+      message: expect.stringContaining("has no data disk 'data', which tiny01 has") as unknown,
+    });
+    expect(f.calls.filter((c) => c[0] === 'qemu-img' || c[3] === 'define')).toEqual([]);
+    expect(f.events).not.toContain('started');
+  });
+
+  it('a dry run leaves what a killed run left, and says what it would make', async () => {
+    const { f, options } = await madeVm();
+    const plan = structuredClone(PLAN);
+    plan.parameters.greeting = 'release 2';
+    f.deps.client.getPlan = async () => ({ plan });
+    const leftover = join(dir, 'vms', 'tiny01.g2.xml');
+    await writeFile(leftover, 'a definition a killed run wrote');
+    const { result } = await updateVirt({ ...options, dryRun: true }, f.deps);
+    expect(result).toMatchObject({ action: 'updated', dryRun: true, to: { generation: 2 } });
+    expect(result.xml).toContain(join(dir, 'vms', 'tiny01-root.g2.qcow2'));
+    expect(result.xml).toContain(join(dir, 'vms', 'tiny01-data.raw'));
+    expect(await readdir(join(dir, 'vms'))).toContain('tiny01.g2.xml');
+    expect(f.calls.filter((c) => c[0] === 'qemu-img' || c[3] === 'define')).toEqual([]);
   });
 });

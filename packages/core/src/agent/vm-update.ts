@@ -12,24 +12,16 @@
  * holds a complete definition of N or of N+1, and the next --update or --rollback reads which
  * from the domain's metadata, removes what a dead run left of other generations, and goes on.
  */
-import { copyFile, mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { PlanQuery } from '../client/client.ts';
-import { writeFileAtomic } from '../yaml/document.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { assertName } from '../util/names.ts';
-import { isAlive } from '../util/pid.ts';
-import { ensureDir } from '../store/store.ts';
+import { parseDuration } from '../util/duration.ts';
 import type { PlanDoc } from '../store/types.ts';
 import { openBlobCache } from './blob-cache.ts';
-import {
-  type DomainInfo,
-  parseDomainXml,
-  renderVmMeta,
-  VM_META_NS,
-  type VmMeta,
-} from './domain-xml.ts';
+import type { DomainInfo, VmMeta } from './domain-xml.ts';
 import {
   asImgctlError,
   assertPullable,
@@ -56,7 +48,17 @@ import {
   vmMeta,
   vmNics,
 } from './virt.ts';
-import { parseDuration } from '../util/duration.ts';
+import {
+  definitionFile,
+  keepSerialLog,
+  keptGeneration,
+  lockVm,
+  pruneGenerations,
+  readVm,
+  setHealth,
+  type Virsh,
+  writeDurably,
+} from './vm-generations.ts';
 
 export interface UpdateOptions
   extends
@@ -126,8 +128,6 @@ export interface UpdateOutcome {
   result: UpdateResult;
   failure?: ImgctlError;
 }
-
-type Virsh = (args: string[]) => Promise<{ stdout: string }>;
 
 const POLL_MS = 500;
 
@@ -477,22 +477,6 @@ async function switchBack(
   return await startAndCheck(vm, target.meta, virsh, options.healthTimeoutMs, deps);
 }
 
-/** The generation `meta` replaced, with its definition file; NOT_FOUND when none is kept. */
-async function keptGeneration(vm: string, meta: VmMeta): Promise<{ meta: VmMeta; file: string }> {
-  const previous = meta.previous;
-  const file = previous === undefined ? undefined : definitionFile(meta.virtPath, vm, previous);
-  const xml = file && (await readFile(file, 'utf8').catch(() => undefined));
-  const info = xml ? parseDomainXml(xml, file!) : undefined;
-  if (!file || !info?.meta || info.meta.generation !== previous) {
-    throw new ImgctlError(
-      'NOT_FOUND',
-      `${vm} has no previous generation to go back to (it is on generation ${meta.generation})`,
-      { hint: 'only the generation an update replaced is kept, until the next update' },
-    );
-  }
-  return { meta: info.meta, file };
-}
-
 /** Starts the domain and waits for its check; a start that fails is a failed check. */
 async function startAndCheck(
   vm: string,
@@ -561,149 +545,6 @@ async function stopDomain(vm: string, virsh: Virsh, deps: VirtDeps, timeoutMs: n
 
 async function domainState(vm: string, virsh: Virsh): Promise<string> {
   return (await virsh(['domstate', vm])).stdout.trim();
-}
-
-/** The domain as defined, with imgagent's metadata; NOT_FOUND / CONFLICT when it has none. */
-async function readVm(
-  vm: string,
-  virsh: Virsh,
-): Promise<DomainInfo & { meta: VmMeta; xml: string }> {
-  let xml: string;
-  try {
-    xml = (await virsh(['dumpxml', '--inactive', '--security-info', vm])).stdout;
-  } catch {
-    throw new ImgctlError('NOT_FOUND', `no VM '${vm}' on this host`, {
-      hint: 'make it with imgagent --virt first',
-    });
-  }
-  const info = parseDomainXml(xml, `domain ${vm}`);
-  if (!info.meta)
-    throw new ImgctlError(
-      'CONFLICT',
-      `VM '${vm}' was not made by imgagent --virt (no imgctl metadata)`,
-      {
-        hint: 'make it again with imgagent --virt --force, or update it by other means',
-      },
-    );
-  return { ...info, meta: info.meta, xml };
-}
-
-/** Records the generation's health in the domain's persistent definition. */
-async function setHealth(vm: string, meta: VmMeta, connect: string, deps: VirtDeps) {
-  await run(
-    deps.runner,
-    'virsh',
-    [
-      ...['--connect', connect, 'metadata', vm, '--uri', VM_META_NS],
-      ...['--key', 'imgctl', '--set', renderVmMeta(meta, true), '--config'],
-    ],
-    'virsh metadata',
-  );
-}
-
-/**
- * Removes what generations other than `keep` left at the VM's path: their system and scratch
- * disks, seed and definition (data disks never). Each generation's files are read from its own
- * definition file, never guessed from names.
- */
-async function pruneGenerations(
-  vm: string,
-  meta: VmMeta,
-  keep: Array<number | undefined>,
-  deps: Pick<VirtDeps, 'log'>,
-): Promise<void> {
-  const dir = meta.virtPath;
-  const kept = new Set<string>([meta.seed, ...meta.disks.map((d) => d.path)]);
-  const others: Array<{ file: string; meta?: VmMeta }> = [];
-  const names = await readdir(dir).catch(() => [] as string[]);
-  for (const name of names) {
-    const generation = generationOf(vm, name);
-    if (generation === undefined) continue;
-    const file = join(dir, name);
-    const xml = await readFile(file, 'utf8').catch(() => '');
-    let info: VmMeta | undefined;
-    try {
-      info = parseDomainXml(xml, file).meta;
-    } catch {
-      info = undefined;
-    }
-    if (keep.includes(generation)) {
-      for (const path of info ? [info.seed, ...info.disks.map((d) => d.path)] : []) kept.add(path);
-    } else others.push({ file, meta: info });
-  }
-  for (const other of others) {
-    const files = other.meta
-      ? [other.meta.seed, ...other.meta.disks.filter((d) => d.use !== 'data').map((d) => d.path)]
-      : [];
-    for (const path of files) {
-      if (kept.has(path) || dirname(path) !== dir) continue;
-      await rm(path, { force: true });
-      // and a disk a killed run left under its temporary name
-      for (const name of names)
-        if (name.startsWith(`${basename(path)}.tmp-`)) await rm(join(dir, name), { force: true });
-    }
-    await rm(other.file, { force: true });
-    deps.log(
-      `removed generation ${other.meta?.generation ?? '?'} of ${vm} (${basename(other.file)})`,
-    );
-  }
-}
-
-/** N for VM.gN.xml, the definition file of generation N of `vm`; undefined for other names. */
-function generationOf(vm: string, name: string): number | undefined {
-  const prefix = `${vm}.g`;
-  if (!name.startsWith(prefix) || !name.endsWith('.xml')) return undefined;
-  const digits = name.slice(prefix.length, -'.xml'.length);
-  return /^[1-9][0-9]{0,8}$/.test(digits) ? Number(digits) : undefined;
-}
-
-function definitionFile(virtPath: string, vm: string, generation: number): string {
-  return join(virtPath, `${vm}.g${generation}.xml`);
-}
-
-async function writeDurably(file: string, text: string): Promise<void> {
-  await ensureDir(dirname(file), 0o755);
-  await writeFileAtomic(file, text);
-}
-
-/** A copy of the serial console of a failed boot, before the rollback's boot truncates it. */
-async function keepSerialLog(
-  vm: string,
-  meta: VmMeta,
-  logDir: string,
-): Promise<string | undefined> {
-  const dest = join(logDir, meta.image, `${vm}.g${meta.generation}.failed.serial.log`);
-  try {
-    await ensureDir(dirname(dest), 0o755);
-    await copyFile(meta.serialLog, dest);
-    return dest;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * One update or rollback of a VM at a time: VM.lock at its path holds the pid of the agent
- * working on it; a lock whose process is gone (killed) is taken over.
- */
-async function lockVm(virtPath: string, vm: string): Promise<() => Promise<void>> {
-  const file = join(virtPath, `${vm}.lock`);
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const handle = await open(file, 'wx', 0o600);
-      await handle.writeFile(`${process.pid}\n`);
-      await handle.close();
-      return () => rm(file, { force: true });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 2) throw error;
-      const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
-      if (isAlive(pid) && pid !== process.pid)
-        throw new ImgctlError('CONFLICT', `agent ${pid} is updating ${vm} now`, {
-          hint: `nothing was changed; wait for it (or remove ${file} if no agent runs)`,
-        });
-      await rm(file, { force: true });
-    }
-  }
 }
 
 /** --virt-name, else the VM name the server plans for --system. */
