@@ -39,6 +39,7 @@ export interface Flags {
   kexec?: boolean;
   update?: boolean;
   rollback?: boolean;
+  follow?: string;
   shutdownTimeout: string;
   healthTimeout?: string;
   progress?: boolean;
@@ -49,12 +50,16 @@ export interface Flags {
  * contacted.
  */
 export function checkNames(flags: Flags): void {
-  if (flags.image !== undefined) {
+  for (const [flag, value] of [
+    ['--image', flags.image],
+    ['--follow', flags.follow],
+  ] as const) {
+    if (value === undefined) continue;
     try {
-      parseImageRef(flags.image);
+      parseImageRef(value);
     } catch (error) {
       const e = error as ImgctlError;
-      throw new ImgctlError('USAGE', `--image: ${e.message}`, {
+      throw new ImgctlError('USAGE', `${flag}: ${e.message}`, {
         hint: 'an image is NAME, NAME@REVISION (a release) or NAME@CHANNEL; names are [a-z0-9][a-z0-9._-]{0,62}',
       });
     }

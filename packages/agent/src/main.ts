@@ -40,7 +40,7 @@ Examples:
   imgagent --server http://imgsrv:8460 --replace-self --system tiny01 --target-disk /dev/sdb --dry-run
   imgagent --server http://imgsrv:8460 --update --virt-name tiny01      # to what its channel says
   imgagent --server http://imgsrv:8460 --update --virt-name tiny01 --image tiny-linux@4 --dry-run
-  imgagent --rollback --virt-name tiny01
+  imgagent --server http://imgsrv:8460 --rollback --virt-name tiny01
 
 Exit codes: 0 ok, 1 failed, 2 usage, 3 validation, 4 not found, 5 conflict (the VM exists),
 6 this host cannot run the image (or the target disk is too small), 7 integrity (checksum or
@@ -131,6 +131,10 @@ export function agentProgram(
       '--shutdown-timeout <duration>',
       '--update/--rollback: how long a running VM gets to shut down before it is destroyed',
       '120s',
+    )
+    .option(
+      '--follow <ref>',
+      '--virt/--update: the image reference the VM follows from now on (default: --image); imgctl provision passes the channel it pinned',
     )
     .option('--virt-name <name>', 'the VM name (default: the system, else the image)')
     .option('--virt-path <dir>', 'where the VM disks and seed go', DEFAULT_VIRT_PATH)

@@ -19,6 +19,7 @@ export async function run(ctx: ActionContext): Promise<ActionResult> {
       ...planQuery(flags),
       vmName: flags.virtName,
       ...virtHostFlags(flags, abs),
+      follow: flags.follow,
       force: flags.force,
       dryRun: flags.dryRun,
       ...timeouts(flags),

@@ -16,6 +16,7 @@ export async function run(ctx: ActionContext): Promise<ActionResult> {
       ...planQuery(flags),
       virtPath: abs(flags.virtPath),
       ...virtHostFlags(flags, abs),
+      follow: flags.follow,
       noStart: !flags.start,
       autostart: flags.autostart,
       dryRun: flags.dryRun,

@@ -104,7 +104,9 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
       : await pinImageRef(options.image, { storeDir, server, token });
   if (image !== options.image && !ctx.json)
     ctx.io.stderr.write(`imgctl: ${options.image} is ${image}: every target gets that release\n`);
-  const agentArgs = agentArguments({ ...options, image });
+  // a VM made or updated from the pinned release goes on following the channel
+  const follow = image !== options.image && options.virt ? ['--follow', options.image!] : [];
+  const agentArgs = [...agentArguments({ ...options, image }), ...follow];
   const agentBundle = await locateAgentBundle(ctx.io);
   const agentExecutable = await locateAgentExecutable(ctx.io, agentBundle);
 

@@ -1,5 +1,6 @@
 import { childElements, firstChild, parseXml, textOf, type XmlElement } from '../disks/xml.ts';
 import type { BootEntry, DiskUse } from '../store/types.ts';
+import { ImgctlError } from '../util/errors.ts';
 
 /** The namespace of the `<metadata>` element imgagent keeps in the domains it defines. */
 export const VM_META_NS = 'https://imgctl.dev/xmlns/vm/1';
@@ -259,7 +260,13 @@ export function parseDomainXml(xml: string, what: string): DomainInfo {
 function readVmMeta(el: XmlElement, what: string): VmMeta {
   const a = el.attrs;
   const bad = (field: string): never => {
-    throw new Error(`${what}: imgctl metadata: '${field}' is missing or not valid`);
+    throw new ImgctlError(
+      'VALIDATION',
+      `${what}: imgctl metadata: '${field}' is missing or not valid`,
+      {
+        hint: 'the domain was edited by hand? make the VM again with imgagent --virt --force',
+      },
+    );
   };
   const text = (field: string) => a[field] ?? bad(field);
   const int = (field: string) => {

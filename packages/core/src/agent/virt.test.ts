@@ -340,6 +340,16 @@ describe('updateVirt', () => {
     expect(f.calls.filter((c) => c[0] !== 'virsh' || c[3] !== 'dumpxml')).toEqual([]);
   });
 
+  it('--image of the plan the VM runs makes it follow that reference, and changes nothing else', async () => {
+    const { f, options } = await madeVm();
+    const { result } = await updateVirt({ ...options, image: 'tiny-linux@stable' }, f.deps);
+    expect(result.action).toBe('up-to-date');
+    const metadata = f.calls.filter((c) => c[3] === 'metadata');
+    expect(metadata).toHaveLength(1);
+    expect(metadata[0]!.join(' ')).toContain("reference='tiny-linux@stable'");
+    expect(f.calls.filter((c) => c[0] === 'qemu-img' || c[3] === 'define')).toEqual([]);
+  });
+
   it('refuses a release without a data disk the VM has, before making anything', async () => {
     const { f, options } = await madeVm();
     const plan = structuredClone(PLAN);

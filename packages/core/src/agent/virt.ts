@@ -75,6 +75,11 @@ export interface VirtOptions extends PlanQuery {
   printXml?: boolean;
   force?: boolean;
   keepOnFailure?: boolean;
+  /**
+   * the reference the VM follows from now on, when it is not --image: imgctl provision plans
+   * every target from the release a channel pointed at, and the VMs follow the channel
+   */
+  follow?: string;
 }
 
 export interface VmDisk {
@@ -151,7 +156,14 @@ export async function provisionVirt(options: VirtOptions, deps: VirtDeps): Promi
     layout,
     nics,
     graphics: options.nogfx ? 'none' : plan.devices.graphics,
-    meta: vmMeta(plan, { generation: 1, health: 'none', instanceId, layout, disks, options }),
+    meta: vmMeta(plan, {
+      generation: 1,
+      health: 'none',
+      instanceId,
+      layout,
+      disks,
+      options,
+    }),
   });
   const result: VirtResult = {
     vm,
@@ -287,14 +299,14 @@ export function vmMeta(
     instanceId: string;
     layout: Layout;
     disks: VmDisk[];
-    options: Pick<VirtOptions, 'virtPath'>;
+    options: Pick<VirtOptions, 'virtPath' | 'follow'>;
   },
 ): VmMeta {
   return {
     generation: spec.generation,
     previous: spec.previous,
     image: plan.image.name,
-    reference: plan.image.reference ?? plan.image.release ?? plan.image.name,
+    reference: spec.options.follow ?? plan.image.reference ?? plan.image.release ?? plan.image.name,
     release: plan.image.release,
     record: plan.record,
     system: plan.system,

@@ -65,8 +65,8 @@ export async function readVm(
   return { ...info, meta: info.meta, xml };
 }
 
-/** Records the generation's health in the domain's persistent definition. */
-export async function setHealth(vm: string, meta: VmMeta, connect: string, deps: VirtDeps) {
+/** Replaces imgagent's metadata in the domain's persistent definition (its health, what it follows). */
+export async function setMeta(vm: string, meta: VmMeta, connect: string, deps: VirtDeps) {
   await run(
     deps.runner,
     'virsh',

@@ -55,7 +55,7 @@ import {
   lockVm,
   pruneGenerations,
   readVm,
-  setHealth,
+  setMeta,
   type Virsh,
   writeDurably,
 } from './vm-generations.ts';
@@ -65,7 +65,15 @@ export interface UpdateOptions
     Omit<PlanQuery, 'vmName'>,
     Pick<
       VirtOptions,
-      'cacheDir' | 'cacheLimit' | 'logDir' | 'connect' | 'virtType' | 'bridge' | 'nogfx' | 'dryRun'
+      | 'cacheDir'
+      | 'cacheLimit'
+      | 'logDir'
+      | 'connect'
+      | 'virtType'
+      | 'bridge'
+      | 'nogfx'
+      | 'dryRun'
+      | 'follow'
     > {
   /** the VM; default: the VM name of --system's plan */
   vmName?: string;
@@ -161,6 +169,12 @@ export async function updateVirt(options: UpdateOptions, deps: VirtDeps): Promis
     const from = summary(meta);
     const base = { vm, from, serialLog: meta.serialLog, keptDataDisks: [], disks: [] };
     if (planFingerprint(plan) === meta.fingerprint && !options.force) {
+      const follow = options.follow ?? options.image ?? meta.reference;
+      if (follow !== meta.reference && !options.dryRun) {
+        await setMeta(vm, { ...meta, reference: follow }, options.connect, deps);
+        deps.log(`${vm} follows ${follow} from now on (it was ${meta.reference})`);
+        meta.reference = follow;
+      }
       if (meta.health !== 'pending' || options.dryRun) {
         deps.log(`${vm} is up to date: generation ${meta.generation}, ${describe(from)}`);
         return {
@@ -287,19 +301,28 @@ async function switchGeneration(
   });
   const toMake = disks.filter((d) => !keptData.some((k) => k.path === d.path));
   const instanceId = `${vm}-${deps.randomHex(4)}`;
-  // The nics keep their MAC addresses: the guest's network identity survives the update.
-  const nics = vmNics(plan, options.bridge, deps.randomHex).map((nic, i) => ({
-    ...nic,
-    mac: plan.devices.nics[i]?.mac?.toLowerCase() ?? current.nics[i]?.mac ?? nic.mac,
-  }));
+  // The nics keep their MAC addresses (the guest's network identity) and, without
+  // --virt-bridge, the bridge or network this host attached them to.
+  const nics = vmNics(plan, options.bridge, deps.randomHex).map((nic, i) => {
+    const was = current.nics[i];
+    const mac = plan.devices.nics[i]?.mac?.toLowerCase() ?? was?.mac ?? nic.mac;
+    if (options.bridge !== undefined || !was) return { ...nic, mac };
+    return { ...nic, mac, bridge: was.bridge, network: was.bridge ? undefined : was.network };
+  });
+  // An unchecked generation (an update killed before its check) is no way back.
+  const previous = meta.health === 'pending' ? (meta.previous ?? meta.generation) : meta.generation;
+  if (previous !== meta.generation)
+    deps.log(
+      `generation ${meta.generation} was never seen healthy: generation ${previous} stays the way back`,
+    );
   const newMeta = vmMeta(plan, {
     generation,
-    previous: meta.generation,
+    previous,
     health: 'pending',
     instanceId,
     layout,
     disks,
-    options: { virtPath },
+    options: { virtPath, follow: options.follow ?? options.image ?? meta.reference },
   });
   const xml = vmDomainXml(plan, {
     virtType: host.virtType,
@@ -407,7 +430,7 @@ async function bootAndCheck(
   const health = await startAndCheck(vm, meta, virsh, options.healthTimeoutMs, deps);
   const seconds = () => (deps.now() - started) / 1000;
   if (health.ok) {
-    await setHealth(vm, { ...meta, health: 'ok' }, options.connect, deps);
+    await setMeta(vm, { ...meta, health: 'ok' }, options.connect, deps);
     await pruneGenerations(vm, meta, [meta.generation, meta.previous], deps);
     deps.log(
       `${vm} is healthy on generation ${meta.generation} (${health.check}, ${health.seconds.toFixed(1)}s)`,
