@@ -16,6 +16,27 @@ export interface BenchDisk {
   file: string;
 }
 
+/** `imgctl --store STORE ARGS…` as a user runs it; its output. */
+export function imgctl(store: string, args: string[]) {
+  return execa(process.execPath, [IMGCTL, '--store', store, ...args]);
+}
+
+/** Adds `disks` to `image` with `imgctl disk add`; their sha256 by id. */
+async function addDisks(
+  store: string,
+  image: string,
+  disks: BenchDisk[],
+): Promise<Record<string, string>> {
+  const digests: Record<string, string> = {};
+  for (const disk of disks) {
+    const added = await imgctl(store, [
+      ...['disk', 'add', image, '--id', disk.id, '--use', disk.use, disk.file, '--json'],
+    ]);
+    digests[disk.id] = (JSON.parse(added.stdout) as { disk: { sha256: string } }).disk.sha256;
+  }
+  return digests;
+}
+
 /**
  * Copies the example store to `dir` without its blobs and gives its tiny-linux image `disks`
  * (added with `imgctl disk add`, so the descriptor and revision stay consistent).
@@ -23,21 +44,19 @@ export interface BenchDisk {
 export async function exampleStoreWith(dir: string, disks: BenchDisk[]): Promise<string> {
   await execa('cp', ['-r', join(ROOT, 'image-store'), dir]);
   await rm(join(dir, '.blobs'), { recursive: true, force: true });
-  for (const disk of disks)
-    await execa(process.execPath, [
-      IMGCTL,
-      '--store',
-      dir,
-      'disk',
-      'add',
-      'tiny-linux',
-      '--id',
-      disk.id,
-      '--use',
-      disk.use,
-      disk.file,
-    ]);
+  await addDisks(dir, 'tiny-linux', disks);
   return dir;
+}
+
+/** A new image `name` like `source` (`imgctl image copy`) with `disks`; their sha256 by id. */
+export async function copyImageWith(
+  store: string,
+  source: string,
+  name: string,
+  disks: BenchDisk[],
+): Promise<Record<string, string>> {
+  await imgctl(store, ['image', 'copy', source, name]);
+  return addDisks(store, name, disks);
 }
 
 /** Bundles the agent into `outdir` as targets run it (scripts/build.mjs); its path. */
