@@ -81,13 +81,16 @@ export const run: Handler<ProvisionOptions> = async (args, options, ctx) => {
     throw error;
   });
   const targets = await resolveTargets(specs, storeDir);
+  // an update of a VM named by --virt-name plans what that VM follows
+  const updatesNamedVm = options.virt && options.update && options.virtName !== undefined;
   if (
     options.image === undefined &&
     options.system === undefined &&
+    !updatesNamedVm &&
     targets.some((t) => t.system === undefined)
   )
     throw new ImgctlError('USAGE', 'say what to provision: --image NAME or --system NAME', {
-      hint: 'a target that is a system name brings its own --system',
+      hint: 'a target that is a system name brings its own --system; --virt --update --virt-name VM updates VM to what it follows',
     });
   const server = await resolveServerUrl({
     given: options.server,
@@ -382,8 +385,10 @@ interface UpdateResultView {
 }
 
 function detail(r: TargetResult): string {
-  if (r.status !== 'ok') return r.error?.message ?? '';
   const result = r.result as UpdateResultView | undefined;
+  if (r.status !== 'ok' && result?.action === 'rolled-back' && result.vm)
+    return `vm ${terminalSafe(String(result.vm))} ${describeUpdate(result)}: ${r.error?.message ?? ''}`;
+  if (r.status !== 'ok') return r.error?.message ?? '';
   const parts = [];
   if (result?.vm)
     parts.push(

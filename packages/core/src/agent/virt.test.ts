@@ -350,6 +350,18 @@ describe('updateVirt', () => {
     expect(f.calls.filter((c) => c[0] === 'qemu-img' || c[3] === 'define')).toEqual([]);
   });
 
+  it('refuses --follow of another image', async () => {
+    const { f, options } = await madeVm();
+    const plan = structuredClone(PLAN);
+    plan.parameters.greeting = 'release 2';
+    f.deps.client.getPlan = async () => ({ plan });
+    await expect(updateVirt({ ...options, follow: 'web@stable' }, f.deps)).rejects.toMatchObject({
+      code: 'USAGE',
+      message: '--follow web@stable: the VM runs tiny-linux',
+    });
+    expect(f.calls.filter((c) => c[0] === 'qemu-img' || c[3] === 'define')).toEqual([]);
+  });
+
   it('refuses a release without a data disk the VM has, before making anything', async () => {
     const { f, options } = await madeVm();
     const plan = structuredClone(PLAN);

@@ -32,6 +32,7 @@ import { type DomainDisk, type DomainNic, renderDomainXml, type VmMeta } from '.
 import { redactPlan } from '../plan/plan.ts';
 import { canonicalJson } from '../plan/signing.ts';
 import { parseDuration } from '../util/duration.ts';
+import { parseImageRef } from '../store/releases.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { checkHost, type HostCheckResult, type HostProbe, type VirtType } from './host-check.ts';
 import { assertName } from '../util/names.ts';
@@ -302,6 +303,11 @@ export function vmMeta(
     options: Pick<VirtOptions, 'virtPath' | 'follow'>;
   },
 ): VmMeta {
+  const follow = spec.options.follow;
+  if (follow !== undefined && parseImageRef(follow).name !== plan.image.name)
+    throw new ImgctlError('USAGE', `--follow ${follow}: the VM runs ${plan.image.name}`, {
+      hint: `follow a reference to ${plan.image.name}: NAME, NAME@REV or NAME@CHANNEL`,
+    });
   return {
     generation: spec.generation,
     previous: spec.previous,

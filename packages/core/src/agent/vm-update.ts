@@ -305,8 +305,8 @@ async function switchGeneration(
   // --virt-bridge, the bridge or network this host attached them to.
   const nics = vmNics(plan, options.bridge, deps.randomHex).map((nic, i) => {
     const was = current.nics[i];
-    const mac = plan.devices.nics[i]?.mac?.toLowerCase() ?? was?.mac ?? nic.mac;
-    if (options.bridge !== undefined || !was) return { ...nic, mac };
+    const mac = plan.devices.nics[i]?.mac?.toLowerCase() ?? (was?.mac || nic.mac);
+    if (options.bridge !== undefined || !(was?.bridge || was?.network)) return { ...nic, mac };
     return { ...nic, mac, bridge: was.bridge, network: was.bridge ? undefined : was.network };
   });
   // An unchecked generation (an update killed before its check) is no way back.
