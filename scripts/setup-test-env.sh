@@ -53,6 +53,11 @@ declare -A PACKAGES=(
   [systemd]=systemd-analyze
   [man-db]=man
   [groff-base]=groff
+  # network boot e2e (test/netboot): a VM's iPXE ROM asks dnsmasq on a test bridge for its boot
+  # script (ipxe-qemu: the ROMs qemu's -boot n runs); --via-ramdisk switches with kexec
+  [dnsmasq-base]=/usr/sbin/dnsmasq
+  [ipxe-qemu]=/usr/lib/ipxe/qemu/pxe-virtio.rom
+  [kexec-tools]=kexec
 )
 
 missing=()
