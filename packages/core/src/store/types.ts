@@ -184,6 +184,8 @@ export interface SystemDoc {
   parameters?: Record<string, unknown>;
   /** for --replace-self: the disk the image is written over */
   target_disk?: string;
+  /** true: the next network boot starts the provisioning ramdisk (cleared when it posts done) */
+  netboot?: boolean;
 }
 
 export type Layer = 'image' | 'record' | 'system' | 'command line';

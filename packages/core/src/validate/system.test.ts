@@ -13,4 +13,12 @@ describe('validateDocument: systems', () => {
       'f.yaml:14:10 interfaces[1].mac: duplicate MAC 52:54:00:12:34:56 (also interfaces[0])',
     ]);
   });
+
+  it('takes netboot as a boolean only', () => {
+    expect(check('System', `${SYSTEM}netboot: true\n`)).toEqual([]);
+    expect(check('System', `${SYSTEM}netboot: false\n`)).toEqual([]);
+    expect(check('System', `${SYSTEM}netboot: yes please\n`)).toEqual([
+      "f.yaml:17:10 netboot: must be true or false (got the string 'yes please')",
+    ]);
+  });
 });
