@@ -4,6 +4,7 @@
  */
 import { printable } from '../util/names.ts';
 import { SHA256_HEX } from '../store/store.ts';
+import { bootScopes } from './boot-scope.ts';
 import { HttpError, sendBlob } from './files.ts';
 import type { RouteContext } from './route-context.ts';
 import { queryOf } from './route-helpers.ts';
@@ -15,6 +16,7 @@ export function blobRoutes(ctx: RouteContext): Route[] {
     {
       method: 'GET',
       path: '/v1/blobs/sha256/:hex',
+      boot: bootScopes(ctx).blob,
       async handle(request, match) {
         queryOf(request.query, []);
         const hex = match.param('hex');

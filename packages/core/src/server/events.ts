@@ -3,6 +3,7 @@
  * server appends them as JSON lines under .state/events/<system>.jsonl (fsynced), and status is
  * computed from those files — by `GET /v1/status` and by `imgctl status` without a server.
  */
+import { createHash } from 'node:crypto';
 import { mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { syncDirectory } from '../yaml/document.ts';
@@ -10,7 +11,8 @@ import { compact } from '../util/compact.ts';
 import { EXIT, type ErrorCode, ImgctlError } from '../util/errors.ts';
 import { isValidName, printable } from '../util/names.ts';
 import { parseImageRef, resolveImageRef } from '../store/releases.ts';
-import { listSystems } from '../store/systems.ts';
+import { listSystems, setSystem } from '../store/systems.ts';
+import { parseYamlValue } from '../yaml/quick-yaml.ts';
 import { storePaths } from '../store/store.ts';
 
 const PHASES = [
@@ -166,6 +168,39 @@ async function appendLine(dir: string, file: string, line: string): Promise<void
   }
   // A new file's directory entry must survive a crash too.
   if (created) await syncDirectory(dir);
+}
+
+/**
+ * After a system's `done`: `netboot: true` in systems/NAME.yaml becomes false, by the edit
+ * `imgctl system set NAME netboot=false` makes (store lock, checked, atomic write, comments
+ * kept), so its next network boot goes to the local disk. Resolves true when it changed the
+ * file, false when there is no such system or netboot was not true; throws when the file cannot
+ * be read or edited.
+ */
+export async function clearNetboot(storeDir: string, system: string): Promise<boolean> {
+  let text: string;
+  try {
+    text = await readFile(storePaths.systemFile(storeDir, system), 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw error;
+  }
+  const doc = parseYamlValue(text) as { netboot?: unknown } | null;
+  if (doc?.netboot !== true) return false;
+  return (await setSystem(storeDir, system, ['netboot=false'])).changed;
+}
+
+/** The SHA-256 of systems/NAME.yaml as it is now; undefined when it cannot be read. */
+export async function systemFileDigest(
+  storeDir: string,
+  system: string,
+): Promise<string | undefined> {
+  try {
+    const content = await readFile(storePaths.systemFile(storeDir, system));
+    return createHash('sha256').update(content).digest('hex');
+  } catch {
+    return undefined;
+  }
 }
 
 /** Every event of one system (or all), oldest first; a torn last line is skipped. */

@@ -10,6 +10,7 @@ import { printable } from '../util/names.ts';
 import { renderImageFile } from '../plan/image-files.ts';
 import { redactPlan, resolvePlan } from '../plan/plan.ts';
 import { loadImage } from '../store/images.ts';
+import { bootScopes } from './boot-scope.ts';
 import { fileInStore, HttpError, lstatInStore, symlinkedEntries } from './files.ts';
 import type { RouteContext, ServedImage } from './route-context.ts';
 import { json, listDir, noStore, queryOf, sha256 } from './route-helpers.ts';
@@ -144,6 +145,7 @@ export function fileRoutes(ctx: RouteContext): Route[] {
     {
       method: 'GET',
       path: '/v1/images/:image/files/*path',
+      boot: bootScopes(ctx).image,
       async handle(request, match) {
         return file(request, match.param('image'), match.rest);
       },

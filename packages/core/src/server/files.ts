@@ -290,6 +290,11 @@ export function parseRange(
 
 const BLOB_CHUNK = 1024 * 1024;
 
+/** Where blob `hex` is, below the store: .blobs/sha256/ab/<hex> (as store.ts's blobFile). */
+export function blobSegments(hex: string): string[] {
+  return ['.blobs', 'sha256', hex.slice(0, 2), hex];
+}
+
 /**
  * Answers GET/HEAD for one blob: ETag (the sha256), Content-Length, Accept-Ranges, immutable
  * caching, a single Range (206, or 416 past the end), If-None-Match (304) and If-Range.
@@ -301,8 +306,7 @@ export async function sendBlob(
   storeDir: string,
   hex: string,
 ): Promise<number> {
-  const segments = ['.blobs', 'sha256', hex.slice(0, 2), hex];
-  const path = fileInStore(storeDir, segments, `blob sha256:${hex}`);
+  const path = fileInStore(storeDir, blobSegments(hex), `blob sha256:${hex}`);
   const handle = await open(path, 'r');
   let owned = true;
   try {

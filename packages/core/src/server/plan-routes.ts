@@ -9,6 +9,7 @@ import {
   type SignedPlan,
 } from '../plan/signing.ts';
 import type { PlanDoc } from '../store/types.ts';
+import { bootScopes } from './boot-scope.ts';
 import { HttpError, lstatInStore } from './files.ts';
 import { type Kept, kept, type RouteContext, type ServedImage } from './route-context.ts';
 import { json, listDir, queryOf } from './route-helpers.ts';
@@ -113,5 +114,8 @@ export function planRoutes(ctx: RouteContext): Route[] {
     };
   }
 
-  return [{ method: 'GET', path: '/v1/plan', handle: plan }, notFoundBelow('/v1/plan')];
+  return [
+    { method: 'GET', path: '/v1/plan', handle: plan, boot: bootScopes(ctx).plan },
+    notFoundBelow('/v1/plan'),
+  ];
 }

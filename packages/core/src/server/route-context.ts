@@ -19,6 +19,7 @@ import {
 } from '../store/releases.ts';
 import { findSystem, showSystem } from '../store/systems.ts';
 import type { ImageStoreDoc } from '../store/types.ts';
+import { type BootTokens, createBootTokens } from './boot-tokens.ts';
 import { HttpError, lstatInStore, type StoreWatch, watchStore } from './files.ts';
 import { listDir } from './route-helpers.ts';
 
@@ -39,6 +40,8 @@ export interface Signer {
 export interface SystemRef {
   name: string;
   image: string;
+  /** the system's `netboot` */
+  netboot: boolean;
 }
 
 /** A value kept while the directories it was read from are unchanged (StoreWatch.stamp). */
@@ -55,6 +58,18 @@ export interface ServedImage extends ResolvedImageRef {
 export interface RouteContext {
   storeDir: string;
   now: () => Date;
+  /** the server's log: one line, never a token */
+  log: (line: string) => void;
+  /** the server has a write token: agents can post events (and so end a network boot) */
+  acceptsEvents: boolean;
+  /** the tokens of network boots */
+  bootTokens: BootTokens;
+  /**
+   * Systems that posted `done` whose `netboot: true` could not be cleared, with the SHA-256 of
+   * their file then: they boot the local disk until the file changes (else they would be
+   * installed again at every boot).
+   */
+  netbootHeld: Map<string, string>;
   watch: StoreWatch;
   dirs: { images: string; systems: string; releases: string };
   /** store.yaml (refused when a symlink); undefined when it cannot be read or is not valid */
@@ -107,10 +122,16 @@ export function kept<T>(
   return value;
 }
 
+export interface RouteContextOptions {
+  acceptsEvents?: boolean;
+  bootTokenTtlMs?: number;
+}
+
 export function createRouteContext(
   storeDir: string,
   now: () => Date,
   log: (line: string) => void,
+  options: RouteContextOptions = {},
 ): RouteContext {
   // Kept while the directories they were read from are unchanged (see watchStore): a hit
   // costs a few map look-ups.
@@ -242,13 +263,17 @@ export function createRouteContext(
         for (const name of listDir(dirs.systems)) lstatInStore(storeDir, ['systems', name]);
       }
       const doc = byName ? await showSystem(storeDir, key) : await findSystem(storeDir, key);
-      return { name: doc.name, image: doc.image };
+      return { name: doc.name, image: doc.image, netboot: doc.netboot === true };
     });
   }
 
   return {
     storeDir,
     now,
+    log,
+    acceptsEvents: options.acceptsEvents ?? false,
+    bootTokens: createBootTokens(now, options.bootTokenTtlMs),
+    netbootHeld: new Map(),
     watch,
     dirs,
     storeConfig,

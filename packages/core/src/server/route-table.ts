@@ -12,8 +12,13 @@ export interface RouteRequest {
   /** decoded path segments after the leading slash */
   segments: string[];
   query: URLSearchParams;
-  /** the request carried a configured token (read or write): plans include secret values */
+  /**
+   * the request carried a configured token (read or write) or a boot token: plans include
+   * secret values
+   */
   authed: boolean;
+  /** the system of the boot token the request carried (boot-tokens.ts): it may reach no further */
+  bootSystem?: string;
   req: IncomingMessage;
   res: ServerResponse;
   /** the parsed JSON body of a POST */
@@ -42,6 +47,14 @@ export interface Route {
    */
   path: string;
   handle(request: RouteRequest, match: RouteMatch): Promise<Reply>;
+  /** answered without a token even when the server needs one for reads (what iPXE fetches) */
+  open?: boolean;
+  /**
+   * Whether a boot token of `request.bootSystem` reaches this route: throws (403) when the
+   * request goes beyond that system's own plan, files, blobs or events. A route without one
+   * refuses boot tokens, unless it is open.
+   */
+  boot?: (request: RouteRequest, match: RouteMatch) => Promise<void>;
 }
 
 export interface Router {
@@ -49,6 +62,8 @@ export interface Router {
   handle(request: RouteRequest): Promise<Reply>;
   /** the methods the routes matching a path take, for 405 answers; empty when none matches */
   methodsFor(segments: string[]): string[];
+  /** whether the route a request for `segments` would reach is open (Route.open) */
+  isOpen(method: string, segments: string[]): boolean;
 }
 
 export function createRouter(routes: readonly Route[]): Router {
@@ -56,15 +71,28 @@ export function createRouter(routes: readonly Route[]): Router {
     route,
     pattern: route.path === '/' ? [] : route.path.slice(1).split('/'),
   }));
+  const find = (requestMethod: string, segments: string[]) => {
+    const method = requestMethod === 'HEAD' ? 'GET' : requestMethod;
+    for (const { route, pattern } of table) {
+      if (route.method !== method) continue;
+      const match = matchPattern(pattern, segments);
+      if (match) return { route, match };
+    }
+    return undefined;
+  };
   return {
     async handle(request) {
-      const method = request.method === 'HEAD' ? 'GET' : request.method;
-      for (const { route, pattern } of table) {
-        if (route.method !== method) continue;
-        const match = matchPattern(pattern, request.segments);
-        if (match) return route.handle(request, match);
+      const found = find(request.method, request.segments);
+      if (!found) throw notFound(request.segments);
+      const { route, match } = found;
+      if (request.bootSystem !== undefined && !route.open) {
+        if (!route.boot) throw bootRefused(request.bootSystem);
+        await route.boot(request, match);
       }
-      throw notFound(request.segments);
+      return route.handle(request, match);
+    },
+    isOpen(method, segments) {
+      return find(method, segments)?.route.open === true;
     },
     methodsFor(segments) {
       const methods = new Set<string>();
@@ -122,6 +150,16 @@ export function notFoundBelow(
       throw notFound(request.segments);
     },
   };
+}
+
+/** 403 for a boot token used beyond its system. */
+export function bootRefused(system: string): HttpError {
+  return new HttpError(
+    403,
+    'USAGE',
+    `a boot token reaches only the plan, image files, blobs and events of its system (${system})`,
+    { headers: { 'www-authenticate': 'Bearer realm="imgctl", error="insufficient_scope"' } },
+  );
 }
 
 function notFound(segments: string[]): HttpError {

@@ -4,14 +4,21 @@
  * name is checked with names.ts before it touches a path.
  */
 import { blobRoutes } from './blob-routes.ts';
+import { bootRoutes } from './boot-routes.ts';
 import { eventRoutes } from './event-routes.ts';
 import { planRoutes } from './plan-routes.ts';
-import { createRouteContext, type RouteContext } from './route-context.ts';
+import {
+  createRouteContext,
+  type RouteContext,
+  type RouteContextOptions,
+} from './route-context.ts';
 import { json, queryOf } from './route-helpers.ts';
 import { createRouter, type Route, type Router } from './route-table.ts';
 import { imageRoutes, systemRoutes } from './store-routes.ts';
 
 export interface Routes extends Router {
+  /** the system a live boot token was issued for; undefined for any other token */
+  bootSystemOf(token: string): string | undefined;
   /** stops watching the store */
   close(): void;
 }
@@ -20,9 +27,14 @@ export function createRoutes(
   storeDir: string,
   now: () => Date,
   log: (line: string) => void = () => undefined,
+  options: RouteContextOptions = {},
 ): Routes {
-  const ctx = createRouteContext(storeDir, now, log);
-  return { ...createRouter(routeTable(ctx)), close: ctx.close };
+  const ctx = createRouteContext(storeDir, now, log, options);
+  return {
+    ...createRouter(routeTable(ctx)),
+    bootSystemOf: (token) => ctx.bootTokens.systemOf(token),
+    close: ctx.close,
+  };
 }
 
 /** Every route, in the order they are tried: within a resource, a longer path first. */
@@ -34,6 +46,7 @@ function routeTable(ctx: RouteContext): Route[] {
     ...planRoutes(ctx),
     ...blobRoutes(ctx),
     ...eventRoutes(ctx),
+    ...bootRoutes(ctx),
   ];
 }
 

@@ -17,6 +17,7 @@ import { resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type ErrorCode, ImgctlError } from '../util/errors.ts';
 import { printable } from '../util/names.ts';
+import { isBootToken } from './boot-tokens.ts';
 import { HttpError } from './files.ts';
 import type { Reply } from './route-table.ts';
 import { createRoutes } from './routes.ts';
@@ -38,6 +39,8 @@ export interface ServerOptions {
   now?: () => Date;
   /** largest POST body accepted, bytes (default 64 KiB) */
   maxBodyBytes?: number;
+  /** how long a network boot's token is accepted, ms (default 1 h) */
+  bootTokenTtlMs?: number;
 }
 
 export interface RunningServer {
@@ -77,9 +80,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const storeDir = resolve(options.storeDir);
   const log = options.log ?? (() => undefined);
   const now = options.now ?? (() => new Date());
-  const routes = createRoutes(storeDir, now, log);
   const readToken = options.readToken === undefined ? undefined : tokenDigest(options.readToken);
   const writeToken = options.writeToken === undefined ? undefined : tokenDigest(options.writeToken);
+  const routes = createRoutes(storeDir, now, log, {
+    acceptsEvents: writeToken !== undefined,
+    bootTokenTtlMs: options.bootTokenTtlMs,
+  });
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY;
   const scheme = options.tls ? 'https' : 'http';
 
@@ -137,6 +143,24 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       readToken !== undefined && presented !== undefined && matches(presented, readToken);
     const isWrite =
       writeToken !== undefined && presented !== undefined && matches(presented, writeToken);
+    const bootSystem =
+      presented !== undefined && isBootToken(presented)
+        ? routes.bootSystemOf(presented)
+        : undefined;
+    const isBoot = bootSystem !== undefined;
+    // Never taken as no token: a ramdisk would be served a redacted plan.
+    if (presented !== undefined && isBootToken(presented) && !isBoot) {
+      drain(req);
+      throw new HttpError(
+        403,
+        'USAGE',
+        'this boot token has ended: it expired, its system posted done or failed, or the server restarted',
+        {
+          hint: 'network-boot the machine again for a new one',
+          headers: { 'www-authenticate': 'Bearer realm="imgctl", error="invalid_token"' },
+        },
+      );
+    }
     if (method === 'POST') {
       if (writeToken === undefined) {
         drain(req);
@@ -144,9 +168,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           hint: 'start imgctl serve with --write-token-file FILE to accept events',
         });
       }
-      checkToken(presented, isWrite, 'write');
-    } else if (readToken !== undefined) {
-      checkToken(presented, isRead || isWrite, 'read');
+      checkToken(presented, isWrite || isBoot, 'write');
+    } else if (readToken !== undefined && !routes.isOpen(method, segments)) {
+      checkToken(presented, isRead || isWrite || isBoot, 'read');
     }
     let body: unknown;
     if (method === 'POST') body = await readJsonBody(req, maxBody);
@@ -154,7 +178,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       method,
       segments,
       query,
-      authed: isRead || isWrite,
+      authed: isRead || isWrite || isBoot,
+      bootSystem,
       req,
       res,
       body,

@@ -9,6 +9,7 @@ import { showSystemRedacted, showImageRedacted, showRecordRedacted } from '../pl
 import { listImages } from '../store/images.ts';
 import { listRecords } from '../store/records.ts';
 import { listSystems } from '../store/systems.ts';
+import { bootScopes } from './boot-scope.ts';
 import { HttpError, lstatInStore, symlinkedEntries } from './files.ts';
 import { type RouteContext, SYSTEM_KEY } from './route-context.ts';
 import { json, listDir, queryOf, segmentName } from './route-helpers.ts';
@@ -24,6 +25,7 @@ export function imageRoutes(ctx: RouteContext): Route[] {
     lstatInStore(storeDir, ['images', image, 'image.yaml']);
     return image;
   }
+  const boot = bootScopes(ctx).image;
 
   return [
     {
@@ -50,6 +52,7 @@ export function imageRoutes(ctx: RouteContext): Route[] {
     {
       method: 'GET',
       path: '/v1/images/:image',
+      boot,
       async handle(request, match) {
         queryOf(request.query, []);
         await ctx.watch.settled();
@@ -61,6 +64,7 @@ export function imageRoutes(ctx: RouteContext): Route[] {
     {
       method: 'GET',
       path: '/v1/images/:image/records',
+      boot,
       async handle(request, match) {
         const image = recordsOf(request, match.param('image'));
         for (const name of listDir(join(storeDir, 'images', image, 'records'))) {
@@ -72,6 +76,7 @@ export function imageRoutes(ctx: RouteContext): Route[] {
     {
       method: 'GET',
       path: '/v1/images/:image/records/:record',
+      boot,
       async handle(request, match) {
         const image = recordsOf(request, match.param('image'));
         const record = segmentName('record', match.param('record'));
