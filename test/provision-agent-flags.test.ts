@@ -21,6 +21,10 @@ const NOT_RELAYED = [
   '--print-xml',
   '--trust',
   '--data-disk',
+  // imgctl provision passes it itself: the channel it pinned
+  '--follow',
+  // a VM is rolled back on its host, by hand
+  '--rollback',
 ];
 
 /** Each long flag of `--help` output, and whether it takes a value. */

@@ -28,6 +28,8 @@ export interface AgentOptions {
   reboot?: boolean;
   kexec?: boolean;
   update?: boolean;
+  healthTimeout?: string;
+  shutdownTimeout?: string;
   agentArg?: string[];
 }
 
@@ -168,6 +170,18 @@ export const AGENT_OPTIONS: Array<
       "--virt: update each target's VM to its image reference's release (health-checked, rolled back if it fails); --replace-self: write the system disk(s) and config partition only; data disks kept",
     key: 'update',
     value: false,
+  },
+  {
+    flags: '--health-timeout <duration>',
+    description: "--virt --update: how long to wait for the image's health marker",
+    key: 'healthTimeout',
+    value: true,
+  },
+  {
+    flags: '--shutdown-timeout <duration>',
+    description: '--virt --update: how long a running VM gets to shut down',
+    key: 'shutdownTimeout',
+    value: true,
   },
   {
     flags: '--agent-arg <arg>',
