@@ -143,13 +143,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       readToken !== undefined && presented !== undefined && matches(presented, readToken);
     const isWrite =
       writeToken !== undefined && presented !== undefined && matches(presented, writeToken);
-    const bootSystem =
-      presented !== undefined && isBootToken(presented)
-        ? routes.bootSystemOf(presented)
-        : undefined;
+    const bootLike = presented !== undefined && !isRead && !isWrite && isBootToken(presented);
+    const bootSystem = bootLike ? routes.bootSystemOf(presented) : undefined;
     const isBoot = bootSystem !== undefined;
     // Never taken as no token: a ramdisk would be served a redacted plan.
-    if (presented !== undefined && isBootToken(presented) && !isBoot) {
+    if (bootLike && !isBoot) {
       drain(req);
       throw new HttpError(
         403,
