@@ -40,6 +40,7 @@ export interface Flags {
   update?: boolean;
   rollback?: boolean;
   follow?: string;
+  viaRamdisk?: boolean;
   shutdownTimeout: string;
   healthTimeout?: string;
   progress?: boolean;

@@ -38,6 +38,7 @@ Examples:
   imgagent --server http://imgsrv:8460 --virt --image tiny-linux --virt-name tiny02 \\
            --virt-type qemu --nogfx --token-file /etc/imgctl/token --trust /etc/imgctl/server.pub
   imgagent --server http://imgsrv:8460 --replace-self --system tiny01 --target-disk /dev/sdb --dry-run
+  imgagent --server http://imgsrv:8460 --replace-self --system web07 --via-ramdisk --reboot --token-file /etc/imgctl/token
   imgagent --server http://imgsrv:8460 --update --virt-name tiny01      # to what its channel says
   imgagent --server http://imgsrv:8460 --update --virt-name tiny01 --image tiny-linux@4 --dry-run
   imgagent --server http://imgsrv:8460 --rollback --virt-name tiny01
@@ -121,6 +122,10 @@ export function agentProgram(
     .option(
       '--update',
       'update the VM --virt-name to the release its image reference (or --image) points at: new system disks, data disks kept, health-checked, rolled back if it fails; with --replace-self: rewrite the system disk(s) and config partition only',
+    )
+    .option(
+      '--via-ramdisk',
+      '--replace-self: the target is a disk this machine runs from: load the provisioning ramdisk (kexec), which writes it once nothing runs from it; --reboot switches at once',
     )
     .option('--rollback', 'put the VM --virt-name back on the generation its last update replaced')
     .option(

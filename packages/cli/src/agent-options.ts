@@ -28,6 +28,7 @@ export interface AgentOptions {
   reboot?: boolean;
   kexec?: boolean;
   update?: boolean;
+  viaRamdisk?: boolean;
   healthTimeout?: string;
   shutdownTimeout?: string;
   agentArg?: string[];
@@ -169,6 +170,13 @@ export const AGENT_OPTIONS: Array<
     description:
       "--virt: update each target's VM to its image reference's release (health-checked, rolled back if it fails); --replace-self: write the system disk(s) and config partition only; data disks kept",
     key: 'update',
+    value: false,
+  },
+  {
+    flags: '--via-ramdisk',
+    description:
+      '--replace-self: the target is a disk the machine runs from: switch into the provisioning ramdisk, which writes it',
+    key: 'viaRamdisk',
     value: false,
   },
   {

@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import {
   type BootAction,
   replaceSelf,
@@ -23,6 +24,8 @@ export async function run(ctx: ActionContext): Promise<ActionResult> {
       dryRun: flags.dryRun,
       force: flags.force,
       update: flags.update,
+      viaRamdisk: flags.viaRamdisk,
+      trustKey: flags.trust === undefined ? undefined : await readFile(abs(flags.trust), 'utf8'),
     },
     { ...agentDeps(ctx), client: ctx.client },
   );

@@ -51,6 +51,7 @@ import {
   type TargetWriter,
 } from './target-disk.ts';
 import type { PlanDisk, PlanDoc } from '../store/types.ts';
+import { type RamdiskSwitch, switchViaRamdisk } from './via-ramdisk.ts';
 
 /** client.streamBlob: a blob's bytes handed to a sink in order while hashed, resumed on errors. */
 export interface BlobStreamer {
@@ -65,7 +66,8 @@ export type ReplaceSelfClient = Pick<
   Client,
   'baseUrl' | 'getPlan' | 'getFile' | 'getImage' | 'postEvent' | 'downloadBlob'
 > &
-  BlobStreamer;
+  BlobStreamer &
+  Pick<Client, 'getRamdisk' | 'issueBootToken'>;
 
 export interface ReplaceSelfDeps extends StepDeps {
   client: ReplaceSelfClient;
@@ -97,6 +99,13 @@ export interface ReplaceSelfOptions extends PlanQuery {
    * are written; data disks are never touched (--data-disk may name other system disks only)
    */
   update?: boolean;
+  /**
+   * the target is a disk this machine runs from: switch into the provisioning ramdisk (kexec),
+   * which writes it (via-ramdisk.ts); `boot: 'reboot'` switches at once
+   */
+  viaRamdisk?: boolean;
+  /** the server's public key (--trust), handed to the ramdisk */
+  trustKey?: string;
 }
 
 export interface WrittenDisk {
@@ -130,6 +139,8 @@ export interface ReplaceSelfResult {
   target: string;
   disks: WrittenDisk[];
   configPartition?: ConfigPartition;
+  /** --via-ramdisk: what was loaded, and whether the machine switched */
+  ramdisk?: RamdiskSwitch;
   logFile: string;
   boot: { action: BootAction; done: boolean; message: string };
   dryRun: boolean;
@@ -174,7 +185,8 @@ export async function replaceSelf(
     inspected.set(d.id, info);
     const system = d.use === 'system';
     try {
-      checkTarget(info, {
+      // through the ramdisk, a disk this machine runs from is written once nothing runs from it
+      checkTarget(options.viaRamdisk ? { ...info, inUse: [] } : info, {
         needBytes: d.size + (system ? CONFIG_PARTITION_ROOM : 0),
         needWhat: system
           ? `the image's ${formatSize(d.size)} disk ${d.id} and its ${formatSize(CONFIG_PARTITION_BYTES)} config partition`
@@ -192,6 +204,13 @@ export async function replaceSelf(
     d.method = d.format === 'raw' ? 'stream' : 'convert';
   }
   const systemTarget = inspected.get(disks[0]!.id)!;
+  if (options.viaRamdisk && (systemTarget.kind === 'file' || options.boot === 'kexec'))
+    throw new ImgctlError(
+      'USAGE',
+      systemTarget.kind === 'file'
+        ? `--via-ramdisk: the target ${targetPath} is a file; the ramdisk writes disks of this machine`
+        : '--via-ramdisk switches with kexec itself: give --reboot (switch now) or neither',
+    );
   if (options.boot !== 'none' && systemTarget.kind === 'file')
     throw new ImgctlError(
       'USAGE',
@@ -219,6 +238,28 @@ export async function replaceSelf(
   if (options.dryRun) {
     result.boot.message = nextBootNotice(plan, systemTarget, options.boot);
     if (refused) result.refused = refused;
+    return result;
+  }
+
+  if (options.viaRamdisk) {
+    const { getRamdisk, issueBootToken } = deps.client;
+    if (!getRamdisk || !issueBootToken)
+      throw new Error('--via-ramdisk: the client has no ramdisk calls');
+    result.ramdisk = await switchViaRamdisk(
+      plan,
+      {
+        cacheDir: options.cacheDir,
+        targetDisk: targetPath,
+        dataDisks: options.dataDisks ?? {},
+        trustKey: options.trustKey,
+        switchNow: options.boot === 'reboot',
+      },
+      deps,
+    );
+    result.boot.done = result.ramdisk.switched;
+    result.boot.message = result.ramdisk.switched
+      ? 'switched into the provisioning ramdisk'
+      : 'the provisioning ramdisk is loaded: `kexec -e` (or `systemctl kexec`) switches into it, and it writes the disk';
     return result;
   }
 

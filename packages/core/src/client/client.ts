@@ -121,6 +121,17 @@ export interface Client {
    * sha256 matches, else INTEGRITY (after the writes: the sink then holds bad data)
    */
   streamBlob(hex: string, sink: BlobSink, options?: DownloadOptions): Promise<StreamResult>;
+  /** the provisioning ramdisk the server network-boots (GET /v1/boot/ramdisk) */
+  getRamdisk(): Promise<RamdiskInfo>;
+  /** a one-time token for one system's provisioning (POST /v1/boot/tokens; write token) */
+  issueBootToken(system: string): Promise<{ token: string; expires: string }>;
+}
+
+/** What GET /v1/boot/ramdisk answers: the ramdisk's files (blobs) and its kernel arguments. */
+export interface RamdiskInfo {
+  kernel: { sha256: string; size: number };
+  initrd: { sha256: string; size: number };
+  cmdline: string;
 }
 
 const RETRY_STATUS = [408, 429, 500, 502, 503, 504];
@@ -234,6 +245,13 @@ export function createClient(options: ClientOptions): Client {
       if (opts.stalledAfter) params.set('stalled_after', opts.stalledAfter);
       return getJson('status', params);
     },
+    getRamdisk: () => getJson('boot/ramdisk'),
+    issueBootToken: (system) =>
+      call(
+        () =>
+          api.post('boot/tokens', { json: { system } }).json<{ token: string; expires: string }>(),
+        'POST /v1/boot/tokens',
+      ),
     downloadBlob: (hex, destFile, opts = {}) => downloadBlob(transport, hex, destFile, opts),
     streamBlob: (hex, sink, opts = {}) => streamBlob(transport, hex, sink, opts),
   };
