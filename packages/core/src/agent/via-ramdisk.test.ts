@@ -1,0 +1,101 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { PlanDoc } from '../store/types.ts';
+import { switchViaRamdisk } from './via-ramdisk.ts';
+
+const KERNEL = 'a'.repeat(64);
+const INITRD = 'b'.repeat(64);
+const TOKEN = `imgctl-boot-${'c'.repeat(64)}`;
+const PLAN = {
+  image: { name: 'tiny-linux', revision: 3, release: 'tiny-linux@3' },
+  record: 'default',
+  system: 'web07',
+} as unknown as PlanDoc;
+
+describe('switchViaRamdisk', () => {
+  let dir: string;
+  let calls: string[][];
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'via-'));
+    calls = [];
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  const deps = (kexec = true) => ({
+    runner: {
+      async run(file: string, args: string[]) {
+        calls.push([file, ...args]);
+        if (file === 'kexec' && !kexec) throw new Error('ENOENT');
+        return { stdout: '' };
+      },
+    },
+    client: {
+      baseUrl: 'http://imgsrv:8460',
+      getRamdisk: async () => ({
+        kernel: { sha256: KERNEL, size: 6 },
+        initrd: { sha256: INITRD, size: 6 },
+        cmdline: 'console=ttyS0',
+      }),
+      issueBootToken: async (system: string) => {
+        calls.push(['token', system]);
+        return { token: TOKEN, expires: '' };
+      },
+      downloadBlob: async (hex: string, dest: string) => {
+        await writeFile(dest, hex === INITRD ? 'INITRD' : 'KERNEL');
+        return { path: dest, size: 6, sha256: hex, resumedBytes: 0, requests: 1 };
+      },
+    },
+    now: () => 0,
+    log: () => undefined,
+    scriptEnv: {},
+  });
+  const options = { cacheDir: '', targetDisk: '/dev/vda', dataDisks: {}, switchNow: true };
+
+  it('stages the instructions (token included) into the initrd, never on the command line', async () => {
+    const done = await switchViaRamdisk(PLAN, { ...options, cacheDir: dir }, deps() as never);
+    expect(done.switched).toBe(true);
+    expect(calls).toContainEqual(['token', 'web07']);
+    const load = calls.find((c) => c[0] === 'kexec' && c[1] === '-l')!;
+    expect(load).toEqual([
+      'kexec',
+      '-l',
+      done.kernel,
+      `--initrd=${done.staged}`,
+      '--command-line=console=ttyS0 imgctl.instructions=/imgctl/instructions',
+    ]);
+    expect(calls.at(-1)).toEqual(['kexec', '-e']);
+    const staged = await readFile(done.staged, 'latin1');
+    expect(staged.startsWith('INITRD')).toBe(true);
+    expect(staged).toContain(`token=${TOKEN}\n`);
+    expect(staged).toContain('target_disk=/dev/vda\n');
+    expect(staged).toContain('image=tiny-linux@3\n');
+    expect(calls.flat().join(' ')).not.toContain(TOKEN);
+  });
+
+  it('without --reboot loads only; without kexec or a system it changes nothing', async () => {
+    const loaded = await switchViaRamdisk(
+      PLAN,
+      { ...options, cacheDir: dir, switchNow: false },
+      deps() as never,
+    );
+    expect(loaded.switched).toBe(false);
+    expect(calls.some((c) => c[1] === '-e')).toBe(false);
+    calls = [];
+    await expect(
+      switchViaRamdisk(PLAN, { ...options, cacheDir: dir }, deps(false) as never),
+    ).rejects.toMatchObject({
+      code: 'HOST',
+      message: expect.stringContaining('kexec is missing') as unknown,
+    });
+    expect(calls.some((c) => c[0] === 'token')).toBe(false);
+    await expect(
+      switchViaRamdisk(
+        { ...PLAN, system: undefined },
+        { ...options, cacheDir: dir },
+        deps() as never,
+      ),
+    ).rejects.toMatchObject({ code: 'USAGE' });
+  });
+});
