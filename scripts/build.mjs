@@ -121,11 +121,20 @@ async function buildAgentExecutable() {
     });
     const config = join(work, 'sea-config.json');
     const blob = join(work, 'imgagent.blob');
+    // Paths relative to `work`: the blob keeps `main` as written, and an absolute one (with the
+    // pid in it) would make every build's bytes differ (the provisioning ramdisk caches on them).
     writeFileSync(
       config,
-      JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true }),
+      JSON.stringify({
+        main: 'imgagent.cjs',
+        output: 'imgagent.blob',
+        disableExperimentalSEAWarning: true,
+      }),
     );
-    execFileSync(process.execPath, ['--experimental-sea-config', config], { stdio: 'ignore' });
+    execFileSync(process.execPath, ['--experimental-sea-config', config], {
+      cwd: work,
+      stdio: 'ignore',
+    });
     const exe = join(work, 'imgagent-linux-x64');
     copyFileSync(process.execPath, exe);
     chmodSync(exe, 0o755);

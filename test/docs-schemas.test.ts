@@ -16,6 +16,7 @@ const SCHEMA_FILES: Record<DocKind, string> = {
   Plan: 'plan',
   Release: 'release',
   Channels: 'channels',
+  Ramdisk: 'ramdisk',
 };
 const KINDS = Object.keys(SCHEMA_FILES) as DocKind[];
 

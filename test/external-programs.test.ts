@@ -29,6 +29,8 @@ const SHELL_SCRIPTS = [
   'scripts/start-libvirt.sh',
   'scripts/test.sh',
   'image-store/common/functions.sh',
+  'image-store/common/debian-build.sh',
+  'image-store/ramdisk/build.sh',
   'image-store/images/tiny-linux/build.sh',
   'image-store/images/tiny-linux/provision.sh',
   'image-store/images/debian-12/build.sh',

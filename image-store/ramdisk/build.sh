@@ -45,60 +45,12 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1704067200}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ramdisk-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-# fetch PACKAGE: the path of PACKAGE's .deb in the cache, downloaded once (atomically).
-fetch() {
-  local package=$1 found tmp
-  found=$(find "$CACHE_DIR/debs" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n1)
-  if [ -z "$found" ]; then
-    log "downloading $package"
-    tmp=$(mktemp -d "$CACHE_DIR/debs/.download.XXXXXX")
-    (cd "$tmp" && apt-get download -q "$package" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
-    found=$(find "$tmp" -maxdepth 1 -name "${package}_*.deb" | head -n1)
-    [ -n "$found" ] || { log "apt-get download $package failed"; exit 1; }
-    mv "$found" "$CACHE_DIR/debs/"
-    rm -rf "$tmp"
-    found="$CACHE_DIR/debs/$(basename "$found")"
-  fi
-  echo "$found"
-}
-
-# The kernel package linux-image-amd64 points at now; the newest cached one when apt knows none.
-kernel_package=$(apt-cache depends linux-image-amd64 2>/dev/null |
-  sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1)
-if [ -z "$kernel_package" ]; then
-  kernel_package=$(find "$CACHE_DIR/debs" -maxdepth 1 -name 'linux-image-*-amd64_*.deb' -printf '%f\n' |
-    sort -V | tail -n1 | cut -d_ -f1)
-fi
-[ -n "$kernel_package" ] || { log "cannot tell which kernel package to use (apt-get update?)"; exit 1; }
-kernel_deb=$(fetch "$kernel_package")
-busybox_deb=$(fetch busybox-static)
-
-# The kernel and the modules, extracted once per kernel package and module list.
-modules_key=$(printf '%s\n' "${MODULES[@]}" | sha256sum | cut -c1-12)
-kernel_cache="$CACHE_DIR/$(basename "$kernel_deb" .deb)-$modules_key"
-if [ ! -d "$kernel_cache" ]; then
-  log "extracting $(basename "$kernel_deb")"
-  dpkg -x "$kernel_deb" "$WORK/kernel"
-  kver=$(basename "$(find "$WORK/kernel/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)")
-  depmod -b "$WORK/kernel" "$kver"
-  staged="$WORK/kernel-staged"
-  mkdir -p "$staged/modules"
-  cp "$WORK/kernel/boot/vmlinuz-$kver" "$staged/vmlinuz"
-  echo "$kver" >"$staged/version"
-  : >"$staged/modules/load-order"
-  for module in "${MODULES[@]}"; do
-    modprobe -d "$WORK/kernel" -S "$kver" --show-depends "$module" |
-      sed -n 's/^insmod \([^ ]*\).*/\1/p' | while read -r path; do
-      name=$(basename "$path")
-      if ! grep -qxF "$name" "$staged/modules/load-order"; then
-        cp "$path" "$staged/modules/$name"
-        echo "$name" >>"$staged/modules/load-order"
-      fi
-    done
-  done
-  mv "$staged" "$kernel_cache.tmp.$$"
-  mv -T "$kernel_cache.tmp.$$" "$kernel_cache"
-fi
+# shellcheck source=../common/debian-build.sh
+. "$HERE/../common/debian-build.sh"
+kernel_package=$(kernel_package)
+kernel_deb=$(fetch_deb "$kernel_package")
+busybox_deb=$(fetch_deb busybox-static)
+kernel_cache=$(kernel_with_modules "$kernel_deb" "${MODULES[@]}")
 kver=$(cat "$kernel_cache/version")
 
 # The host's programs and every library they load (ldd), at their paths with the directories
@@ -129,6 +81,7 @@ done | LC_ALL=C sort -u)
 inputs="$WORK/inputs"
 {
   (cd "$HERE" && find . -type f ! -name ramdisk.yaml -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+  echo "$(sha "$HERE/../common/debian-build.sh") common/debian-build.sh"
   echo "$(sha "$kernel_deb") $(basename "$kernel_deb")"
   echo "$(sha "$busybox_deb") $(basename "$busybox_deb")"
   echo "$(sha "$IMGCTL_AGENT_EXECUTABLE") imgagent"
@@ -205,6 +158,7 @@ owner() { # the package and version a host file comes from
   echo '  "inputs": {'
   echo "    \"$(basename "$kernel_deb")\": \"$(sha "$kernel_deb")\","
   echo "    \"$(basename "$busybox_deb")\": \"$(sha "$busybox_deb")\","
+  echo "    \"common/debian-build.sh\": \"$(sha "$HERE/../common/debian-build.sh")\","
   echo "    \"imgagent\": \"$(sha "$IMGCTL_AGENT_EXECUTABLE")\""
   echo '  }'
   echo '}'

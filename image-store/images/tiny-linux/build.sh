@@ -32,62 +32,12 @@ export MTOOLS_SKIP_CHECK=1
 # reads it), so a rebuild with nothing changed gives the same disks and leaves the image alone.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1704067200}
 
-# fetch PACKAGE: path of PACKAGE's .deb in the cache, downloaded once (atomically).
-fetch() {
-  local package=$1 found
-  found=$(find "$CACHE_DIR/debs" -maxdepth 1 -name "${package}_*.deb" | sort | tail -n1)
-  if [ -z "$found" ]; then
-    log "downloading $package"
-    local tmp
-    tmp=$(mktemp -d "$CACHE_DIR/debs/.download.XXXXXX")
-    (cd "$tmp" && apt-get download -q "$package" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
-    found=$(find "$tmp" -maxdepth 1 -name "${package}_*.deb" | head -n1)
-    [ -n "$found" ] || { log "apt-get download $package failed"; exit 1; }
-    mv "$found" "$CACHE_DIR/debs/"
-    rm -rf "$tmp"
-    found="$CACHE_DIR/debs/$(basename "$found")"
-  fi
-  echo "$found"
-}
-
-# The kernel package linux-image-amd64 currently points at (linux-image-6.1.0-NN-amd64); the
-# one already cached when apt knows none (offline).
-kernel_package=$(apt-cache depends linux-image-amd64 2>/dev/null |
-  sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1)
-if [ -z "$kernel_package" ]; then
-  kernel_package=$(find "$CACHE_DIR/debs" -maxdepth 1 -name 'linux-image-*-amd64_*.deb' -printf '%f\n' |
-    sort | tail -n1 | cut -d_ -f1)
-fi
-[ -n "$kernel_package" ] || { log "cannot tell which kernel package to use (apt-get update?)"; exit 1; }
-kernel_deb=$(fetch "$kernel_package")
-busybox_deb=$(fetch busybox-static)
-
-# The kernel and the modules the appliance loads, extracted once per kernel package (dpkg -x of
-# the whole kernel takes seconds; the pieces used are small).
-kernel_cache="$CACHE_DIR/$(basename "$kernel_deb" .deb)"
-if [ ! -d "$kernel_cache" ]; then
-  log "extracting $(basename "$kernel_deb")"
-  dpkg -x "$kernel_deb" "$WORK/kernel"
-  kver=$(basename "$(find "$WORK/kernel/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)")
-  depmod -b "$WORK/kernel" "$kver"
-  staged="$WORK/kernel-staged"
-  mkdir -p "$staged/modules"
-  cp "$WORK/kernel/boot/vmlinuz-$kver" "$staged/vmlinuz"
-  echo "$kver" >"$staged/version"
-  : >"$staged/modules/load-order"
-  for module in "${MODULES[@]}"; do
-    modprobe -d "$WORK/kernel" -S "$kver" --show-depends "$module" |
-      sed -n 's/^insmod \([^ ]*\).*/\1/p' | while read -r path; do
-      name=$(basename "$path")
-      if ! grep -qx "$name" "$staged/modules/load-order"; then
-        cp "$path" "$staged/modules/$name"
-        echo "$name" >>"$staged/modules/load-order"
-      fi
-    done
-  done
-  mv "$staged" "$kernel_cache.tmp.$$"
-  mv -T "$kernel_cache.tmp.$$" "$kernel_cache"
-fi
+# shellcheck source=../../common/debian-build.sh
+. "$HERE/../../common/debian-build.sh"
+kernel_package=$(kernel_package)
+kernel_deb=$(fetch_deb "$kernel_package")
+busybox_deb=$(fetch_deb busybox-static)
+kernel_cache=$(kernel_with_modules "$kernel_deb" "${MODULES[@]}")
 kver=$(cat "$kernel_cache/version")
 
 # The initramfs: busybox, the modules, /init.
@@ -136,7 +86,8 @@ cat >"$WORK/build-info.json" <<JSON
     "$(basename "$kernel_deb")": "$(sha "$kernel_deb")",
     "$(basename "$busybox_deb")": "$(sha "$busybox_deb")",
     "appliance/init": "$(sha "$HERE/appliance/init")",
-    "appliance/syslinux.cfg": "$(sha "$HERE/appliance/syslinux.cfg")"
+    "appliance/syslinux.cfg": "$(sha "$HERE/appliance/syslinux.cfg")",
+    "common/debian-build.sh": "$(sha "$HERE/../../common/debian-build.sh")"
   }
 }
 JSON

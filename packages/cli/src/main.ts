@@ -124,6 +124,7 @@ const NOUN_DESCRIPTIONS: Record<string, string> = {
   disk: 'the disks of an image',
   release: 'freeze image revisions as releases (IMAGE@REV), deprecate and revoke them',
   channel: 'names (stable, beta) that point at a release of an image (IMAGE@CHANNEL)',
+  ramdisk: 'the provisioning ramdisk a bare machine network-boots to be provisioned',
 };
 
 async function runCommand(

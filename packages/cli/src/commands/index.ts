@@ -3,6 +3,7 @@ import { channelCommands } from './channel.ts';
 import { diskCommands } from './disk.ts';
 import { imageCommands } from './image.ts';
 import { provisionCommands } from './provision-spec.ts';
+import { ramdiskCommands } from './ramdisk.ts';
 import { recordCommands } from './record.ts';
 import { releaseCommands } from './release.ts';
 import { serverCommands } from './server.ts';
@@ -18,6 +19,7 @@ export const allCommands: CommandSpec[] = [
   ...recordCommands,
   ...systemCommands,
   ...diskCommands,
+  ...ramdiskCommands,
   ...serverCommands,
   ...signingCommands,
   ...provisionCommands,

@@ -3,21 +3,19 @@
  * leaves behind. docs/build.md is the contract with the script (environment, outputs,
  * build-info.json).
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { lstat, mkdir, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
-import { join, resolve, sep } from 'node:path';
+import { createHash } from 'node:crypto';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { hashFile } from './blobs.ts';
 import { type AddDiskResult, addDisks } from './disks.ts';
+import { BUILD_INFO, inRecipeScratch, readBuildInfo, recipeScript } from './recipe.ts';
 import { parseYaml } from '../yaml/document.ts';
 import { invalid } from '../store/edit.ts';
 import { ImgctlError } from '../util/errors.ts';
-import { printable } from '../util/names.ts';
-import { isAlive } from '../util/pid.ts';
 import { processRunner } from '../util/process.ts';
 import { renderImageFile } from '../plan/image-files.ts';
 import { resolvePlan } from '../plan/plan.ts';
-import { ensureDir, exists, storePaths } from '../store/store.ts';
+import { exists, storePaths } from '../store/store.ts';
 import type { StoreFile } from '../store/store-txn.ts';
 import type { Disk, PlanDoc } from '../store/types.ts';
 import { validateDocument } from '../validate/document.ts';
@@ -73,9 +71,6 @@ export interface BuildResult {
   build: BuildMetadata;
 }
 
-/** The file build.sh may leave in OUT_DIR to report versions and inputs. */
-const BUILD_INFO = 'build-info.json';
-
 /**
  * Builds `request.image`: resolves the plan, renders the kickstart (if the image has one), runs
  * `images/IMAGE/build.sh` in `.state/build/IMAGE-STAMP-RANDOM.PID/` with the environment of
@@ -95,36 +90,20 @@ export async function buildImage(
   const plan = await resolvePlan(storeDir, { image: request.image, record: request.record });
   const image = plan.image.name;
   const imageDir = storePaths.imageDir(storeDir, image);
-  const script = await buildScript(imageDir, image);
-
-  const buildDir = join(storePaths.stateDir(storeDir), 'build');
-  await mkdir(buildDir, { recursive: true });
-  await removeStaleScratch(buildDir, image);
-  // IMAGE-STAMP-RANDOM names the log; its scratch directory adds the pid, to spot it stale.
-  const stamp = started
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d+Z$/, 'Z');
-  const id = `${image}-${stamp}-${randomBytes(3).toString('hex')}`;
-  const scratch = join(buildDir, `${id}.${process.pid}`);
-  const outDir = join(scratch, 'out');
+  const script = await recipeScript(imageDir, `images/${image}`, {
+    message: `image '${image}' has no build recipe (images/${image}/build.sh)`,
+    hint: `write images/${image}/build.sh: docs/build.md describes what it gets and must produce`,
+  });
   const cacheDir = resolve(
     request.cacheDir ?? join(storePaths.stateDir(storeDir), 'cache', 'build', image),
   );
-  const logPath = join(buildDir, `${id}.log`);
-  await ensureDir(outDir);
-  await ensureDir(cacheDir);
-  const log = createWriteStream(logPath, { flags: 'a' });
-  const say = (line: string, step = false) => {
-    log.write(`${line}\n`);
-    if (step && options.onStep) options.onStep(line);
-    else options.onLine?.(line);
-  };
-  try {
+  const recipe = { ...options, cacheDir, keepScratch: request.keepScratch, now };
+  const built = await inRecipeScratch(storeDir, image, recipe, async (run) => {
+    const { outDir, say } = run;
     const inputs: Record<string, string> = { 'build.sh': await hashFile(script) };
     let kickstart: string | undefined;
     if (await hasKickstart(imageDir, plan)) {
-      kickstart = join(scratch, 'kickstart.ks');
+      kickstart = join(run.scratch, 'kickstart.ks');
       const text = await renderImageFile(storeDir, plan, 'kickstart');
       await writeFile(kickstart, text, { mode: 0o600 });
       inputs[plan.provision.kickstart ?? 'kickstart.ks'] = sha256Text(text);
@@ -134,16 +113,13 @@ export async function buildImage(
       IMAGE_NAME: image,
       IMAGE_STORE: resolve(storeDir),
       RECORD: plan.record,
-      OUT_DIR: outDir,
-      CACHE_DIR: cacheDir,
-      SCRATCH_DIR: scratch,
       ...(kickstart ? { KICKSTART: kickstart } : {}),
     };
-    say(`running images/${image}/build.sh (record ${plan.record}; log ${logPath})`, true);
-    await runScript(script, scratch, env, say, options.signal, logPath);
+    say(`running images/${image}/build.sh (record ${plan.record}; log ${run.logPath})`, true);
+    await run.run(script, env);
 
-    const produced = await producedDisks(outDir, plan, logPath);
-    const info = await readBuildInfo(outDir, logPath);
+    const produced = await producedDisks(outDir, plan, run.logPath);
+    const info = await readBuildInfo(outDir, run.logPath);
     const tools = { 'qemu-img': await qemuImgVersion(), ...info.tools };
     Object.assign(inputs, info.inputs);
 
@@ -176,45 +152,19 @@ export async function buildImage(
         },
       },
     );
-    const result = { revision: outcome.metadata!.revision, added, metadata: outcome.metadata! };
-    say(`built ${image} revision ${result.revision} in ${result.metadata.duration_s}s`);
-    return {
-      image,
-      record: plan.record,
-      revision: result.revision,
-      disks: result.added,
-      log: logPath,
-      scratch: request.keepScratch ? scratch : undefined,
-      build: result.metadata,
-    };
-  } catch (error) {
-    if (error instanceof Error) say(`build failed: ${error.message}`);
-    if (request.keepScratch) say(`scratch kept: ${scratch}`);
-    throw error;
-  } finally {
-    await closeStream(log);
-    // A kept scratch directory is marked so that later builds do not clear it away as stale.
-    if (request.keepScratch) await writeFile(join(scratch, '.keep'), '');
-    else await rm(scratch, { recursive: true, force: true });
-  }
-}
-
-/** images/IMAGE/build.sh, which must be a file inside the image (no symlink out of it). */
-async function buildScript(imageDir: string, image: string): Promise<string> {
-  const script = join(imageDir, 'build.sh');
-  const display = `images/${image}/build.sh`;
-  let real: string;
-  try {
-    real = await realpath(script);
-  } catch {
-    throw new ImgctlError('NOT_FOUND', `image '${image}' has no build recipe (${display})`, {
-      hint: `write ${display}: docs/build.md describes what it gets and must produce`,
-    });
-  }
-  if (!real.startsWith((await realpath(imageDir)) + sep) || !(await lstat(real)).isFile()) {
-    throw new ImgctlError('VALIDATION', `${display} leads outside images/${image}/`);
-  }
-  return real;
+    const metadata = outcome.metadata!;
+    say(`built ${image} revision ${metadata.revision} in ${metadata.duration_s}s`);
+    return { added, metadata };
+  });
+  return {
+    image,
+    record: plan.record,
+    revision: built.value.metadata.revision,
+    disks: built.value.added,
+    log: built.log,
+    scratch: built.scratch,
+    build: built.value.metadata,
+  };
 }
 
 async function hasKickstart(imageDir: string, plan: PlanDoc): Promise<boolean> {
@@ -239,30 +189,6 @@ export function parameterEnv(plan: Pick<PlanDoc, 'parameters'>): Record<string, 
     else env[key] = typeof value === 'string' ? value : JSON.stringify(value);
   }
   return env;
-}
-
-async function runScript(
-  script: string,
-  cwd: string,
-  env: Record<string, string>,
-  say: (line: string) => void,
-  signal: AbortSignal | undefined,
-  logPath: string,
-): Promise<void> {
-  try {
-    await runner.run(script, [], { cwd, env, extendEnv: true, signal, onLine: say });
-  } catch (error) {
-    const e = error as { exitCode?: number; signal?: string; shortMessage?: string };
-    const how =
-      e.signal !== undefined
-        ? `was killed (${e.signal})`
-        : e.exitCode === undefined
-          ? `could not run: ${e.shortMessage}`
-          : `exited with status ${e.exitCode}`;
-    throw new ImgctlError('FAILED', `build.sh ${how}; the store is unchanged`, {
-      hint: `see the log: ${logPath}`,
-    });
-  }
 }
 
 /** The system and data disks the script produced, one `OUT_DIR/ID.FORMAT` per declared disk. */
@@ -291,43 +217,6 @@ async function producedDisks(
     );
   }
   return produced;
-}
-
-interface BuildInfo {
-  tools: Record<string, string>;
-  inputs: Record<string, string>;
-}
-
-/** OUT_DIR/build-info.json: `{ "tools": {name: version}, "inputs": {name: sha256} }`, optional. */
-async function readBuildInfo(outDir: string, logPath: string): Promise<BuildInfo> {
-  let text: string;
-  try {
-    text = await readFile(join(outDir, BUILD_INFO), 'utf8');
-  } catch {
-    return { tools: {}, inputs: {} };
-  }
-  const bad = (why: string) =>
-    new ImgctlError('FAILED', `OUT_DIR/${BUILD_INFO}: ${why}; the store is unchanged`, {
-      hint: `see docs/build.md for its shape, and the log: ${logPath}`,
-    });
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (error) {
-    throw bad(`not JSON (${(error as Error).message})`);
-  }
-  const info: BuildInfo = { tools: {}, inputs: {} };
-  for (const key of ['tools', 'inputs'] as const) {
-    const section = (parsed as Record<string, unknown> | null)?.[key];
-    if (section === undefined) continue;
-    if (typeof section !== 'object' || section === null || Array.isArray(section))
-      throw bad(`${key} must be an object of strings`);
-    for (const [name, value] of Object.entries(section)) {
-      if (typeof value !== 'string') throw bad(`${key}.${printable(name)} must be a string`);
-      info[key][name] = value;
-    }
-  }
-  return info;
 }
 
 /** The record with `build:` written, everything else of the file (comments too) kept. */
@@ -364,23 +253,6 @@ async function qemuImgVersion(): Promise<string> {
   return /version (\S+)/.exec(stdout)?.[1] ?? 'unknown';
 }
 
-/** Scratch directories of earlier builds of this image whose imgctl is gone (killed). */
-async function removeStaleScratch(buildDir: string, image: string): Promise<void> {
-  const pattern = new RegExp(
-    `^${image.replace(/[.]/g, '\\.')}-\\d{8}T\\d{6}Z-[0-9a-f]{6}\\.(\\d+)$`,
-  );
-  for (const name of await readdir(buildDir)) {
-    const pid = Number(pattern.exec(name)?.[1]);
-    if (!pid || isAlive(pid)) continue;
-    if (await exists(join(buildDir, name, '.keep'))) continue;
-    await rm(join(buildDir, name), { recursive: true, force: true });
-  }
-}
-
 function sha256Text(text: string): string {
   return createHash('sha256').update(text).digest('hex');
-}
-
-function closeStream(stream: WriteStream): Promise<void> {
-  return new Promise((done) => stream.end(() => done()));
 }

@@ -1,6 +1,7 @@
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, listBlobs, removeStaleTmpFiles } from './blobs.ts';
+import { ramdiskBlobs } from './ramdisk.ts';
 import { parseYaml, type Problem, problemAt, type YamlFile } from '../yaml/document.ts';
 import { withStoreLock } from '../store/lock.ts';
 import {
@@ -49,8 +50,8 @@ const SHA256_ANYWHERE = /\b[0-9a-f]{64}\b/g;
  * every file valid, no disk naming a blob the store lacks, every release's files as its
  * release.yaml recorded them. With `gc`, first removes (holding the store lock) the blobs no
  * image and no release names. A blob counts as named when its sha256 appears anywhere in an
- * image.yaml or a record — the store's or a release's frozen copy — or in a release.yaml, even
- * one that does not parse, so a broken file never loses its disks.
+ * image.yaml or a record — the store's or a release's frozen copy — or in a release.yaml or the
+ * ramdisk's ramdisk.yaml, even one that does not parse, so a broken file never loses its disks.
  */
 export async function verifyStore(
   storeDir: string,
@@ -63,6 +64,7 @@ export async function verifyStore(
       const named = new Set([
         ...(await references(storeDir)).named,
         ...(await releaseReferences(storeDir)),
+        ...(await ramdiskBlobs(storeDir)),
       ]);
       for (const blob of await listBlobs(storeDir)) {
         if (blob.valid && named.has(blob.sha256)) continue;

@@ -13,6 +13,7 @@ const NOT_FOUND_HINTS: Record<DocKind, string> = {
   Plan: "'imgctl plan IMAGE' prints a plan",
   Release: "'imgctl image history IMAGE' lists the releases of an image",
   Channels: "'imgctl channel list IMAGE' lists the channels of an image",
+  Ramdisk: "'imgctl ramdisk build' builds the provisioning ramdisk (docs/netboot.md)",
 };
 
 /**

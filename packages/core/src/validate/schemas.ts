@@ -11,6 +11,7 @@ import storeSchema from '../../../../schemas/image-store.schema.json' with { typ
 import planSchema from '../../../../schemas/plan.schema.json' with { type: 'json' };
 import releaseSchema from '../../../../schemas/release.schema.json' with { type: 'json' };
 import channelsSchema from '../../../../schemas/channels.schema.json' with { type: 'json' };
+import ramdiskSchema from '../../../../schemas/ramdisk.schema.json' with { type: 'json' };
 import systemSchema from '../../../../schemas/system.schema.json' with { type: 'json' };
 import {
   formatPath,
@@ -22,7 +23,7 @@ import {
 import { isObject, show } from './values.ts';
 
 export type DocKind =
-  'ImageStore' | 'Image' | 'ImageRecord' | 'System' | 'Plan' | 'Release' | 'Channels';
+  'ImageStore' | 'Image' | 'ImageRecord' | 'System' | 'Plan' | 'Release' | 'Channels' | 'Ramdisk';
 
 const SCHEMAS: Record<DocKind, object> = {
   ImageStore: storeSchema,
@@ -32,6 +33,7 @@ const SCHEMAS: Record<DocKind, object> = {
   Plan: planSchema,
   Release: releaseSchema,
   Channels: channelsSchema,
+  Ramdisk: ramdiskSchema,
 };
 
 /** Messages for the shared `$defs` of the schemas, used for any failure inside them. */
