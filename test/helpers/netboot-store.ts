@@ -59,10 +59,10 @@ export async function makeNetbootStore(): Promise<NetbootStore> {
     [
       'apiVersion: imgctl/v1',
       'kind: Ramdisk',
-      `kernel: {sha256: ${k}, size: ${kernel.length}}`,
-      `initrd: {sha256: ${i}, size: ${initrd.length}}`,
+      `kernel: {sha256: "${k}", size: ${kernel.length}}`,
+      `initrd: {sha256: "${i}", size: ${initrd.length}}`,
       `cmdline: "${RAMDISK_CMDLINE}"`,
-      `built: {at: "2026-01-05T10:00:00Z", recipe_sha256: ${'0'.repeat(64)}}`,
+      `built: {at: "2026-01-05T10:00:00Z", recipe_sha256: "${'0'.repeat(64)}"}`,
       '',
     ].join('\n'),
   );

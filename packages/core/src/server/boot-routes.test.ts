@@ -56,7 +56,7 @@ async function rig(options: Partial<ServerOptions> = {}): Promise<Rig> {
     async bootToken() {
       const script = (await get(`/v1/boot/ipxe?mac=${WEB01_MAC}`)).text;
       const token = /imgctl\.token=(\S+)/.exec(script)?.[1];
-      if (!token) throw new Error(`no token in:\n${script}`);
+      if (!token) throw new Error(`no token in:\n${script}\nlog:\n${log.join('\n')}`);
       return token;
     },
   };
@@ -174,6 +174,35 @@ describe('netboot', () => {
       '# imgctl: local boot: this server has no write token: it could not clear netboot once the system is provisioned',
     );
     expect(script).not.toContain('imgctl.token');
+  });
+
+  it('boots the local disk while the ramdisk is missing or cannot go into a script', async () => {
+    const r = await rig();
+    const file = join(r.store.dir, 'ramdisk/ramdisk.yaml');
+    const built = await readFile(file, 'utf8');
+    const reason = async () =>
+      /^# imgctl: local boot: (.*)$/m.exec(
+        (await r.get(`/v1/boot/ipxe?mac=${WEB01_MAC}`)).text,
+      )?.[1];
+    await writeFile(file, built.replace(/^cmdline: .*$/m, 'cmdline: "console=ttyS0 x=${y}"'));
+    expect(await reason()).toBe(
+      "ramdisk/ramdisk.yaml's cmdline holds characters an iPXE script cannot",
+    );
+    await rm(join(r.store.dir, '.blobs/sha256', r.store.sha256(r.store.initrd).slice(0, 2)), {
+      recursive: true,
+    });
+    await writeFile(file, built);
+    expect(await reason()).toBe("the ramdisk's kernel or initrd is missing from .blobs/");
+    await writeFile(file, built.replace(/^kind: Ramdisk$/m, 'kind: Nope'));
+    expect(await reason()).toBe(
+      'its system or the ramdisk cannot be read (the server log says why)',
+    );
+    expect(r.log.join('\n')).toContain('ramdisk/ramdisk.yaml is not valid');
+    await rm(file);
+    expect(await reason()).toBe('no ramdisk is built in this store');
+    const kernel = await r.get('/v1/boot/kernel');
+    expect(kernel.status).toBe(404);
+    expect(kernel.text).toContain('no ramdisk is built in this store');
   });
 
   it("boots the local disk after done even when the system's file cannot be edited, until the file changes", async () => {

@@ -5,11 +5,9 @@
  * from the store's blobs. These routes are open (iPXE sends no token) and give away nothing but
  * what a netboot system's machine needs.
  */
-import { readFileSync } from 'node:fs';
 import type { TLSSocket } from 'node:tls';
-import { ImgctlError } from '../util/errors.ts';
-import { SHA256_HEX } from '../store/store.ts';
-import { parseYamlValue } from '../yaml/quick-yaml.ts';
+import type { ImgctlError } from '../util/errors.ts';
+import { RAMDISK_FILE, type RamdiskDoc, readRamdisk } from '../disks/ramdisk.ts';
 import {
   canonicalMac,
   chainScript,
@@ -19,17 +17,10 @@ import {
   ramdiskScript,
 } from './boot-script.ts';
 import { systemFileDigest } from './events.ts';
-import { blobSegments, fileInStore, HttpError, lstatInStore, sendBlob } from './files.ts';
+import { blobSegments, HttpError, lstatInStore, sendBlob } from './files.ts';
 import type { RouteContext } from './route-context.ts';
-import { noStore, queryOf } from './route-helpers.ts';
+import { errorText, noStore, queryOf } from './route-helpers.ts';
 import { notFoundBelow, type Reply, type Route, type RouteRequest } from './route-table.ts';
-
-/** What the server needs of ramdisk/ramdisk.yaml. */
-interface BootRamdisk {
-  kernel: string;
-  initrd: string;
-  cmdline: string;
-}
 
 /** A host and port as a Host header gives them, checked before they go into a script. */
 const HOST_HEADER = /^([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?$/;
@@ -55,32 +46,13 @@ export function bootRoutes(ctx: RouteContext): Route[] {
     return `${scheme}://${shown}:${req.socket.localPort ?? ''}`;
   }
 
-  /** The ramdisk of the store; NOT_FOUND when none is built, VALIDATION when it is unusable. */
-  function ramdisk(): BootRamdisk {
-    const file = fileInStore(storeDir, ['ramdisk', 'ramdisk.yaml'], 'ramdisk/ramdisk.yaml');
-    const doc = parseYamlValue(readFileSync(file, 'utf8')) as {
-      kind?: unknown;
-      kernel?: { sha256?: unknown };
-      initrd?: { sha256?: unknown };
-      cmdline?: unknown;
-    } | null;
-    const kernel = doc?.kernel?.sha256;
-    const initrd = doc?.initrd?.sha256;
-    const cmdline = doc?.cmdline ?? '';
-    if (
-      doc?.kind !== 'Ramdisk' ||
-      typeof kernel !== 'string' ||
-      !SHA256_HEX.test(kernel) ||
-      typeof initrd !== 'string' ||
-      !SHA256_HEX.test(initrd) ||
-      typeof cmdline !== 'string'
-    )
-      throw new ImgctlError(
-        'VALIDATION',
-        'ramdisk/ramdisk.yaml does not name a kernel and an initrd by sha256',
-        { hint: "build the ramdisk again: 'imgctl ramdisk build'" },
-      );
-    return { kernel, initrd, cmdline };
+  /**
+   * The ramdisk of the store (its file not a symlink); NOT_FOUND when none is built,
+   * VALIDATION when ramdisk.yaml is not valid.
+   */
+  function ramdisk(): Promise<RamdiskDoc> {
+    lstatInStore(storeDir, RAMDISK_FILE.split('/'));
+    return readRamdisk(storeDir);
   }
 
   /** The script for `mac`, and a line for the log saying what it does. */
@@ -110,14 +82,15 @@ export function bootRoutes(ctx: RouteContext): Route[] {
       return local(
         'this server has no write token: it could not clear netboot once the system is provisioned',
       );
-    let found: BootRamdisk;
+    let found: RamdiskDoc;
     try {
-      found = ramdisk();
+      found = await ramdisk();
     } catch (error) {
-      if ((error as HttpError).status === 404) return local('no ramdisk is built in this store');
+      if ((error as ImgctlError).code === 'NOT_FOUND')
+        return local('no ramdisk is built in this store');
       throw error;
     }
-    for (const hex of [found.kernel, found.initrd]) {
+    for (const hex of [found.kernel.sha256, found.initrd.sha256]) {
       if (!lstatInStore(storeDir, blobSegments(hex))?.isFile())
         return local("the ramdisk's kernel or initrd is missing from .blobs/");
     }
@@ -132,8 +105,8 @@ export function bootRoutes(ctx: RouteContext): Route[] {
       system: system.name,
       mac,
       token,
-      kernelSha256: found.kernel,
-      initrdSha256: found.initrd,
+      kernelSha256: found.kernel.sha256,
+      initrdSha256: found.initrd.sha256,
       cmdline: found.cmdline,
       trustPem: signer?.publicKeyPem,
     });
@@ -160,7 +133,7 @@ export function bootRoutes(ctx: RouteContext): Route[] {
         try {
           [script, line] = await scriptFor(request, mac);
         } catch (error) {
-          ctx.log(`boot ${mac}: ${(error as Error).message}`);
+          ctx.log(`boot ${mac}: ${errorText(error)}`);
           const reason = 'its system or the ramdisk cannot be read (the server log says why)';
           script = localBootScript(reason);
           line = `local boot: ${reason}`;
@@ -176,16 +149,16 @@ export function bootRoutes(ctx: RouteContext): Route[] {
     return async (request) => {
       const q = queryOf(request.query, ['sha256']);
       const wanted = q.one('sha256');
-      let found: BootRamdisk;
+      let found: RamdiskDoc;
       try {
-        found = ramdisk();
+        found = await ramdisk();
       } catch (error) {
-        if ((error as HttpError).status !== 404) throw error;
+        if ((error as ImgctlError).code !== 'NOT_FOUND') throw error;
         throw new HttpError(404, 'NOT_FOUND', 'no ramdisk is built in this store', {
           hint: "build it with 'imgctl ramdisk build'",
         });
       }
-      const hex = found[which];
+      const hex = found[which].sha256;
       if (wanted !== undefined && wanted !== hex)
         throw new HttpError(404, 'NOT_FOUND', `the ramdisk's ${which} is no longer that one`, {
           hint: 'the ramdisk was built again since the boot script was made: boot again',

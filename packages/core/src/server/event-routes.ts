@@ -11,8 +11,7 @@ import { bootScopes } from './boot-scope.ts';
 import { lstatInStore } from './files.ts';
 import type { RouteContext } from './route-context.ts';
 import { parseDuration } from '../util/duration.ts';
-import { ImgctlError } from '../util/errors.ts';
-import { json, noStore, queryOf } from './route-helpers.ts';
+import { errorText, json, noStore, queryOf } from './route-helpers.ts';
 import { notFoundBelow, type Route } from './route-table.ts';
 
 export function eventRoutes(ctx: RouteContext): Route[] {
@@ -33,9 +32,8 @@ export function eventRoutes(ctx: RouteContext): Route[] {
     } catch (error) {
       const digest = await systemFileDigest(storeDir, system);
       if (digest !== undefined) ctx.netbootHeld.set(system, digest);
-      const details = error instanceof ImgctlError ? error.details.map((d) => `; ${d}`) : [];
       ctx.log(
-        `system ${system} posted done, but netboot could not be set to false in systems/${system}.yaml: ${(error as Error).message}${details.join('')}; its network boots go to the local disk until that file changes`,
+        `system ${system} posted done, but netboot could not be set to false in systems/${system}.yaml: ${errorText(error)}; its network boots go to the local disk until that file changes`,
       );
     }
   }

@@ -1,6 +1,7 @@
 /** What the routes share to read a request and write a reply. */
 import { createHash } from 'node:crypto';
 import { readdirSync } from 'node:fs';
+import { ImgctlError } from '../util/errors.ts';
 import { isValidName, printable } from '../util/names.ts';
 import { HttpError } from './files.ts';
 import type { Reply } from './route-table.ts';
@@ -56,6 +57,13 @@ export function queryOf(query: URLSearchParams, allowed: string[]): Query {
       return v === null ? undefined : segmentName(kind, v);
     },
   };
+}
+
+/** An error for the log: its message, and each detail of an ImgctlError (every problem of a file). */
+export function errorText(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const details = error instanceof ImgctlError ? error.details : [];
+  return [message, ...details].join('; ');
 }
 
 export function listDir(path: string): string[] {
