@@ -10,6 +10,7 @@ import { rawRequest, type RawResponse } from '../../../../test/helpers/index.ts'
 import {
   makeNetbootStore,
   type NetbootStore,
+  RAMDISK_CMDLINE,
   WEB01_MAC,
 } from '../../../../test/helpers/netboot-store.ts';
 import { startServer, type ServerOptions } from './server.ts';
@@ -163,6 +164,38 @@ describe('boot tokens', () => {
       expect((await r.get('/v1/plan?system=web01', token)).status).toBe(403);
     }
     expect(r.log.join('\n')).not.toMatch(/imgctl-boot-[0-9a-f]/);
+  });
+});
+
+describe('imgagent --via-ramdisk', () => {
+  it('reads the ramdisk and, with the write token, gets a boot token for one system', async () => {
+    const r = await rig({ now: () => new Date('2026-01-05T10:00:00Z') });
+    const info = await r.get('/v1/boot/ramdisk');
+    expect(info.status).toBe(200);
+    expect(info.json()).toEqual({
+      kernel: { sha256: r.store.sha256(r.store.kernel), size: r.store.kernel.length },
+      initrd: { sha256: r.store.sha256(r.store.initrd), size: r.store.initrd.length },
+      cmdline: RAMDISK_CMDLINE,
+    });
+    const issue = (body: unknown, token: string) =>
+      rawRequest(r.url, '/v1/boot/tokens', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+    // web02 has netboot: false: this token is for a machine switched without a network boot
+    const issued = await issue({ system: 'web02' }, WRITE);
+    expect(issued.status, issued.text).toBe(201);
+    const { token, expires } = issued.json<{ token: string; expires: string }>();
+    expect(expires).toBe('2026-01-05T11:00:00.000Z');
+    expect((await r.get('/v1/plan?system=web02', token)).status).toBe(200);
+    expect((await r.get('/v1/plan?system=web01', token)).status).toBe(403);
+    // a boot token never makes another
+    expect((await issue({ system: 'web02' }, token)).status).toBe(403);
+    expect((await issue({ system: 'nope' }, WRITE)).status).toBe(404);
+    expect((await issue({ system: 'web02', extra: 1 }, WRITE)).status).toBe(400);
+    expect((await issue({ system: 'web02' }, 'not-the-write-token-at-all')).status).toBe(403);
+    expect(r.log.join('\n')).not.toContain(token);
   });
 });
 

@@ -19,7 +19,7 @@ import {
 import { systemFileDigest } from './events.ts';
 import { blobSegments, HttpError, lstatInStore, sendBlob } from './files.ts';
 import type { RouteContext } from './route-context.ts';
-import { errorText, noStore, queryOf } from './route-helpers.ts';
+import { errorText, json, noStore, queryOf, segmentName } from './route-helpers.ts';
 import { notFoundBelow, type Reply, type Route, type RouteRequest } from './route-table.ts';
 
 /** A host and port as a Host header gives them, checked before they go into a script. */
@@ -99,7 +99,7 @@ export function bootRoutes(ctx: RouteContext): Route[] {
     const url = await baseUrl(request);
     if (!isScriptUrl(url)) return local("store.yaml's server.url cannot go into an iPXE script");
     const signer = await ctx.signer();
-    const token = ctx.bootTokens.issue(system.name);
+    const { token } = ctx.bootTokens.issue(system.name);
     const script = ramdiskScript({
       baseUrl: url,
       system: system.name,
@@ -149,15 +149,9 @@ export function bootRoutes(ctx: RouteContext): Route[] {
     return async (request) => {
       const q = queryOf(request.query, ['sha256']);
       const wanted = q.one('sha256');
-      let found: RamdiskDoc;
-      try {
-        found = await ramdisk();
-      } catch (error) {
-        if ((error as ImgctlError).code !== 'NOT_FOUND') throw error;
-        throw new HttpError(404, 'NOT_FOUND', 'no ramdisk is built in this store', {
-          hint: "build it with 'imgctl ramdisk build'",
-        });
-      }
+      const found = await ramdisk().catch((error: unknown) => {
+        throw (error as ImgctlError).code === 'NOT_FOUND' ? noRamdisk() : error;
+      });
       const hex = found[which].sha256;
       if (wanted !== undefined && wanted !== hex)
         throw new HttpError(404, 'NOT_FOUND', `the ramdisk's ${which} is no longer that one`, {
@@ -167,10 +161,46 @@ export function bootRoutes(ctx: RouteContext): Route[] {
     };
   }
 
+  /** GET /v1/boot/ramdisk: what imgagent --via-ramdisk fetches and stages its instructions into. */
+  async function ramdiskInfo(request: RouteRequest): Promise<Reply> {
+    queryOf(request.query, []);
+    const { kernel, initrd, cmdline } = await ramdisk().catch((error: unknown) => {
+      throw (error as ImgctlError).code === 'NOT_FOUND' ? noRamdisk() : error;
+    });
+    return json(200, { kernel, initrd, cmdline }, noStore);
+  }
+
+  /**
+   * POST /v1/boot/tokens {"system": NAME}: a boot token for a machine switched into the ramdisk
+   * without a network boot (imgagent --via-ramdisk). The write token only: a boot token never
+   * makes another.
+   */
+  async function issueToken(request: RouteRequest): Promise<Reply> {
+    queryOf(request.query, []);
+    const body = request.body as Record<string, unknown> | null;
+    const keys = body !== null && typeof body === 'object' ? Object.keys(body) : [];
+    if (keys.length !== 1 || keys[0] !== 'system' || typeof body!.system !== 'string')
+      throw new HttpError(400, 'USAGE', 'the body is {"system": NAME}');
+    const name = segmentName('system', body!.system);
+    if (!lstatInStore(storeDir, ['systems', `${name}.yaml`]))
+      throw new HttpError(404, 'NOT_FOUND', `system '${name}' does not exist`);
+    const { token, expires } = ctx.bootTokens.issue(name);
+    ctx.log(`boot token issued for system ${name}, until ${expires.toISOString()}`);
+    return json(201, { token, expires: expires.toISOString() }, noStore);
+  }
+
   return [
     { method: 'GET', path: '/v1/boot/ipxe', open: true, handle: ipxe },
+    { method: 'GET', path: '/v1/boot/ramdisk', open: true, handle: ramdiskInfo },
+    { method: 'POST', path: '/v1/boot/tokens', handle: issueToken },
     { method: 'GET', path: '/v1/boot/kernel', open: true, handle: file('kernel') },
     { method: 'GET', path: '/v1/boot/initrd', open: true, handle: file('initrd') },
     { ...notFoundBelow('/v1/boot'), open: true },
   ];
+}
+
+function noRamdisk(): HttpError {
+  return new HttpError(404, 'NOT_FOUND', 'no ramdisk is built in this store', {
+    hint: "build it with 'imgctl ramdisk build'",
+  });
 }

@@ -14,8 +14,8 @@ export const DEFAULT_BOOT_TOKEN_TTL_MS = 60 * 60_000;
 const PER_SYSTEM = 8;
 
 export interface BootTokens {
-  /** A fresh token for `system`, valid for the TTL from now. */
-  issue(system: string): string;
+  /** A fresh token for `system`, valid for the TTL from now, and when it expires. */
+  issue(system: string): { token: string; expires: Date };
   /**
    * The system a token was issued for; undefined when it is not one of ours, has expired or
    * was ended.
@@ -54,7 +54,7 @@ export function createBootTokens(
         issued.delete(digest);
       const token = `${BOOT_TOKEN_PREFIX}${randomBytes(32).toString('hex')}`;
       issued.set(digestOf(token), { system, expires: at + ttlMs });
-      return token;
+      return { token, expires: new Date(at + ttlMs) };
     },
     systemOf(token) {
       if (!isBootToken(token)) return undefined;
