@@ -8,7 +8,7 @@
  * randomness), so unit tests run the whole flow with fakes.
  */
 import { createHash } from 'node:crypto';
-import { access, chmod, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, link, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ensureDir } from '../store/store.ts';
 import {
@@ -303,11 +303,7 @@ export function vmMeta(
     options: Pick<VirtOptions, 'virtPath' | 'follow'>;
   },
 ): VmMeta {
-  const follow = spec.options.follow;
-  if (follow !== undefined && parseImageRef(follow).name !== plan.image.name)
-    throw new ImgctlError('USAGE', `--follow ${follow}: the VM runs ${plan.image.name}`, {
-      hint: `follow a reference to ${plan.image.name}: NAME, NAME@REV or NAME@CHANNEL`,
-    });
+  if (spec.options.follow !== undefined) assertFollows(spec.options.follow, plan);
   return {
     generation: spec.generation,
     previous: spec.previous,
@@ -336,18 +332,29 @@ export function vmMeta(
   };
 }
 
+/** Throws USAGE unless `follow` is a reference to the image the VM runs. */
+export function assertFollows(follow: string, plan: PlanDoc): void {
+  if (parseImageRef(follow).name !== plan.image.name)
+    throw new ImgctlError('USAGE', `--follow ${follow}: the VM runs ${plan.image.name}`, {
+      hint: `follow a reference to ${plan.image.name}: NAME, NAME@REV or NAME@CHANNEL`,
+    });
+}
+
 /**
  * What a VM is made from, as one digest: the plan with secrets redacted, without how it was
  * asked for (a channel or the release it points at plan the same VM).
  */
 export function planFingerprint(plan: PlanDoc): string {
   const { reference: _reference, deprecated: _deprecated, ...image } = plan.image;
+  // where the server keeps its store, and which layer gave a value, do not shape the VM
+  const { parameter_sources: _sources, variables, ...rest } = redactPlan(plan);
+  const { IMAGE_STORE: _store, ...vars } = variables;
   return createHash('sha256')
-    .update(canonicalJson({ ...redactPlan(plan), image }))
+    .update(canonicalJson({ ...rest, variables: vars, image }))
     .digest('hex');
 }
 
-/** The VM's disks that this run makes, each under a temporary name renamed into place. */
+/** The VM's disks that this run makes, each made under a temporary name, then linked to its own (never over a file that is there). */
 export async function makeVmDisks(
   plan: PlanDoc,
   disks: VmDisk[],
@@ -366,8 +373,10 @@ export async function makeVmDisks(
       tmp,
       deps.runner,
     );
+    // never over a file that is there (a rename would replace it); only then is it ours
+    await link(tmp, disk.path);
     created.push(disk.path);
-    await rename(tmp, disk.path);
+    await rm(tmp, { force: true });
   }
 }
 

@@ -3,7 +3,7 @@
  * VM.gN.xml at the VM's path, what the domain defined now says (its metadata), which files of
  * other generations are left to remove, and the per-VM lock. vm-update.ts switches between them.
  */
-import { copyFile, open, readdir, readFile, rm } from 'node:fs/promises';
+import { copyFile, link, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
 import { isAlive } from '../util/pid.ts';
@@ -48,9 +48,14 @@ export async function readVm(
   let xml: string;
   try {
     xml = (await virsh(['dumpxml', '--inactive', '--security-info', vm])).stdout;
-  } catch {
-    throw new ImgctlError('NOT_FOUND', `no VM '${vm}' on this host`, {
-      hint: 'make it with imgagent --virt first',
+  } catch (error) {
+    const said = String((error as { stderr?: string }).stderr ?? (error as Error).message).trim();
+    if (/failed to get domain|Domain not found/i.test(said))
+      throw new ImgctlError('NOT_FOUND', `no VM '${vm}' on this host`, {
+        hint: 'make it with imgagent --virt first',
+      });
+    throw new ImgctlError('FAILED', `virsh dumpxml ${vm}: ${said.split('\n').pop() ?? ''}`, {
+      hint: 'is libvirtd running, and is --connect the URI the VM is defined at?',
     });
   }
   const info = parseDomainXml(xml, `domain ${vm}`);
@@ -59,7 +64,7 @@ export async function readVm(
       'CONFLICT',
       `VM '${vm}' was not made by imgagent --virt (no imgctl metadata)`,
       {
-        hint: 'make it again with imgagent --virt --force, or update it by other means',
+        hint: 'a VM made by an imgagent before 0.2 has none: update it by other means (imgagent --virt --force makes it again, data disks included, from the image)',
       },
     );
   return { ...info, meta: info.meta, xml };
@@ -109,15 +114,14 @@ export async function pruneGenerations(
     } else others.push({ file, meta: info });
   }
   for (const other of others) {
-    const files = other.meta
-      ? [other.meta.seed, ...other.meta.disks.filter((d) => d.use !== 'data').map((d) => d.path)]
-      : [];
-    for (const path of files) {
-      if (kept.has(path) || dirname(path) !== dir) continue;
-      await rm(path, { force: true });
-      // and a disk a killed run left under its temporary name
+    for (const disk of [{ path: other.meta?.seed, use: 'seed' }, ...(other.meta?.disks ?? [])]) {
+      const path = disk.path;
+      if (path === undefined || dirname(path) !== dir) continue;
+      // a disk a killed run left under its temporary name (data disks too: never the data)
       for (const name of names)
         if (name.startsWith(`${basename(path)}.tmp-`)) await rm(join(dir, name), { force: true });
+      if (disk.use === 'data' || kept.has(path)) continue;
+      await rm(path, { force: true });
     }
     await rm(other.file, { force: true });
     deps.log(
@@ -140,7 +144,8 @@ export function definitionFile(virtPath: string, vm: string, generation: number)
 
 export async function writeDurably(file: string, text: string): Promise<void> {
   await ensureDir(dirname(file), 0o755);
-  await writeFileAtomic(file, text);
+  // 0600: a definition dumped with --security-info may hold a graphics password
+  await writeFileAtomic(file, text, 0o600);
 }
 
 /** A copy of the serial console of a failed boot, before the rollback's boot truncates it. */
@@ -165,20 +170,27 @@ export async function keepSerialLog(
  */
 export async function lockVm(virtPath: string, vm: string): Promise<() => Promise<void>> {
   const file = join(virtPath, `${vm}.lock`);
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const handle = await open(file, 'wx', 0o600);
-      await handle.writeFile(`${process.pid}\n`);
-      await handle.close();
-      return () => rm(file, { force: true });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 2) throw error;
-      const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
-      if (isAlive(pid) && pid !== process.pid)
-        throw new ImgctlError('CONFLICT', `agent ${pid} is updating ${vm} now`, {
-          hint: `nothing was changed; wait for it (or remove ${file} if no agent runs)`,
-        });
-      await rm(file, { force: true });
+  await ensureDir(virtPath, 0o755);
+  // the pid is in the file before the file has the lock's name: nobody reads an empty lock
+  const mine = `${file}.${process.pid}`;
+  await writeFile(mine, `${process.pid}\n`, { mode: 0o600 });
+  try {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await link(mine, file);
+        return () => rm(file, { force: true });
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 2) throw error;
+        const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+        if (isAlive(pid))
+          throw new ImgctlError('CONFLICT', `agent ${pid} is updating ${vm} now`, {
+            hint: `nothing was changed; wait for it (or remove ${file} if no agent runs)`,
+          });
+        // its agent is gone (killed): the lock is taken over
+        await rm(file, { force: true });
+      }
     }
+  } finally {
+    await rm(mine, { force: true });
   }
 }

@@ -18,6 +18,7 @@ import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { PlanQuery } from '../client/client.ts';
 import { ImgctlError } from '../util/errors.ts';
 import { assertName } from '../util/names.ts';
+import { exists } from '../store/store.ts';
 import { parseDuration } from '../util/duration.ts';
 import type { PlanDoc } from '../store/types.ts';
 import { openBlobCache } from './blob-cache.ts';
@@ -47,6 +48,7 @@ import {
   vmDomainXml,
   vmMeta,
   vmNics,
+  assertFollows,
 } from './virt.ts';
 import {
   definitionFile,
@@ -170,6 +172,7 @@ export async function updateVirt(options: UpdateOptions, deps: VirtDeps): Promis
     const base = { vm, from, serialLog: meta.serialLog, keptDataDisks: [], disks: [] };
     if (planFingerprint(plan) === meta.fingerprint && !options.force) {
       const follow = options.follow ?? options.image ?? meta.reference;
+      assertFollows(follow, plan);
       if (follow !== meta.reference && !options.dryRun) {
         await setMeta(vm, { ...meta, reference: follow }, options.connect, deps);
         deps.log(`${vm} follows ${follow} from now on (it was ${meta.reference})`);
@@ -189,9 +192,10 @@ export async function updateVirt(options: UpdateOptions, deps: VirtDeps): Promis
       }
       // An update was interrupted after it switched: its check decides now.
       deps.log(`${vm}: generation ${meta.generation} was not seen healthy yet; checking it again`);
-      await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
-      const events = eventSender(deps, plan, vm);
+      const settled: VirtDeps = { ...deps, signal: undefined };
+      const events = eventSender(settled, plan, vm);
       await events.send('started');
+      await stopDomain(vm, virsh, settled, options.shutdownTimeoutMs);
       return await bootAndCheck(
         vm,
         meta,
@@ -199,7 +203,7 @@ export async function updateVirt(options: UpdateOptions, deps: VirtDeps): Promis
         events,
         { ...base, action: 'checked' },
         options,
-        deps,
+        settled,
         started,
       );
     }
@@ -223,8 +227,7 @@ export async function rollbackVirt(
     const target = await keptGeneration(vm, meta);
     const events = eventSender(deps, eventSubject(target.meta), vm);
     await events.send('started');
-    await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
-    const health = await switchBack(vm, target, virsh, options, deps);
+    const health = await switchBack(vm, target, virsh, options, { ...deps, signal: undefined });
     await events.send('rolled-back', {
       message: `from generation ${meta.generation} (${describe(summary(meta))}), by hand`,
     });
@@ -246,7 +249,8 @@ export async function rollbackVirt(
         `rolled back ${vm} to generation ${target.meta.generation}, but it failed its health check: ${health.reason}`,
         { hint: `its serial console is ${target.meta.serialLog}` },
       );
-      throw await events.failed(failure, failure);
+      await events.failed(failure, failure);
+      return { result, failure };
     }
     await events.send('done');
     return { result };
@@ -300,6 +304,15 @@ async function switchGeneration(
     return kept ? { ...d, path: kept.path, format: kept.format, source: undefined } : d;
   });
   const toMake = disks.filter((d) => !keptData.some((k) => k.path === d.path));
+  // never over a file that is there: a data disk detached earlier, a disk of generation 1
+  const there = (
+    await Promise.all(toMake.map(async (d) => ((await exists(d.path)) ? d.path : undefined)))
+  ).filter((p) => p !== undefined);
+  if (there.length > 0)
+    throw new ImgctlError('CONFLICT', `${vm}: the new generation's files are already there`, {
+      details: there,
+      hint: 'nothing was changed; move them away (a data disk detached by an earlier --force update keeps its data there)',
+    });
   const instanceId = `${vm}-${deps.randomHex(4)}`;
   // The nics keep their MAC addresses (the guest's network identity) and, without
   // --virt-bridge, the bridge or network this host attached them to.
@@ -384,9 +397,9 @@ async function switchGeneration(
     if (work) await rm(work, { recursive: true, force: true });
   }
 
-  // The switch: one `virsh define`, from here on the VM is generation N+1.
+  // The switch: one `virsh define` while generation N still runs (its next start is N+1); a
+  // define that fails leaves N as it was. What N+1 made goes at the next run.
   try {
-    await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
     await run(
       deps.runner,
       'virsh',
@@ -394,19 +407,23 @@ async function switchGeneration(
       'virsh define',
     );
   } catch (error) {
-    // still generation N, shut off: what N+1 made goes at the next run (its files are named)
     throw await events.failed(error, interrupted(deps) ?? asImgctlError(error));
   }
   deps.log(`defined ${vm} as generation ${generation}`);
-  await events.send('defined');
+  // From here on an interruption (Ctrl-C, SIGTERM from imgctl provision) does not stop the run
+  // half-way: the check and, if it fails, the way back take their bounded time.
+  const settled: VirtDeps = { ...deps, signal: undefined };
+  const settledEvents = eventSender(settled, plan, vm);
+  await settledEvents.send('defined');
+  await stopDomain(vm, virsh, settled, options.shutdownTimeoutMs);
   return await bootAndCheck(
     vm,
     newMeta,
     plan,
-    events,
+    settledEvents,
     { ...base, action: 'updated' },
     options,
-    deps,
+    settled,
     started,
   );
 }
@@ -445,8 +462,17 @@ async function bootAndCheck(
   deps.log(
     `${vm}: generation ${meta.generation} failed its health check: ${health.reason}; rolling back`,
   );
-  const target = await keptGeneration(vm, meta);
-  await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
+  let target: Awaited<ReturnType<typeof keptGeneration>>;
+  try {
+    target = await keptGeneration(vm, meta);
+  } catch (error) {
+    const stuck = new ImgctlError(
+      'FAILED',
+      `${describe(summary(meta))} failed its health check (${health.check}): ${health.reason}; ${vm} stays on it: ${(error as Error).message}`,
+      { hint: 'fix the release and run --update again, or make the VM again' },
+    );
+    throw await events.failed(stuck, stuck);
+  }
   const back = await switchBack(vm, target, virsh, options, deps);
   await pruneGenerations(vm, target.meta, [target.meta.generation, target.meta.previous], deps);
   await events.send('rolled-back', {
@@ -487,7 +513,7 @@ async function switchBack(
   vm: string,
   target: { meta: VmMeta; file: string },
   virsh: Virsh,
-  options: Pick<UpdateOptions, 'connect' | 'healthTimeoutMs'>,
+  options: Pick<UpdateOptions, 'connect' | 'healthTimeoutMs' | 'shutdownTimeoutMs'>,
   deps: VirtDeps,
 ): Promise<HealthOutcome> {
   await run(
@@ -497,6 +523,7 @@ async function switchBack(
     'virsh define',
   );
   deps.log(`defined ${vm} as generation ${target.meta.generation} again`);
+  await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
   return await startAndCheck(vm, target.meta, virsh, options.healthTimeoutMs, deps);
 }
 

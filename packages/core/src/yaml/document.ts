@@ -104,13 +104,17 @@ export function problemAt(
  * Writes a file so a reader sees the old content or the new, never a mix: a temp file in the
  * same directory, fsynced, renamed over the target, then the directory fsynced.
  */
-export async function writeFileAtomic(path: string, content: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(
+  path: string,
+  content: string | Uint8Array,
+  mode = 0o644,
+): Promise<void> {
   const tmp = join(
     dirname(path),
     `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`,
   );
   try {
-    const handle = await open(tmp, 'wx', 0o644);
+    const handle = await open(tmp, 'wx', mode);
     try {
       await handle.writeFile(content);
       await handle.sync();
