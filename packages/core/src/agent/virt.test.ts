@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -347,6 +347,21 @@ describe('updateVirt', () => {
     const metadata = f.calls.filter((c) => c[3] === 'metadata');
     expect(metadata).toHaveLength(1);
     expect(metadata[0]!.join(' ')).toContain("reference='tiny-linux@stable'");
+    expect(f.calls.filter((c) => c[0] === 'qemu-img' || c[3] === 'define')).toEqual([]);
+  });
+
+  it('never makes a disk over a file that is there: a data disk detached earlier', async () => {
+    const { f, options } = await madeVm();
+    const plan = structuredClone(PLAN);
+    plan.disks.push({ ...plan.disks[1]!, id: 'logs' });
+    f.deps.client.getPlan = async () => ({ plan });
+    const detached = join(dir, 'vms', 'tiny01-logs.raw');
+    await writeFile(detached, 'the data of an earlier release');
+    await expect(updateVirt(options, f.deps)).rejects.toMatchObject({
+      code: 'CONFLICT',
+      details: [detached],
+    });
+    expect(await readFile(detached, 'utf8')).toBe('the data of an earlier release');
     expect(f.calls.filter((c) => c[0] === 'qemu-img' || c[3] === 'define')).toEqual([]);
   });
 
