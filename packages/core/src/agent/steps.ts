@@ -216,9 +216,11 @@ export function eventSender(
   deps: Pick<StepDeps, 'client' | 'log' | 'signal'>,
   plan: Pick<PlanDoc, 'system' | 'record'> & { image: Pick<PlanDoc['image'], 'name' | 'release'> },
   vm: string,
+  /** the run's `started` was sent already (by another sender of the same run) */
+  resumed = false,
 ) {
   let disabled = false;
-  let started = false;
+  let started = resumed;
   return {
     /** Reports reaching `phase`; an interrupted run stops here instead (all but 'failed'). */
     async send(phase: Phase, extra: { code?: ErrorCode; message?: string } = {}) {

@@ -413,7 +413,7 @@ async function switchGeneration(
   // From here on an interruption (Ctrl-C, SIGTERM from imgctl provision) does not stop the run
   // half-way: the check and, if it fails, the way back take their bounded time.
   const settled: VirtDeps = { ...deps, signal: undefined };
-  const settledEvents = eventSender(settled, plan, vm);
+  const settledEvents = eventSender(settled, plan, vm, true);
   await settledEvents.send('defined');
   await stopDomain(vm, virsh, settled, options.shutdownTimeoutMs);
   return await bootAndCheck(
