@@ -26,10 +26,13 @@ export function lanSubnet(): string {
   return `10.77.${process.pid % 250}`;
 }
 
-/** Starts the bridge and dnsmasq; `bootUrl(hostIp)` is the URL iPXE is told to chain to. */
+/**
+ * Starts the bridge, then dnsmasq; `bootUrl(hostIp)` (called once the bridge has its address,
+ * so a server can listen there first) is the URL iPXE is told to chain to.
+ */
 export async function startNetbootLan(
   name: string,
-  bootUrl: (hostIp: string) => string,
+  bootUrl: (hostIp: string) => string | Promise<string>,
 ): Promise<NetbootLan> {
   const subnet = lanSubnet();
   const hostIp = `${subnet}.1`;
@@ -37,6 +40,7 @@ export async function startNetbootLan(
   await execa('ip', ['link', 'add', name, 'type', 'bridge']);
   await execa('ip', ['addr', 'add', `${hostIp}/24`, 'dev', name]);
   await execa('ip', ['link', 'set', name, 'up']);
+  const url = await bootUrl(hostIp);
   const child = spawn(
     'dnsmasq',
     [
@@ -51,7 +55,7 @@ export async function startNetbootLan(
       `--dhcp-leasefile=${join(dir, 'leases')}`,
       `--pid-file=${join(dir, 'pid')}`,
       '--dhcp-match=set:ipxe,175',
-      `--dhcp-boot=tag:ipxe,${bootUrl(hostIp)}`,
+      `--dhcp-boot=tag:ipxe,${url}`,
       `--dhcp-option=option:router,${hostIp}`,
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
