@@ -17,6 +17,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse } from 'yaml';
+import { stageIntoInitrd } from '../packages/core/src/agent/initrd-stage.ts';
+import { INSTRUCTIONS_PATH } from '../packages/core/src/agent/via-ramdisk.ts';
 import { type AgentRig, startAgentRig } from './helpers/agent-rig.ts';
 import { execImgctl, MiB, startServer } from './helpers/index.ts';
 import { applianceReport, bootAppliance } from './helpers/seed.ts';
@@ -60,7 +62,12 @@ describe('slow: the provisioning ramdisk provisions an empty machine', () => {
   });
 
   /** systems/NAME.yaml: the tiny appliance (or `image`) written to /dev/vda. */
-  async function addSystem(name: string, hostname: string, image = 'tiny-linux'): Promise<void> {
+  async function addSystem(
+    name: string,
+    hostname: string,
+    image = 'tiny-linux',
+    targetDisk: string | undefined = '/dev/vda',
+  ): Promise<void> {
     await writeFile(
       join(rig.store.dir, 'systems', `${name}.yaml`),
       [
@@ -69,7 +76,7 @@ describe('slow: the provisioning ramdisk provisions an empty machine', () => {
         `name: ${name}`,
         `hostname: ${hostname}`,
         `image: ${image}`,
-        'target_disk: /dev/vda',
+        ...(targetDisk === undefined ? [] : [`target_disk: ${targetDisk}`]),
         '',
       ].join('\n'),
     );
@@ -85,6 +92,7 @@ describe('slow: the provisioning ramdisk provisions an empty machine', () => {
     name: string,
     args: string[],
     until?: RegExp,
+    initrd = blob(ramdisk.initrd.sha256),
   ): Promise<Boot & { disk: string }> {
     const disk = join(rig.work.dir, `${name}.raw`);
     const serialLog = join(rig.work.dir, `${name}.serial.log`);
@@ -93,7 +101,7 @@ describe('slow: the provisioning ramdisk provisions an empty machine', () => {
       'qemu-system-x86_64',
       [
         ...['-accel', 'tcg', '-m', '1024', '-nographic', '-no-reboot', '-monitor', 'none'],
-        ...['-kernel', blob(ramdisk.kernel.sha256), '-initrd', blob(ramdisk.initrd.sha256)],
+        ...['-kernel', blob(ramdisk.kernel.sha256), '-initrd', initrd],
         ...['-append', [ramdisk.cmdline, ...args].join(' ')],
         ...['-drive', `file=${disk},format=raw,if=virtio`],
         ...['-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0'],
@@ -162,6 +170,35 @@ describe('slow: the provisioning ramdisk provisions an empty machine', () => {
     expect(applianceReport(serial)?.hostname, serial).toBe('metal-e2e');
   }, 600_000);
 
+  it('takes its instructions from a file staged into the initrd, as imgagent --via-ramdisk stages them', async () => {
+    // no target_disk in the system: the instructions name it; no token on the command line
+    await addSystem('metal04', 'metal-staged', 'tiny-linux', undefined);
+    const staged = join(rig.work.dir, 'initrd-metal04.img');
+    const instructions = [
+      `server=http://10.0.2.2:${rig.server.port}`,
+      'system=metal04',
+      'image=tiny-linux',
+      'record=default',
+      'target_disk=/dev/vda',
+      `token=${token}`,
+    ];
+    await stageIntoInitrd(
+      await readFile(blob(ramdisk.initrd.sha256)),
+      [{ path: INSTRUCTIONS_PATH, content: `${instructions.join('\n')}\n`, mode: 0o600 }],
+      staged,
+    );
+    const boot = await bootRamdisk(
+      'metal04',
+      [`imgctl.instructions=/${INSTRUCTIONS_PATH}`],
+      undefined,
+      staged,
+    );
+    expect(boot.exitCode, boot.serial).toBe(0);
+    expect(boot.serial).toMatch(/imgagent: disk root written onto \/dev\/vda and verified/);
+    expect(boot.serial).not.toContain(token);
+    expect((await statusOf('metal04'))[0]!.state).toBe('done');
+  }, 300_000);
+
   it('a revoked release: says why on the console, posts failed, writes nothing', async () => {
     const created = await imgctl(['release', 'create', 'tiny-linux', '--json']);
     expect(created.exitCode, created.stderr).toBe(0);
@@ -173,6 +210,7 @@ describe('slow: the provisioning ramdisk provisions an empty machine', () => {
 
     const boot = await bootRamdisk('metal02', serverArgs('metal02'), /dropping to a shell/);
     expect(boot.serial).toMatch(/IMGCTL-RAMDISK FAILED: .*revoked.*bad greeting/);
+    expect(boot.serial).toContain('imgagent exited with status 7; nothing was written');
     expect(boot.serial).toContain("IMGCTL-RAMDISK posted 'failed' to http://10.0.2.2:");
     expect(await isAllZeros(boot.disk)).toBe(true);
 
@@ -195,6 +233,7 @@ describe('slow: the provisioning ramdisk provisions an empty machine', () => {
       args[0] = `imgctl.server=http://10.0.2.2:${strict.port}`;
       const boot = await bootRamdisk('metal03', args, /dropping to a shell/);
       expect(boot.serial).toMatch(/IMGCTL-RAMDISK FAILED: .*(403|token)/i);
+      expect(boot.serial).toContain('nothing was written');
       expect(boot.serial).toMatch(/IMGCTL-RAMDISK could not post 'failed' to .*403/);
       expect(await isAllZeros(boot.disk)).toBe(true);
       expect((await statusOf('metal03'))[0]!.state).toBe('pending');

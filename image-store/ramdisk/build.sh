@@ -23,7 +23,8 @@ umask 022
 CACHE_DIR=${CACHE_DIR:-$OUT_DIR/.cache}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # What the ramdisk needs on its own command line; the server adds imgctl.server= and the rest.
-CMDLINE="console=tty0 console=ttyS0,115200n8 panic=10"
+# quiet: the kernel does not print its command line (which may hold a token) on the console.
+CMDLINE="console=tty0 console=ttyS0,115200n8 quiet panic=10"
 # Loaded at boot in this order (with their dependencies, from modprobe --show-depends): storage
 # first, then network. A driver whose hardware is absent loads and binds nothing.
 MODULES=(virtio_pci virtio_blk virtio_scsi sd_mod ahci ata_piix nvme megaraid_sas mpt3sas
