@@ -195,7 +195,6 @@ export async function updateVirt(options: UpdateOptions, deps: VirtDeps): Promis
       const settled: VirtDeps = { ...deps, signal: undefined };
       const events = eventSender(settled, plan, vm);
       await events.send('started');
-      await stopDomain(vm, virsh, settled, options.shutdownTimeoutMs);
       return await bootAndCheck(
         vm,
         meta,
@@ -269,7 +268,6 @@ async function switchGeneration(
   started: number,
 ): Promise<UpdateOutcome> {
   const meta = current.meta;
-  const virsh = virshOf(deps, options.connect);
   const generation = meta.generation + 1;
   const virtPath = meta.virtPath;
   const layout = planLayout(plan, { virtPath, logDir: options.logDir }, generation);
@@ -415,7 +413,6 @@ async function switchGeneration(
   const settled: VirtDeps = { ...deps, signal: undefined };
   const settledEvents = eventSender(settled, plan, vm, true);
   await settledEvents.send('defined');
-  await stopDomain(vm, virsh, settled, options.shutdownTimeoutMs);
   return await bootAndCheck(
     vm,
     newMeta,
@@ -429,9 +426,9 @@ async function switchGeneration(
 }
 
 /**
- * Starts generation `meta` (defined, shut off) and runs its check: healthy, it stays and the
- * generations before its previous one go; not, the previous generation is defined and started
- * again, and the outcome carries the failure.
+ * Stops the domain (its next start is generation `meta`, defined), starts it and runs its
+ * check: healthy, it stays and the generations before its previous one go; not, the previous
+ * generation is defined and started again, and the outcome carries the failure.
  */
 async function bootAndCheck(
   vm: string,
@@ -444,6 +441,7 @@ async function bootAndCheck(
   started: number,
 ): Promise<UpdateOutcome> {
   const virsh = virshOf(deps, options.connect);
+  await stopDomain(vm, virsh, deps, options.shutdownTimeoutMs);
   const health = await startAndCheck(vm, meta, virsh, options.healthTimeoutMs, deps);
   const seconds = () => (deps.now() - started) / 1000;
   if (health.ok) {
