@@ -23,7 +23,7 @@ BOOT_START=2048 # sectors: the boot partition starts at 1 MiB
 BOOT_SIZE_MIB=128
 ROOT_LABEL=debian-root
 PACKAGES=(linux-image-amd64 initramfs-tools e2fsprogs systemd-sysv udev dbus cloud-init openssh-server
-  ifupdown isc-dhcp-client resolvconf iproute2 iputils-ping netbase sudo locales procps)
+  ifupdown isc-dhcp-client resolvconf iproute2 iputils-ping netbase sudo locales procps kexec-tools)
 MIRRORS=(
   "deb http://deb.debian.org/debian bookworm main"
   "deb http://deb.debian.org/debian bookworm-updates main"

@@ -13,10 +13,12 @@ import {
   assertPullable,
   eventSender,
   interrupted,
+  kexecNow,
   passwordHashes,
   warnIfDeprecated,
   progressLogger,
   publicParameters,
+  rebootNow,
   run,
   runProvisioning,
   short,
@@ -257,9 +259,12 @@ export async function replaceSelf(
       deps,
     );
     result.boot.done = result.ramdisk.switched;
-    result.boot.message = result.ramdisk.switched
-      ? 'switched into the provisioning ramdisk'
-      : 'the provisioning ramdisk is loaded: `kexec -e` (or `systemctl kexec`) switches into it, and it writes the disk';
+    const { switched, via } = result.ramdisk;
+    result.boot.message = switched
+      ? `${via === 'kexec' ? 'switched' : 'rebooting'} into the provisioning ramdisk`
+      : via === 'kexec'
+        ? 'the provisioning ramdisk is loaded: `systemctl kexec` (or `kexec -e`) switches into it, and it writes the disk'
+        : 'the next boot (only) starts the provisioning ramdisk from GRUB, and it writes the disk: reboot to begin';
     return result;
   }
 
@@ -318,13 +323,13 @@ export async function replaceSelf(
       await events.send('done');
       deps.log(`kexec: booting ${kexec.kernel} from ${targetPath}`);
       result.boot = { action: 'kexec', done: true, message: `kexec into ${kexec.kernel}` };
-      await run(runner, 'kexec', ['-e'], 'kexec -e');
+      await kexecNow(runner);
       return result;
     }
     await events.send('done');
     if (options.boot === 'reboot') {
       deps.log(`rebooting into ${plan.image.name} on ${targetPath}`);
-      await rebootNow(deps);
+      await rebootNow(runner);
       result.boot.done = true;
     }
     return result;
@@ -685,12 +690,4 @@ export function parseSyslinux(
   const chosen = labels.find((l) => l.name === defaultName) ?? labels[0];
   if (!chosen?.kernel) return undefined;
   return { kernel: chosen.kernel, initrd: chosen.initrd, cmdline: chosen.append };
-}
-
-async function rebootNow(deps: ReplaceSelfDeps): Promise<void> {
-  try {
-    await deps.runner.run('systemctl', ['reboot']);
-  } catch {
-    await run(deps.runner, 'reboot', [], 'reboot');
-  }
 }

@@ -306,6 +306,25 @@ export async function run(
   }
 }
 
+/** Reboots now: through systemd when it runs this machine (services stopped, disks synced), else `reboot`. */
+export async function rebootNow(runner: ProcessRunner): Promise<void> {
+  try {
+    await runner.run('systemctl', ['reboot']);
+  } catch {
+    await run(runner, 'reboot', [], 'reboot');
+  }
+}
+
+/** Boots the kernel loaded with `kexec -l`: through systemd when it can (an orderly shutdown), else `kexec -e`. */
+export async function kexecNow(runner: ProcessRunner): Promise<void> {
+  await run(runner, 'sync', [], 'sync');
+  try {
+    await runner.run('systemctl', ['kexec']);
+  } catch {
+    await run(runner, 'kexec', ['-e'], 'kexec -e');
+  }
+}
+
 /**
  * The interruption (the abort reason) when the run was interrupted: what failed then (a tool
  * terminated, a download stopped) is its consequence, not the cause to report.

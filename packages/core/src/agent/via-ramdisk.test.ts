@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -23,11 +23,15 @@ describe('switchViaRamdisk', () => {
   });
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
-  const deps = (kexec = true) => ({
+  /** kexec: present, missing, or present but refusing to load (lockdown) */
+  const deps = (kexec: 'yes' | 'no' | 'refuses' = 'yes') => ({
     runner: {
       async run(file: string, args: string[]) {
         calls.push([file, ...args]);
-        if (file === 'kexec' && !kexec) throw new Error('ENOENT');
+        if (file === 'kexec' && (kexec === 'no' || (kexec === 'refuses' && args[0] === '-l')))
+          throw Object.assign(new Error('kexec failed'), { stderr: 'Operation not permitted' });
+        if (file === 'grub-probe') return { stdout: args[0] === '--target=fs' ? 'ext2' : '' };
+        if (file === 'grub-mkrelpath') return { stdout: args[0]!.slice(dir.length) };
         return { stdout: '' };
       },
     },
@@ -51,7 +55,13 @@ describe('switchViaRamdisk', () => {
     log: () => undefined,
     scriptEnv: {},
   });
-  const options = { cacheDir: '', targetDisk: '/dev/vda', dataDisks: {}, switchNow: true };
+  const options = {
+    cacheDir: '',
+    targetDisk: '/dev/vda',
+    dataDisks: {},
+    switchNow: true,
+    bootDir: '/nonexistent',
+  };
 
   it('stages the instructions (token included) into the initrd, never on the command line', async () => {
     const done = await switchViaRamdisk(PLAN, { ...options, cacheDir: dir }, deps() as never);
@@ -65,7 +75,7 @@ describe('switchViaRamdisk', () => {
       `--initrd=${done.staged}`,
       '--command-line=console=ttyS0 imgctl.instructions=/imgctl/instructions',
     ]);
-    expect(calls.at(-1)).toEqual(['kexec', '-e']);
+    expect(calls.slice(-2)).toEqual([['sync'], ['systemctl', 'kexec']]);
     const staged = await readFile(done.staged, 'latin1');
     expect(staged.startsWith('INITRD')).toBe(true);
     expect(staged).toContain(`token=${TOKEN}\n`);
@@ -84,7 +94,7 @@ describe('switchViaRamdisk', () => {
     expect(calls.some((c) => c[1] === '-e')).toBe(false);
     calls = [];
     await expect(
-      switchViaRamdisk(PLAN, { ...options, cacheDir: dir }, deps(false) as never),
+      switchViaRamdisk(PLAN, { ...options, cacheDir: dir }, deps('no') as never),
     ).rejects.toMatchObject({
       code: 'HOST',
       message: expect.stringContaining('kexec is missing') as unknown,
@@ -97,5 +107,30 @@ describe('switchViaRamdisk', () => {
         deps() as never,
       ),
     ).rejects.toMatchObject({ code: 'USAGE' });
+  });
+
+  it('without kexec, or when the kernel refuses it, boots the ramdisk once through GRUB', async () => {
+    await mkdir(join(dir, 'boot/grub'), { recursive: true });
+    await writeFile(join(dir, 'boot/grub/grub.cfg'), 'source $prefix/custom.cfg\n');
+    for (const kexec of ['no', 'refuses'] as const) {
+      calls = [];
+      const done = await switchViaRamdisk(
+        PLAN,
+        { ...options, cacheDir: dir, bootDir: join(dir, 'boot') },
+        deps(kexec) as never,
+      );
+      expect(done).toMatchObject({ via: 'boot-entry', switched: true });
+      expect(calls.slice(-2)).toEqual([
+        ['grub-reboot', 'imgctl-ramdisk'],
+        ['systemctl', 'reboot'],
+      ]);
+      const custom = await readFile(join(dir, 'boot/grub/custom.cfg'), 'utf8');
+      expect(custom).toContain(
+        "linux '/boot/imgctl/vmlinuz' 'console=ttyS0' 'imgctl.instructions=/imgctl/instructions'",
+      );
+      expect(await readFile(join(dir, 'boot/imgctl/initrd.img'), 'latin1')).toContain(
+        `token=${TOKEN}`,
+      );
+    }
   });
 });

@@ -2,11 +2,12 @@
  * `imgagent --replace-self --via-ramdisk` (docs/netboot.md, "Reinstalling a running machine"):
  * the target is a disk this machine runs from, so it cannot be written from here. Once
  * replace-self.ts has checked everything that can be checked now (the plan and its signature, a
- * revoked release, the host, the target's size and what is on it), this pulls the provisioning
- * ramdisk the server offers into the blob cache (verified by digest), asks the server for a
- * one-time token for this system only, stages the instructions into a copy of the initrd, and
- * loads it with kexec; with --reboot it switches at once. The ramdisk writes the disk while
- * nothing is mounted from it, posts the events and reboots into the written system.
+ * revoked release, the host, the target's size and what is on it), this checks the machine can
+ * switch (kexec, else a GRUB one-time boot entry: boot-once.ts), pulls the provisioning ramdisk
+ * the server offers into the blob cache (verified by digest), asks the server for a one-time
+ * token for this system only, stages the instructions into a copy of the initrd, and loads it;
+ * with --reboot it switches at once. The ramdisk writes the disk while nothing is mounted from
+ * it, posts the events and reboots into the written system.
  */
 import { join } from 'node:path';
 import { readFile, rm } from 'node:fs/promises';
@@ -16,7 +17,8 @@ import type { PlanDoc } from '../store/types.ts';
 import type { Client } from '../client/client.ts';
 import { openBlobCache } from './blob-cache.ts';
 import { stageIntoInitrd } from './initrd-stage.ts';
-import { run, short, type StepDeps } from './steps.ts';
+import { addBootOnceEntry, type BootOnceEntry, findGrub, type Grub } from './boot-once.ts';
+import { kexecNow, rebootNow, run, short, type StepDeps } from './steps.ts';
 
 export type RamdiskClient = Pick<
   Client,
@@ -31,8 +33,10 @@ export interface ViaRamdiskOptions {
   dataDisks: Record<string, string>;
   /** the server's public key the agent trusts: the ramdisk checks plans with it too */
   trustKey?: string;
-  /** switch now (kexec -e); otherwise the ramdisk is loaded for the next `kexec -e` */
+  /** switch now; otherwise the ramdisk is loaded for the next `kexec -e`, or the next boot */
   switchNow: boolean;
+  /** where GRUB's files are (tests) */
+  bootDir?: string;
 }
 
 export interface RamdiskSwitch {
@@ -42,6 +46,10 @@ export interface RamdiskSwitch {
   staged: string;
   /** the kernel command line, as loaded */
   cmdline: string;
+  /** how: loaded with kexec, or a GRUB entry for the next boot only (kexec unavailable) */
+  via: 'kexec' | 'boot-entry';
+  /** the GRUB entry, when via a boot entry */
+  entry?: BootOnceEntry;
   switched: boolean;
 }
 
@@ -60,13 +68,18 @@ export async function switchViaRamdisk(
       hint: "the ramdisk plans again from the system's record, with a token for that system only",
     });
   const { runner } = deps;
-  try {
-    await runner.run('kexec', ['--version']);
-  } catch {
-    throw new ImgctlError('HOST', 'this machine cannot switch into the ramdisk: kexec is missing', {
-      hint: 'install kexec-tools (apt-get install kexec-tools); nothing was changed',
-    });
-  }
+  const kexec = await runner.run('kexec', ['--version']).then(
+    () => true,
+    () => false,
+  );
+  // GRUB is the way in when kexec is missing, or when the kernel refuses to load one
+  const grub = await findGrub(runner, options.bootDir);
+  if (!kexec && grub === undefined)
+    throw new ImgctlError(
+      'HOST',
+      'this machine cannot switch into the ramdisk: kexec is missing, and it does not boot with a GRUB that takes a one-time entry',
+      { hint: 'install kexec-tools (apt-get install kexec-tools); nothing was changed' },
+    );
   const ramdisk = await deps.client.getRamdisk();
   const cache = openBlobCache(options.cacheDir);
   const files: string[] = [];
@@ -106,21 +119,60 @@ export async function switchViaRamdisk(
     staged,
   );
   const cmdline = `${ramdisk.cmdline} imgctl.instructions=/${INSTRUCTIONS_PATH}`.trim();
+  const loaded = { kernel, initrd, staged, cmdline };
+  let entry: BootOnceEntry | undefined;
   try {
-    await run(
-      runner,
-      'kexec',
-      ['-l', kernel, `--initrd=${staged}`, `--command-line=${cmdline}`],
-      'loading the ramdisk with kexec',
-    );
+    if (kexec) {
+      const refused = await loadKexec(loaded, grub, deps);
+      if (refused)
+        entry = await addBootOnceEntry(
+          refused,
+          { ...loaded, initrd: staged },
+          runner,
+          options.bootDir,
+        );
+    } else
+      entry = await addBootOnceEntry(grub!, { ...loaded, initrd: staged }, runner, options.bootDir);
   } catch (error) {
     await rm(staged, { force: true });
     throw error;
   }
-  deps.log(`loaded the provisioning ramdisk for ${system} with kexec`);
-  if (!options.switchNow) return { kernel, initrd, staged, cmdline, switched: false };
-  await run(runner, 'sync', [], 'sync');
-  deps.log('switching into the ramdisk (kexec -e): it writes the disk and reboots into it');
-  await run(runner, 'kexec', ['-e'], 'kexec -e');
-  return { kernel, initrd, staged, cmdline, switched: true };
+  const via = entry ? 'boot-entry' : 'kexec';
+  deps.log(
+    entry
+      ? `added the GRUB entry '${entry.entry}' to ${entry.config} for the next boot only (grub-reboot)`
+      : `loaded the provisioning ramdisk for ${system} with kexec`,
+  );
+  if (!options.switchNow) return { ...loaded, via, entry, switched: false };
+  deps.log(
+    entry
+      ? 'rebooting into the ramdisk: it writes the disk and reboots into it'
+      : 'switching into the ramdisk (kexec): it writes the disk and reboots into it',
+  );
+  await (entry ? rebootNow(runner) : kexecNow(runner));
+  return { ...loaded, via, entry, switched: true };
+}
+
+/**
+ * `kexec -l`; when the kernel refuses it (lockdown) and GRUB can take a one-time entry, says
+ * which GRUB to fall back to instead of failing.
+ */
+async function loadKexec(
+  loaded: { kernel: string; staged: string; cmdline: string },
+  grub: Grub | undefined,
+  deps: StepDeps,
+): Promise<Grub | undefined> {
+  try {
+    await run(
+      deps.runner,
+      'kexec',
+      ['-l', loaded.kernel, `--initrd=${loaded.staged}`, `--command-line=${loaded.cmdline}`],
+      'loading the ramdisk with kexec',
+    );
+    return undefined;
+  } catch (error) {
+    if (grub === undefined) throw error;
+    deps.log(`warning: ${(error as Error).message}; a one-time GRUB entry instead`);
+    return grub;
+  }
 }
