@@ -93,7 +93,8 @@ export interface EmptyMachine {
 
 /**
  * Defines (not starts) a machine with a blank raw disk that boots from the network first, then
- * from its disk — as a bare server whose firmware tries PXE before the disk.
+ * from its disk — as a bare server whose firmware tries PXE before the disk. With `disk`, the
+ * machine has that raw disk instead, and boots only from it.
  */
 export async function defineEmptyMachine(options: {
   name: string;
@@ -102,16 +103,22 @@ export async function defineEmptyMachine(options: {
   mac: string;
   diskBytes: number;
   memoryMiB?: number;
+  /** an existing raw disk (the machine then boots from it only) */
+  disk?: string;
 }): Promise<EmptyMachine> {
-  const disk = join(options.dir, `${options.name}.raw`);
+  const disk = options.disk ?? join(options.dir, `${options.name}.raw`);
   const serialLog = join(options.dir, `${options.name}.serial.log`);
-  await writeFile(disk, '');
-  await truncate(disk, options.diskBytes);
+  if (options.disk === undefined) {
+    await writeFile(disk, '');
+    await truncate(disk, options.diskBytes);
+  }
+  const boot =
+    options.disk === undefined ? "<boot dev='network'/><boot dev='hd'/>" : "<boot dev='hd'/>";
   const xml = `<domain type='qemu'>
   <name>${options.name}</name>
   <memory unit='MiB'>${options.memoryMiB ?? 512}</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type><boot dev='network'/><boot dev='hd'/></os>
+  <os><type arch='x86_64'>hvm</type>${boot}</os>
   <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>

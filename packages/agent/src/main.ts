@@ -125,7 +125,7 @@ export function agentProgram(
     )
     .option(
       '--via-ramdisk',
-      '--replace-self: the target is a disk this machine runs from: load the provisioning ramdisk (kexec), which writes it once nothing runs from it; --reboot switches at once',
+      '--replace-self: the target is a disk this machine runs from: load the provisioning ramdisk (kexec, else a one-time GRUB entry), which writes it once nothing runs from it; --reboot switches at once',
     )
     .option('--rollback', 'put the VM --virt-name back on the generation its last update replaced')
     .option(
