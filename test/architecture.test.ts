@@ -19,6 +19,7 @@ const LAYERS = [
   'validate',
   'store',
   'plan',
+  'registry',
   'disks',
   'server',
   'client',
