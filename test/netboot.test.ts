@@ -11,7 +11,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { type AgentRig, startAgentRig } from './helpers/agent-rig.ts';
 import { execImgctl, MiB } from './helpers/index.ts';
 import { startLibvirt, virsh } from './helpers/libvirt.ts';
@@ -27,6 +27,9 @@ const CACHE = process.env.IMGCTL_TEST_CACHE ?? '/var/cache/imgctl-test';
 const BRIDGE = `imgnb${process.pid % 100000}`;
 const VM = 'nbempty';
 const MAC = '52:54:00:77:01:01';
+/** a machine no system names */
+const STRANGER = 'nbstranger';
+const STRANGER_MAC = '52:54:00:77:01:99';
 
 describe('slow: an empty machine network-boots and comes up provisioned', () => {
   let rig: AgentRig;
@@ -53,8 +56,10 @@ describe('slow: an empty machine network-boots and comes up provisioned', () => 
 
   beforeAll(async () => {
     await startLibvirt();
-    await virsh(['destroy', VM]);
-    await virsh(['undefine', VM]);
+    for (const vm of [VM, STRANGER]) {
+      await virsh(['destroy', vm]);
+      await virsh(['undefine', vm]);
+    }
     rig = await startAgentRig('imgctl-netboot-');
     const built = await imgctl(['ramdisk', 'build'], {
       IMGCTL_BUILD_CACHE: CACHE,
@@ -135,5 +140,26 @@ describe('slow: an empty machine network-boots and comes up provisioned', () => 
     expect((await virsh(['start', VM])).exitCode).toBe(0);
     const console = await serialShows(/IMGCTL-APPLIANCE hostname=nbhost /, 240_000);
     expect(console).not.toContain('IMGCTL-RAMDISK');
+  });
+
+  it('a machine of an unknown MAC is told to boot its local disk: nothing is written', async () => {
+    const stranger = await defineEmptyMachine({
+      name: STRANGER,
+      dir,
+      bridge: BRIDGE,
+      mac: STRANGER_MAC,
+      diskBytes: 64 * MiB,
+    });
+    onTestFinished(() => stranger.remove());
+    expect((await virsh(['start', STRANGER])).exitCode).toBe(0);
+    // its own iPXE asked with its MAC, and was answered the local-boot script
+    await server!.waitForLog(
+      new RegExp(`boot ${STRANGER_MAC}: local boot: no system has this MAC address$`),
+      240_000,
+    );
+    await virsh(['destroy', STRANGER]);
+    const { stdout: blocks } = await execa('stat', ['-c', '%b', stranger.disk]);
+    expect(Number(blocks), 'blocks written to its disk').toBe(0);
+    expect(server!.log()).not.toMatch(/boot token issued for system (?!nbsys)/);
   });
 });

@@ -53,7 +53,7 @@ import {
   type TargetWriter,
 } from './target-disk.ts';
 import type { PlanDisk, PlanDoc } from '../store/types.ts';
-import { type RamdiskSwitch, switchViaRamdisk } from './via-ramdisk.ts';
+import { ramdiskDryRun, type RamdiskSwitch, switchViaRamdisk } from './via-ramdisk.ts';
 
 /** client.streamBlob: a blob's bytes handed to a sink in order while hashed, resumed on errors. */
 export interface BlobStreamer {
@@ -238,7 +238,9 @@ export async function replaceSelf(
   for (const d of disks)
     if (d.skipped) deps.log(`warning: disk ${d.id} (${d.use}) is not written: ${d.skipped}`);
   if (options.dryRun) {
-    result.boot.message = nextBootNotice(plan, systemTarget, options.boot);
+    const ramdisk = options.viaRamdisk ? await ramdiskDryRun(runner) : undefined;
+    result.boot.message = ramdisk?.message ?? nextBootNotice(plan, systemTarget, options.boot);
+    refused ??= ramdisk?.refused;
     if (refused) result.refused = refused;
     return result;
   }

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { PlanDoc } from '../store/types.ts';
-import { switchViaRamdisk } from './via-ramdisk.ts';
+import { ramdiskDryRun, switchViaRamdisk } from './via-ramdisk.ts';
 
 const KERNEL = 'a'.repeat(64);
 const INITRD = 'b'.repeat(64);
@@ -132,5 +132,13 @@ describe('switchViaRamdisk', () => {
         `token=${TOKEN}`,
       );
     }
+  });
+
+  it('a dry run says how it would switch, or why it could not', async () => {
+    const kexec = await ramdiskDryRun(deps('yes').runner as never, join(dir, 'none'));
+    expect(kexec).toEqual({ message: expect.stringContaining('with kexec') as unknown });
+    const neither = await ramdiskDryRun(deps('no').runner as never, join(dir, 'none'));
+    expect(neither.refused).toMatchObject({ code: 'HOST' });
+    expect(calls.some((c) => c[0] === 'token')).toBe(false);
   });
 });

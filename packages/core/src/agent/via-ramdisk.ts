@@ -56,6 +56,44 @@ export interface RamdiskSwitch {
 /** Where the staged instructions are inside the ramdisk; its init reads them (KEY=VALUE lines). */
 export const INSTRUCTIONS_PATH = 'imgctl/instructions';
 
+/**
+ * How this machine can switch into the ramdisk: kexec, else GRUB's one-time entry (which is also
+ * the way in when the kernel refuses to load one). HOST error when neither: nothing is changed.
+ */
+export async function switchMethod(
+  runner: StepDeps['runner'],
+  bootDir?: string,
+): Promise<{ kexec: boolean; grub?: Grub }> {
+  const kexec = await runner.run('kexec', ['--version']).then(
+    () => true,
+    () => false,
+  );
+  const grub = await findGrub(runner, bootDir);
+  if (!kexec && grub === undefined)
+    throw new ImgctlError(
+      'HOST',
+      'this machine cannot switch into the ramdisk: kexec is missing, and it does not boot with a GRUB that takes a one-time entry',
+      { hint: 'install kexec-tools (apt-get install kexec-tools); nothing was changed' },
+    );
+  return { kexec, grub };
+}
+
+/** What a dry run says about switching into the ramdisk, or why it would be refused. */
+export async function ramdiskDryRun(
+  runner: StepDeps['runner'],
+  bootDir?: string,
+): Promise<{ message: string; refused?: ImgctlError }> {
+  try {
+    const { kexec } = await switchMethod(runner, bootDir);
+    return {
+      message: `this machine would switch into the provisioning ramdisk ${kexec ? 'with kexec' : 'through a one-time GRUB entry'}, which writes the disk`,
+    };
+  } catch (error) {
+    if (!(error instanceof ImgctlError)) throw error;
+    return { message: error.message, refused: error };
+  }
+}
+
 /** Pulls the ramdisk, stages the instructions, loads it with kexec and, when asked, switches. */
 export async function switchViaRamdisk(
   plan: PlanDoc,
@@ -68,18 +106,7 @@ export async function switchViaRamdisk(
       hint: "the ramdisk plans again from the system's record, with a token for that system only",
     });
   const { runner } = deps;
-  const kexec = await runner.run('kexec', ['--version']).then(
-    () => true,
-    () => false,
-  );
-  // GRUB is the way in when kexec is missing, or when the kernel refuses to load one
-  const grub = await findGrub(runner, options.bootDir);
-  if (!kexec && grub === undefined)
-    throw new ImgctlError(
-      'HOST',
-      'this machine cannot switch into the ramdisk: kexec is missing, and it does not boot with a GRUB that takes a one-time entry',
-      { hint: 'install kexec-tools (apt-get install kexec-tools); nothing was changed' },
-    );
+  const { kexec, grub } = await switchMethod(runner, options.bootDir);
   const ramdisk = await deps.client.getRamdisk();
   const cache = openBlobCache(options.cacheDir);
   const files: string[] = [];
