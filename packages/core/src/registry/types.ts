@@ -88,9 +88,16 @@ export interface Registry {
   openBlob(repository: string, digest: string, offset?: number): Promise<Readable>;
   /**
    * Downloads a blob to `dest` (resuming a partial `dest` with Range), checked against its
-   * digest; a mismatch removes `dest` and throws INTEGRITY.
+   * digest; a mismatch removes `dest` and throws INTEGRITY. `size` when the caller knows it (a
+   * manifest's descriptor: checked too); undefined (an agent knows only the sha256): the
+   * registry's Content-Length.
    */
-  pullBlob(repository: string, digest: string, size: number, dest: string): Promise<void>;
+  pullBlob(
+    repository: string,
+    digest: string,
+    size: number | undefined,
+    dest: string,
+  ): Promise<{ size: number; resumedBytes: number }>;
   /** PUTs a manifest under a tag or its digest; returns its digest. */
   putManifest(
     repository: string,
