@@ -26,6 +26,7 @@ import {
   short,
 } from './steps.ts';
 import type { ProcessRunner } from '../util/process.ts';
+import { type MirrorAccess, mirroredDownloader } from './blob-sources.ts';
 import { openBlobCache } from './blob-cache.ts';
 import type { Client, PlanQuery } from '../client/client.ts';
 import { type DomainDisk, type DomainNic, renderDomainXml, type VmMeta } from './domain-xml.ts';
@@ -58,6 +59,8 @@ export interface VirtDeps extends StepDeps {
   tmpDir: string;
   /** waits between polls of a domain (tests pass a fake); default: a real timer */
   sleep?(ms: number): Promise<void>;
+  /** the registries disks are pulled from before the server (--blob-mirror, the plan's) */
+  mirrors?: MirrorAccess;
 }
 
 export interface VirtOptions extends PlanQuery {
@@ -346,8 +349,14 @@ export function assertFollows(follow: string, plan: PlanDoc): void {
  */
 export function planFingerprint(plan: PlanDoc): string {
   const { reference: _reference, deprecated: _deprecated, ...image } = plan.image;
-  // where the server keeps its store, and which layer gave a value, do not shape the VM
-  const { parameter_sources: _sources, variables, ...rest } = redactPlan(plan);
+  // where the server keeps its store, which layer gave a value and where the disks are pulled
+  // from do not shape the VM
+  const {
+    parameter_sources: _sources,
+    blob_mirrors: _mirrors,
+    variables,
+    ...rest
+  } = redactPlan(plan);
   const { IMAGE_STORE: _store, ...vars } = variables;
   return createHash('sha256')
     .update(canonicalJson({ ...rest, variables: vars, image }))
@@ -453,6 +462,7 @@ export async function pullBlobs(
   options: Pick<VirtOptions, 'cacheDir' | 'cacheLimit'>,
 ): Promise<VirtResult['blobs']> {
   const cache = openBlobCache(options.cacheDir);
+  const source = mirroredDownloader(plan, deps.client, deps.mirrors, deps.log);
   const blobs: VirtResult['blobs'] = [];
   for (const disk of plan.disks) {
     const vmDisk = disks.find((d) => d.id === disk.id);
@@ -460,7 +470,7 @@ export async function pullBlobs(
     await cache.addRef(disk.sha256, vmDisk.path);
     refs.push([disk.sha256, vmDisk.path]);
     if (blobs.some((b) => b.sha256 === disk.sha256)) continue;
-    const pulled = await cache.ensure(disk.sha256, deps.client, {
+    const pulled = await cache.ensure(disk.sha256, source, {
       signal: deps.signal,
       onProgress: progressLogger(deps, disk),
       onWait: (pid) =>

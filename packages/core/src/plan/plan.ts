@@ -86,7 +86,7 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
       { hint: `plan it with 'imgctl plan ${system.value.image} --system ${system.value.name}'` },
     );
   }
-  const defaults = await storeDefaults(storeDir);
+  const { defaults = {}, blob_mirrors } = await storeConfig(storeDir);
   const recordName = assertName(
     'record',
     request.record ?? system?.value.record ?? defaults.record ?? 'default',
@@ -175,6 +175,7 @@ export async function resolvePlan(storeDir: string, request: PlanRequest): Promi
     provision,
     requires: image.value.requires,
     health: image.value.health,
+    blob_mirrors,
   };
   return compact(plan);
 }
@@ -203,7 +204,7 @@ export function redactPlan(plan: PlanDoc): PlanDoc {
   return copy;
 }
 
-async function storeDefaults(storeDir: string): Promise<NonNullable<ImageStoreDoc['defaults']>> {
+async function storeConfig(storeDir: string): Promise<Partial<ImageStoreDoc>> {
   if (!(await exists(storePaths.storeFile(storeDir)))) return {};
-  return (await loadStoreConfig(storeDir)).defaults ?? {};
+  return loadStoreConfig(storeDir);
 }

@@ -26,6 +26,8 @@ export interface ImageStoreDoc {
   trusted_keys?: string[];
   /** how long a plan signature stays valid: 90s, 15m, 1h, 30d (default 1h) */
   signature_ttl?: string;
+  /** registries agents pull disks from before the server: oci://HOST/PREFIX or …/{image} */
+  blob_mirrors?: string[];
 }
 
 export interface OsInfo {
@@ -244,4 +246,6 @@ export interface PlanDoc {
   provision: { script?: string; custom_scripts: string[]; kickstart?: string };
   requires?: Requirements;
   health?: HealthSpec;
+  /** the store's blob_mirrors: registries the agent tries for each disk before the server */
+  blob_mirrors?: string[];
 }

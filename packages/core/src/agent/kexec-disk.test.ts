@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseSyslinux } from './replace-self.ts';
+import { parseSyslinux } from './kexec-disk.ts';
 
 describe('parseSyslinux (the kernel --kexec boots)', () => {
   it('takes the DEFAULT label: its kernel, initrd and command line', () => {

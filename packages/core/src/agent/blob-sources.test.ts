@@ -1,0 +1,77 @@
+import { describe, expect, it } from 'vitest';
+import type { PlanDoc } from '../store/types.ts';
+import { ImgctlError } from '../util/errors.ts';
+import { mirroredDownloader, mirrorRepository } from './blob-sources.ts';
+
+const HEX = 'ab'.repeat(32);
+const plan = (mirrors?: string[]) =>
+  ({ image: { name: 'tiny-linux' }, blob_mirrors: mirrors }) as unknown as PlanDoc;
+
+describe('mirroredDownloader', () => {
+  const pulls: string[] = [];
+  const log: string[] = [];
+  /** registries that have the blob: by HOST/REPO */
+  const access = (have: string[]) => ({
+    first: ['oci://fast.example/cache'],
+    parse: (text: string) => {
+      const [registry, ...path] = text.slice('oci://'.length).split('/');
+      return { registry: registry!, repository: path.join('/') };
+    },
+    open: (ref: { registry: string }) =>
+      ({
+        async pullBlob(repository: string, digest: string, size: number | undefined, dest: string) {
+          pulls.push(`${ref.registry}/${repository} ${digest} ${size} ${dest}`);
+          if (!have.includes(`${ref.registry}/${repository}`))
+            throw new ImgctlError('NOT_FOUND', `${digest} is not in ${repository}`);
+          return { size: 42, resumedBytes: 0 };
+        },
+      }) as never,
+  });
+  const server = {
+    async downloadBlob(hex: string, dest: string) {
+      pulls.push(`server ${hex} ${dest}`);
+      return { path: dest, size: 42, sha256: hex, resumedBytes: 0, requests: 1 };
+    },
+  };
+
+  it('names the repository of an image under a mirror', () => {
+    expect(mirrorRepository('oci://r.example:5000/imgctl/', 'web')).toBe(
+      'oci://r.example:5000/imgctl/web',
+    );
+    expect(mirrorRepository('oci://r.example/{image}/disks', 'web')).toBe(
+      'oci://r.example/web/disks',
+    );
+  });
+
+  it("tries --blob-mirror, then the plan's mirrors, then the server, saying why it moved on", async () => {
+    pulls.length = 0;
+    log.length = 0;
+    const found = await mirroredDownloader(
+      plan(['oci://site.example/images']),
+      server,
+      access(['site.example/images/tiny-linux']),
+      (l) => log.push(l),
+    ).downloadBlob(HEX, '/cache/blob');
+    expect(found).toEqual({
+      path: '/cache/blob',
+      sha256: HEX,
+      size: 42,
+      resumedBytes: 0,
+      requests: 1,
+    });
+    expect(pulls).toEqual([
+      `fast.example/cache/tiny-linux sha256:${HEX} undefined /cache/blob`,
+      `site.example/images/tiny-linux sha256:${HEX} undefined /cache/blob`,
+    ]);
+    expect(log[0]).toMatch(
+      /^warning: sha256:abab.* from oci:\/\/fast.example\/cache\/tiny-linux: .*is not in.*; trying oci:\/\/site.example\/images\/tiny-linux$/,
+    );
+
+    pulls.length = 0;
+    await mirroredDownloader(plan(), server, access([]), () => undefined).downloadBlob(HEX, '/c/b');
+    expect(pulls.at(-1)).toBe(`server ${HEX} /c/b`);
+    expect(mirroredDownloader(plan(['oci://x/y']), server, undefined, () => undefined)).toBe(
+      server,
+    );
+  });
+});
