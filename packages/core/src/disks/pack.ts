@@ -262,14 +262,14 @@ export function tarHeader(
   type: 'File' | 'Directory',
   size: number,
   mode: number,
+  owner = { uid: 0, gid: 0 },
 ): Buffer {
   const fields = {
     path: name,
     type,
     size,
     mode,
-    uid: 0,
-    gid: 0,
+    ...owner,
     uname: '',
     gname: '',
     mtime: EPOCH,
