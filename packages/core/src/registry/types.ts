@@ -39,6 +39,12 @@ export interface RegistryOptions {
   insecureHttp?: boolean;
   /** upload chunk size in bytes (default 64 MiB) */
   chunkSize?: number;
+  /**
+   * A directory where the newest upload `Location` of each unfinished blob is kept (one 0600 file
+   * per registry, repository and digest), so that a later push — after a kill — resumes it from
+   * the registry's offset. Without it, an upload resumes only within one Registry.
+   */
+  uploadStateDir?: string;
   signal?: AbortSignal;
   /** progress and retries, one line each (`retrying PATCH …: 500, in 1 s`) */
   log?: (line: string) => void;
@@ -98,7 +104,11 @@ export interface Registry {
     size: number | undefined,
     dest: string,
   ): Promise<{ size: number; resumedBytes: number }>;
-  /** PUTs a manifest under a tag or its digest; returns its digest. */
+  /**
+   * PUTs a manifest under a tag or its digest; returns its digest. A manifest with a `subject`
+   * that the registry does not index (no `OCI-Subject` header in its answer) is also added to the
+   * `sha256-<hex>` tag fallback index, so `referrers` finds it on any registry.
+   */
   putManifest(
     repository: string,
     reference: string,
