@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import type { PlanDoc } from '../store/types.ts';
 import { ImgctlError } from '../util/errors.ts';
@@ -73,5 +75,48 @@ describe('mirroredDownloader', () => {
     expect(mirroredDownloader(plan(['oci://x/y']), server, undefined, () => undefined)).toBe(
       server,
     );
+  });
+
+  it('streams a raw disk from a registry, hashed on the way; a bad blob falls back to the server', async () => {
+    const good = Buffer.from('disk bytes');
+    const hex = createHash('sha256').update(good).digest('hex');
+    const registry = (body: Buffer) => ({
+      first: ['oci://r.example/imgctl'],
+      parse: (text: string) => ({
+        registry: 'r.example',
+        repository: text.split('/').slice(3).join('/'),
+      }),
+      open: () =>
+        ({ openBlob: async () => Readable.from([body.subarray(0, 4), body.subarray(4)]) }) as never,
+    });
+    const written: string[] = [];
+    const sink = {
+      async write(data: Buffer, offset: number) {
+        written.push(`${offset}:${data.toString()}`);
+      },
+    };
+    const streaming = {
+      ...server,
+      async streamBlob(h: string) {
+        written.push('server');
+        return { size: good.length, sha256: h, requests: 1 };
+      },
+    };
+    const mirrored = mirroredDownloader(plan(), streaming, registry(good), () => undefined);
+    expect(await mirrored.streamBlob(hex, sink)).toEqual({
+      size: good.length,
+      sha256: hex,
+      requests: 1,
+    });
+    expect(written).toEqual(['0:disk', '4: bytes']);
+    written.length = 0;
+    const bad = mirroredDownloader(
+      plan(),
+      streaming,
+      registry(Buffer.from('evil bytes')),
+      () => undefined,
+    );
+    await bad.streamBlob(hex, sink);
+    expect(written).toEqual(['0:evil', '4: bytes', 'server']);
   });
 });

@@ -6,7 +6,9 @@
  * with a warning; the blob is verified by its sha256 whichever source it came from. Plans,
  * records and events still come from the server.
  */
-import type { DownloadOptions } from '../client/client.ts';
+import { createHash } from 'node:crypto';
+import type { BlobSink, Client, DownloadOptions, StreamResult } from '../client/client.ts';
+import { ImgctlError } from '../util/errors.ts';
 import type { OciReference, Registry } from '../registry/types.ts';
 import type { PlanDoc } from '../store/types.ts';
 import type { BlobDownloader } from './blob-cache.ts';
@@ -30,39 +32,102 @@ export function mirrorRepository(mirror: string, image: string): string {
   return trimmed.includes('{image}') ? trimmed.replaceAll('{image}', image) : `${trimmed}/${image}`;
 }
 
-/** The plan's sources, in order; the server alone when there is no mirror. */
-export function mirroredDownloader(
+/** What the server offers a disk's bytes through: into a file, or streamed to a target. */
+export type BlobServer = BlobDownloader & Partial<Pick<Client, 'streamBlob'>>;
+
+/**
+ * The plan's sources, in order, for both ways a disk is pulled; the server alone when there is
+ * no mirror. A stream from a registry is hashed as it goes: a mismatch, or a registry failing
+ * after some bytes were written, makes the next source write the disk again from offset 0.
+ */
+export function mirroredDownloader<T extends BlobServer>(
   plan: PlanDoc,
-  server: BlobDownloader,
+  server: T,
   access: MirrorAccess | undefined,
   log: (line: string) => void,
-): BlobDownloader {
+): T {
   const mirrors = [...new Set([...(access?.first ?? []), ...(plan.blob_mirrors ?? [])])];
   if (access === undefined || mirrors.length === 0) return server;
-  return {
-    async downloadBlob(hex: string, dest: string, options: DownloadOptions = {}) {
-      for (const [i, mirror] of mirrors.entries()) {
-        options.signal?.throwIfAborted();
-        const where = mirrorRepository(mirror, plan.image.name);
-        try {
-          const ref = access.parse(where);
-          const pulled = await access
-            .open(ref)
-            .pullBlob(ref.repository, `sha256:${hex}`, undefined, dest);
-          log(`sha256:${short(hex)} pulled from ${where}`);
-          return { path: dest, sha256: hex, requests: 1, ...pulled };
-        } catch (error) {
-          if (options.signal?.aborted) throw error;
-          const next =
-            i + 1 < mirrors.length
-              ? mirrorRepository(mirrors[i + 1]!, plan.image.name)
-              : 'the server';
-          log(
-            `warning: sha256:${short(hex)} from ${where}: ${(error as Error).message}; trying ${next}`,
-          );
-        }
+  /** tries each mirror with `pull`, the server last */
+  async function first<R>(
+    hex: string,
+    options: DownloadOptions,
+    pull: (registry: Registry, repository: string) => Promise<R>,
+    fromServer: () => Promise<R>,
+  ): Promise<R> {
+    for (const [i, mirror] of mirrors.entries()) {
+      options.signal?.throwIfAborted();
+      const where = mirrorRepository(mirror, plan.image.name);
+      try {
+        const ref = access!.parse(where);
+        const result = await pull(access!.open(ref), ref.repository);
+        log(`sha256:${short(hex)} pulled from ${where}`);
+        return result;
+      } catch (error) {
+        if (options.signal?.aborted) throw error;
+        const next =
+          i + 1 < mirrors.length
+            ? mirrorRepository(mirrors[i + 1]!, plan.image.name)
+            : 'the server';
+        log(
+          `warning: sha256:${short(hex)} from ${where}: ${(error as Error).message}; trying ${next}`,
+        );
       }
-      return server.downloadBlob(hex, dest, options);
-    },
+    }
+    return fromServer();
+  }
+  return {
+    ...server,
+    downloadBlob: (hex: string, dest: string, options: DownloadOptions = {}) =>
+      first(
+        hex,
+        options,
+        async (registry, repository) => ({
+          path: dest,
+          sha256: hex,
+          requests: 1,
+          ...(await registry.pullBlob(repository, `sha256:${hex}`, undefined, dest)),
+        }),
+        () => server.downloadBlob(hex, dest, options),
+      ),
+    ...(server.streamBlob
+      ? {
+          streamBlob: (hex: string, sink: BlobSink, options: DownloadOptions = {}) =>
+            first(
+              hex,
+              options,
+              (registry, repository) => streamFrom(registry, repository, hex, sink, options),
+              () => server.streamBlob!(hex, sink, options),
+            ),
+        }
+      : {}),
   };
+}
+
+/** A registry's blob into `sink` from offset 0, hashed on the way. */
+async function streamFrom(
+  registry: Registry,
+  repository: string,
+  hex: string,
+  sink: BlobSink,
+  options: DownloadOptions,
+): Promise<StreamResult> {
+  const hash = createHash('sha256');
+  let offset = 0;
+  const body = await registry.openBlob(repository, `sha256:${hex}`, 0);
+  options.signal?.addEventListener('abort', () => body.destroy(), { once: true });
+  for await (const chunk of body) {
+    const data = chunk as Buffer;
+    hash.update(data);
+    await sink.write(data, offset);
+    offset += data.length;
+    options.onProgress?.({ bytes: offset });
+  }
+  const got = hash.digest('hex');
+  if (got !== hex)
+    throw new ImgctlError(
+      'INTEGRITY',
+      `the registry's blob sha256:${short(hex)} has sha256 ${got}`,
+    );
+  return { size: offset, sha256: hex, requests: 1 };
 }

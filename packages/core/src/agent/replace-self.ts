@@ -26,7 +26,7 @@ import {
 } from './steps.ts';
 import { type MirrorAccess, mirroredDownloader } from './blob-sources.ts';
 import { prepareKexec } from './kexec-disk.ts';
-import { type BlobDownloader, openBlobCache } from './blob-cache.ts';
+import { openBlobCache } from './blob-cache.ts';
 import type { Client, DownloadOptions, PlanQuery } from '../client/client.ts';
 import {
   addConfigPartition,
@@ -432,7 +432,7 @@ async function writeDisk(
   info: TargetInfo,
   options: ReplaceSelfOptions,
   deps: ReplaceSelfDeps,
-  source: BlobDownloader,
+  source: ReplaceSelfClient,
 ): Promise<void> {
   const hex = disk.sha256!;
   const where = info.path;
@@ -452,7 +452,7 @@ async function writeDisk(
       deps.log(
         `writing disk ${d.id} sha256:${short(hex)} (${humanSize(disk.image_size)}) onto ${where}${writer.skipsZeros ? ', skipping zero blocks' : ''}`,
       );
-      const streamed = await deps.client.streamBlob(hex, writer, {
+      const streamed = await source.streamBlob(hex, writer, {
         signal: deps.signal,
         onProgress: progressLogger(deps, disk, 'writing'),
       });
