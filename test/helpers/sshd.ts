@@ -40,7 +40,7 @@ export async function makeSshKey(file: string): Promise<string> {
   return file;
 }
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
