@@ -58,6 +58,11 @@ declare -A PACKAGES=(
   [dnsmasq-base]=/usr/sbin/dnsmasq
   [ipxe-qemu]=/usr/lib/ipxe/qemu/pxe-virtio.rom
   [kexec-tools]=kexec
+  # OCI registries (test/registry-client and issue 16): Debian's distribution 2.8 as the registry,
+  # skopeo as the independent client, htpasswd for the registry's bcrypt password file
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [apache2-utils]=htpasswd
 )
 
 missing=()
