@@ -97,7 +97,7 @@ describe('mirroredDownloader', () => {
     };
     const streaming = {
       ...server,
-      async streamBlob(h: string) {
+      async streamBlob(h: string, _sink: unknown) {
         written.push('server');
         return { size: good.length, sha256: h, requests: 1 };
       },
