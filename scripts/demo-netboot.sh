@@ -152,7 +152,7 @@ say "Up after $((SECONDS - STARTED)) s. What the machine's serial console said:"
 grep -a -E 'IMGCTL-RAMDISK|imgagent: |IMGCTL-APPLIANCE' "$WORK/$VM.serial.log"
 
 say 'What dnsmasq handed out, and the requests the server answered for the machine:'
-grep -E 'DHCPACK|tags:|bootfile' "$WORK/dnsmasq.log" >&2 || true
+grep -E 'DHCPACK|option: 67' "$WORK/dnsmasq.log" >&2 || true
 grep -aE ' boot |/v1/(boot|plan|blobs|events)|netboot' "$WORK/serve.log" >&2
 
 say "The phases the ramdisk's agent posted, and netboot cleared by its 'done' (the next network
