@@ -4,13 +4,13 @@
  * verified blob downloads.
  */
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ky, { HTTPError, type KyInstance, TimeoutError } from 'ky';
 import { syncDirectory } from '../yaml/document.ts';
 import { type ErrorCode, EXIT, ImgctlError, isImgctlError } from '../util/errors.ts';
+import { hashFile } from '../util/hash-file.ts';
 import type { ProvisionEvent, SystemStatus } from '../server/events.ts';
 import { httpGet, type RawResponse } from './http-get.ts';
 import type { ImageDetails, ImageSummary } from '../store/images.ts';
@@ -393,21 +393,6 @@ function fileSink(handle: FileHandle): BlobSink {
       }
     },
   };
-}
-
-async function hashFile(path: string): Promise<TransferState> {
-  const hash = createHash('sha256');
-  let size = 0;
-  try {
-    await stat(path);
-  } catch {
-    return { hash, size };
-  }
-  for await (const chunk of createReadStream(path, { highWaterMark: WRITE_CHUNK })) {
-    hash.update(chunk as Buffer);
-    size += (chunk as Buffer).length;
-  }
-  return { hash, size };
 }
 
 interface TransferHooks {
