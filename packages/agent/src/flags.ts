@@ -29,6 +29,10 @@ export interface Flags {
   trust?: string;
   cacheDir: string;
   cacheLimit?: string;
+  blobMirror: string[];
+  registryAuth?: string;
+  registryCa?: string;
+  insecureHttp?: boolean;
   logDir: string;
   json?: boolean;
   force?: boolean;

@@ -171,6 +171,18 @@ export function agentProgram(
     )
     .option('--cache-limit <size>', 'evict unused blobs beyond this size (e.g. 20GiB)')
     .option(
+      '--blob-mirror <oci://host/prefix>',
+      "pull disks from this OCI registry first (repeatable; before the plan's blob_mirrors, the server last); the image's disks are in PREFIX/<image>, or put {image} in the path",
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
+    .option(
+      '--registry-auth <file>',
+      'registry credentials as container tools write them (default: $REGISTRY_AUTH_FILE, ~/.docker/config.json)',
+    )
+    .option('--registry-ca <file>', "PEM CA bundle for the registries' certificates")
+    .option('--insecure-http', 'talk to the registries over plain http://')
+    .option(
       '--log-dir <dir>',
       'provisioning logs go to DIR/<image>/<image>_<vm>.log',
       DEFAULT_LOG_DIR,

@@ -31,6 +31,10 @@ export interface AgentOptions {
   viaRamdisk?: boolean;
   healthTimeout?: string;
   shutdownTimeout?: string;
+  blobMirror?: string[];
+  registryAuth?: string;
+  registryCa?: string;
+  insecureHttp?: boolean;
   agentArg?: string[];
 }
 
@@ -190,6 +194,32 @@ export const AGENT_OPTIONS: Array<
     description: '--virt --update: how long a running VM gets to shut down',
     key: 'shutdownTimeout',
     value: true,
+  },
+  {
+    flags: '--blob-mirror <oci://host/prefix>',
+    description:
+      "the agents pull disks from this OCI registry first (repeatable; before the plan's blob_mirrors)",
+    key: 'blobMirror',
+    value: 'repeat',
+    repeatable: true,
+  },
+  {
+    flags: '--registry-auth <file>',
+    description: "registry credentials file, a path on each target (default: the agent's)",
+    key: 'registryAuth',
+    value: true,
+  },
+  {
+    flags: '--registry-ca <file>',
+    description: "PEM CA bundle for the registries' certificates, a path on each target",
+    key: 'registryCa',
+    value: true,
+  },
+  {
+    flags: '--insecure-http',
+    description: 'the agents talk to the registries over plain http://',
+    key: 'insecureHttp',
+    value: false,
   },
   {
     flags: '--agent-arg <arg>',

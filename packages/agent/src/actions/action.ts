@@ -4,6 +4,9 @@ import type { Client } from '@imgctl/core/client/client';
 import type { Flags } from '../flags.ts';
 import type { AgentIo } from '../io.ts';
 import { processRunner } from '@imgctl/core/util/process';
+import { type MirrorAccess, mirrorRepository } from '@imgctl/core/agent/blob-sources';
+import { parseOciReference } from '@imgctl/core/registry/reference';
+import { openRegistry } from '@imgctl/core/registry/registry';
 
 /** What an action gets: the parsed flags, a client of the server, and its surroundings. */
 export interface ActionContext {
@@ -42,5 +45,25 @@ export function agentDeps(ctx: ActionContext) {
       HOME: env.HOME ?? '/root',
       LANG: env.LANG ?? 'C',
     },
+    mirrors: mirrorAccess(ctx),
+  };
+}
+
+/** The registries disks are pulled from before the server: --blob-mirror, then the plan's. */
+function mirrorAccess(ctx: ActionContext): MirrorAccess {
+  const { flags } = ctx;
+  // a malformed --blob-mirror is refused before anything is done
+  for (const mirror of flags.blobMirror) parseOciReference(mirrorRepository(mirror, 'image'));
+  const options = {
+    authFile: flags.registryAuth === undefined ? undefined : ctx.abs(flags.registryAuth),
+    caFile: flags.registryCa === undefined ? undefined : ctx.abs(flags.registryCa),
+    insecureHttp: flags.insecureHttp,
+    signal: ctx.io.signal,
+    log: ctx.log,
+  };
+  return {
+    first: flags.blobMirror,
+    parse: parseOciReference,
+    open: (ref) => openRegistry(ref, options),
   };
 }
