@@ -11,10 +11,10 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
+import { OCI_MANIFEST } from '../registry/registry.ts';
 import type { BlobSource } from '../registry/types.ts';
 import { tarHeader } from './pack.ts';
 
-export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 export const OCI_IMAGE_CONFIG = 'application/vnd.oci.image.config.v1+json';
 export const OCI_TAR_LAYER = 'application/vnd.oci.image.layer.v1.tar';
 /** KubeVirt's launcher runs qemu as 107:107 */
