@@ -44,6 +44,13 @@ export function malformed(message: string, hint?: string): ImgctlError {
   });
 }
 
+/** CONFLICT: an image of that name is in the store (import without --force). */
+export function imageExists(name: string): ImgctlError {
+  return new ImgctlError('CONFLICT', `image '${name}' already exists`, {
+    hint: `import it under another name with --as NEW, or replace it with --force`,
+  });
+}
+
 const ZEROES = Buffer.alloc(1024 * 1024);
 const MANIFEST_HEAD = Buffer.from(`${MANIFEST_NAME}\0`);
 
@@ -311,13 +318,13 @@ function expectedMembers(m: Manifest, stage: string): Array<[string, Expected]> 
   ];
 }
 
-async function checkSpace(stage: string, needed: number): Promise<void> {
+export async function checkSpace(stage: string, needed: number): Promise<void> {
   const fs = await statfs(stage);
   const free = fs.bavail * fs.bsize;
   if (needed > free) {
     throw new ImgctlError(
       'FAILED',
-      `the archive declares ${needed} bytes of content but the store has ${free} bytes free`,
+      `the image to import declares ${needed} bytes of content but the store has ${free} bytes free`,
       { hint: 'free some space (imgctl verify --gc removes unused blobs) and import again' },
     );
   }

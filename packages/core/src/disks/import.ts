@@ -6,7 +6,14 @@ import { ImgctlError } from '../util/errors.ts';
 import { withStoreLock } from '../store/lock.ts';
 import { assertName, isValidName, printable } from '../util/names.ts';
 import { isAlive } from '../util/pid.ts';
-import { type ExtractOptions, extractArchive, malformed, totalBytes } from './import-extract.ts';
+import {
+  type ExtractOptions,
+  extractArchive,
+  imageExists,
+  malformed,
+  totalBytes,
+} from './import-extract.ts';
+import { type OciImportOptions, stageOciImage } from './import-oci.ts';
 import { openSource } from './import-source.ts';
 import type { Manifest } from './pack.ts';
 import { exists, storePaths } from '../store/store.ts';
@@ -14,7 +21,7 @@ import type { ImageDoc } from '../store/types.ts';
 import { validateDocument } from '../validate/document.ts';
 import { editYamlText } from '../yaml/yaml-edit.ts';
 
-export interface ImportOptions extends ExtractOptions {
+export interface ImportOptions extends ExtractOptions, OciImportOptions {
   /** import under this name instead of the archive's */
   as?: string;
   /** replace an existing image of the same name */
@@ -27,6 +34,8 @@ export interface ImportResult {
   packedAs: string;
   revision: number;
   source: string;
+  /** the manifest's digest, for an oci:// source */
+  digest?: string;
   files: number;
   blobs: number;
   /** blobs the store already held (content-addressed, so not written again) */
@@ -39,14 +48,15 @@ export interface ImportResult {
 const STAGE_PREFIX = 'import-';
 
 /**
- * Imports an archive made by `packImage` (a file path, or an http(s) URL streamed as it is
- * read). Extraction is streamed into a staging directory under `.state/` in bounded memory,
- * and every member is checked before a byte of it is written: only regular files and
- * directories the manifest lists, each with exactly the size the manifest declares. Every
- * hash is verified and the descriptor validated before anything enters the store; then, under
- * the store lock, blobs are moved into `.blobs/` and the image directory is renamed into
- * `images/` in one step. A malformed or unsafe archive is a VALIDATION error (exit 3), a hash
- * mismatch an INTEGRITY error (exit 7); either way the store is unchanged.
+ * Imports an image into the store: an archive made by `packImage` (a file path, or an http(s)
+ * URL streamed as it is read), or an image pushed to an OCI registry (`oci://…`, import-oci.ts).
+ * The image is staged under `.state/` in bounded memory: an archive's members checked before a
+ * byte of them is written (only regular files and directories the manifest lists, each with
+ * exactly the size declared), a registry's manifest and config checked before a layer is
+ * fetched. Every hash is verified and the descriptor validated before anything enters the
+ * store; then, under the store lock, blobs are moved into `.blobs/` and the image directory is
+ * renamed into `images/` in one step. Malformed or unsafe input is a VALIDATION error (exit 3),
+ * a hash mismatch an INTEGRITY error (exit 7); either way the store is unchanged.
  */
 export async function importArchive(
   storeDir: string,
@@ -62,28 +72,33 @@ export async function importArchive(
   await mkdir(join(stage, 'image'), { recursive: true });
   await mkdir(join(stage, 'blobs'), { recursive: true });
   try {
-    const input = await openSource(source, options);
-    const manifest = await extractArchive(input, stage, options);
+    const staged = source.startsWith('oci://')
+      ? await stageOciImage(storeDir, source, stage, options)
+      : { manifest: await extractArchive(await openSource(source, options), stage, options) };
+    const { manifest } = staged;
     const name = options.as ?? manifest.image;
     const revision = await prepareImage(join(stage, 'image'), manifest, name);
     return await withStoreLock(storeDir, async () => {
       const target = storePaths.imageDir(storeDir, name);
       const present = await exists(target);
-      if (present && !options.force) {
-        throw new ImgctlError('CONFLICT', `image '${name}' already exists`, {
-          hint: `import it under another name with --as NEW, or replace it with --force`,
-        });
-      }
+      if (present && !options.force) throw imageExists(name);
       let reused = 0;
       for (const blob of manifest.blobs) {
         const dest = storePaths.blobFile(storeDir, blob.sha256);
+        const staged = join(stage, 'blobs', blob.sha256);
         if (await exists(dest)) {
           reused++;
           continue;
         }
+        if (!(await exists(staged)))
+          throw new ImgctlError(
+            'FAILED',
+            `blob ${blob.sha256} left the store while the image was being imported`,
+            { hint: 'run the import again (and not while imgctl verify --gc runs)' },
+          );
         await mkdir(dirname(dest), { recursive: true });
-        await chmod(join(stage, 'blobs', blob.sha256), 0o444);
-        await rename(join(stage, 'blobs', blob.sha256), dest);
+        await chmod(staged, 0o444);
+        await rename(staged, dest);
         await syncDirectory(dirname(dest));
         await syncDirectory(dirname(dirname(dest)));
       }
@@ -101,6 +116,7 @@ export async function importArchive(
         packedAs: manifest.image,
         revision,
         source,
+        ...('digest' in staged ? { digest: staged.digest } : {}),
         files: manifest.files.length,
         blobs: manifest.blobs.length,
         blobsReused: reused,

@@ -225,7 +225,7 @@ export async function packImage(
 }
 
 /** Directories and regular files under `dir`, relative and sorted; anything else is refused. */
-async function listImageTree(dir: string): Promise<{ dirs: string[]; files: string[] }> {
+export async function listImageTree(dir: string): Promise<{ dirs: string[]; files: string[] }> {
   const dirs: string[] = [];
   const files: string[] = [];
   for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
