@@ -109,6 +109,8 @@ describe('mirroredDownloader', () => {
       requests: 1,
     });
     expect(written).toEqual(['0:disk', '4: bytes']);
+    // other bytes, once written, are final: the server must not write over them (zero blocks
+    // skipped would keep the registry's bytes)
     written.length = 0;
     const bad = mirroredDownloader(
       plan(),
@@ -116,7 +118,20 @@ describe('mirroredDownloader', () => {
       registry(Buffer.from('evil bytes')),
       () => undefined,
     );
-    await bad.streamBlob(hex, sink);
-    expect(written).toEqual(['0:evil', '4: bytes', 'server']);
+    await expect(bad.streamBlob(hex, sink)).rejects.toMatchObject({ code: 'INTEGRITY' });
+    expect(written).toEqual(['0:evil', '4: bytes']);
+    // a registry without the blob: the server writes it
+    written.length = 0;
+    const lacking = {
+      ...registry(good),
+      open: () =>
+        ({
+          openBlob: async () => {
+            throw new ImgctlError('NOT_FOUND', 'blob unknown');
+          },
+        }) as never,
+    };
+    await mirroredDownloader(plan(), streaming, lacking, () => undefined).streamBlob(hex, sink);
+    expect(written).toEqual(['server']);
   });
 });

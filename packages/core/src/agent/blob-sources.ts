@@ -8,6 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { BlobSink, Client, DownloadOptions, StreamResult } from '../client/client.ts';
+import { rm } from 'node:fs/promises';
 import { ImgctlError } from '../util/errors.ts';
 import type { OciReference, Registry } from '../registry/types.ts';
 import type { PlanDoc } from '../store/types.ts';
@@ -64,7 +65,7 @@ export function mirroredDownloader<T extends BlobServer>(
         log(`sha256:${short(hex)} pulled from ${where}`);
         return result;
       } catch (error) {
-        if (options.signal?.aborted) throw error;
+        if (options.signal?.aborted || final.has(error as Error)) throw error;
         const next =
           i + 1 < mirrors.length
             ? mirrorRepository(mirrors[i + 1]!, plan.image.name)
@@ -82,12 +83,16 @@ export function mirroredDownloader<T extends BlobServer>(
       first(
         hex,
         options,
-        async (registry, repository) => ({
-          path: dest,
-          sha256: hex,
-          requests: 1,
-          ...(await registry.pullBlob(repository, `sha256:${hex}`, undefined, dest)),
-        }),
+        async (registry, repository) => {
+          try {
+            const pulled = await registry.pullBlob(repository, `sha256:${hex}`, undefined, dest);
+            return { path: dest, sha256: hex, requests: 1, ...pulled };
+          } catch (error) {
+            // the next source must not resume bytes this one served
+            await rm(`${dest}.partial`, { force: true });
+            throw error;
+          }
+        },
         () => server.downloadBlob(hex, dest, options),
       ),
     ...(server.streamBlob
@@ -104,7 +109,14 @@ export function mirroredDownloader<T extends BlobServer>(
   };
 }
 
-/** A registry's blob into `sink` from offset 0, hashed on the way. */
+/** Failures after a stream wrote bytes: no other source may write over them (streamFrom). */
+const final = new WeakSet<Error>();
+
+/**
+ * A registry's blob into `sink` from offset 0, hashed on the way. Once bytes are written a
+ * failure is final (FAILED, or INTEGRITY for other bytes): the target may skip zero blocks, so
+ * another source writing again from 0 would leave this one's bytes where the image is zero.
+ */
 async function streamFrom(
   registry: Registry,
   repository: string,
@@ -115,19 +127,45 @@ async function streamFrom(
   const hash = createHash('sha256');
   let offset = 0;
   const body = await registry.openBlob(repository, `sha256:${hex}`, 0);
-  options.signal?.addEventListener('abort', () => body.destroy(), { once: true });
-  for await (const chunk of body) {
-    const data = chunk as Buffer;
-    hash.update(data);
-    await sink.write(data, offset);
-    offset += data.length;
-    options.onProgress?.({ bytes: offset });
+  const stop = () => body.destroy();
+  options.signal?.addEventListener('abort', stop, { once: true });
+  const finalError = (error: ImgctlError) => {
+    final.add(error);
+    return error;
+  };
+  try {
+    for await (const chunk of body) {
+      const data = chunk as Buffer;
+      hash.update(data);
+      await sink.write(data, offset);
+      offset += data.length;
+      options.onProgress?.({ bytes: offset });
+    }
+  } catch (error) {
+    if (offset === 0) throw error;
+    throw finalError(
+      new ImgctlError(
+        'FAILED',
+        `${repository}: the blob stopped after ${offset} bytes: ${(error as Error).message}`,
+        {
+          cause: error,
+          hint: 'run again: the disk is written from the start',
+        },
+      ),
+    );
+  } finally {
+    options.signal?.removeEventListener('abort', stop);
   }
   const got = hash.digest('hex');
   if (got !== hex)
-    throw new ImgctlError(
-      'INTEGRITY',
-      `the registry's blob sha256:${short(hex)} has sha256 ${got}`,
+    throw finalError(
+      new ImgctlError(
+        'INTEGRITY',
+        `${repository}: the blob sha256:${short(hex)} has sha256 ${got}`,
+        {
+          hint: 'that registry serves other bytes under this digest: take it out of blob_mirrors and --blob-mirror',
+        },
+      ),
     );
   return { size: offset, sha256: hex, requests: 1 };
 }

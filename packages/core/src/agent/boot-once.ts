@@ -7,8 +7,8 @@
  * the default for the next boot only. GRUB clears that choice as it boots the entry, so the
  * machine never loops into the ramdisk; the ramdisk then writes the disk the entry is on.
  */
-import { chmod, copyFile, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, copyFile, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
 import { ensureDir } from '../store/store.ts';
 import type { ProcessRunner as Runner } from '../util/process.ts';
@@ -36,20 +36,53 @@ export interface BootOnceEntry {
 }
 
 /**
- * The GRUB this machine boots with, or undefined: a grub.cfg that reads custom.cfg (GRUB's
- * 41_custom) and the tools that set a one-time default.
+ * The GRUB this machine boots with — a grub.cfg that reads custom.cfg (GRUB's 41_custom) and the
+ * tools that set a one-time default — or why it cannot take a one-time entry. GRUB clears the
+ * one-time choice by writing its environment block as it boots the entry; it cannot write one on
+ * LVM, RAID, btrfs or ZFS, and the machine would then boot the ramdisk every time: refused. So is
+ * an EFI system whose GRUB reads a grub.cfg of its own on the EFI partition rather than this one.
  */
-export async function findGrub(runner: Runner, bootDir = '/boot'): Promise<Grub | undefined> {
+export async function findGrub(
+  runner: Runner,
+  bootDir = '/boot',
+): Promise<Grub | { reason: string }> {
   for (const tools of ['grub', 'grub2'] as const) {
     const config = join(bootDir, tools, 'grub.cfg');
     const text = await readFile(config, 'utf8').catch(() => undefined);
-    if (text === undefined || !text.includes('custom.cfg')) continue;
+    if (text === undefined) continue;
+    if (!text.includes('custom.cfg'))
+      return { reason: `${config} does not read custom.cfg (GRUB's 41_custom)` };
+    const probe = async (target: string) =>
+      (await runner.run(`${tools}-probe`, [`--target=${target}`, dirname(config)])).stdout.trim();
     try {
       await runner.run(`${tools}-reboot`, ['--version']);
-      return { tools, config };
-    } catch {
-      continue;
+      const abstraction = await probe('abstraction');
+      const fs = await probe('fs');
+      if (abstraction !== '' || fs === 'btrfs' || fs === 'zfs')
+        return {
+          reason: `${dirname(config)} is on ${abstraction || fs}, where GRUB cannot clear a one-time choice`,
+        };
+    } catch (error) {
+      return { reason: `${tools}-reboot or ${tools}-probe failed: ${(error as Error).message}` };
     }
+    const efi = await efiConfigElsewhere(bootDir);
+    if (efi) return { reason: `GRUB reads ${efi} on the EFI partition, not ${config}` };
+    return { tools, config };
+  }
+  return { reason: 'no GRUB configuration in /boot/grub or /boot/grub2' };
+}
+
+/**
+ * An EFI partition's grub.cfg that is a configuration of its own (RHEL 7/8 layouts), not the
+ * stub that loads BOOT's (`configfile …/grub.cfg`, as Debian installs).
+ */
+async function efiConfigElsewhere(bootDir: string): Promise<string | undefined> {
+  const vendors = await readdir(join(bootDir, 'efi/EFI')).catch(() => [] as string[]);
+  for (const vendor of vendors) {
+    const file = join(bootDir, 'efi/EFI', vendor, 'grub.cfg');
+    const text = await readFile(file, 'utf8').catch(() => undefined);
+    if (text !== undefined && !/^\s*configfile\s/m.test(text) && text.includes('menuentry'))
+      return file;
   }
   return undefined;
 }
@@ -93,24 +126,43 @@ export function renderEntry(entry: {
 
 /**
  * Copies the ramdisk to BOOT/imgctl/, adds its entry to custom.cfg and makes it the next boot's
- * default. Undoes what it did when a step fails.
+ * default. When a step fails — or later, through `undo` (the reboot failed) — the entry is
+ * taken out again (an older one of ours too), its files removed and the one-time choice unset.
  */
 export async function addBootOnceEntry(
   grub: Grub,
   files: { kernel: string; initrd: string; cmdline: string },
   runner: Runner,
   bootDir = '/boot',
-): Promise<BootOnceEntry> {
+): Promise<BootOnceEntry & { undo(): Promise<void> }> {
   const dir = join(bootDir, 'imgctl');
   const kernel = join(dir, 'vmlinuz');
   const initrd = join(dir, 'initrd.img');
-  const config = join(grub.config, '..', 'custom.cfg');
+  const config = join(dirname(grub.config), 'custom.cfg');
   const before = await readFile(config, 'utf8').catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return undefined;
     throw error;
   });
   const mode = before === undefined ? 0o644 : (await stat(config)).mode & 0o777;
-  let wrote = false;
+  const kept = withoutEntry(before ?? '');
+  const write = async (text: string) => {
+    const temporary = `${config}.imgctl-${process.pid}`;
+    try {
+      await writeFile(temporary, text, { mode });
+      await rename(temporary, config);
+    } finally {
+      await rm(temporary, { force: true });
+    }
+  };
+  const undo = async () => {
+    if (before === undefined) await rm(config, { force: true });
+    else if (kept !== before) await write(kept);
+    await rm(dir, { recursive: true, force: true });
+    // best effort: the choice may not have been made
+    await runner
+      .run(`${grub.tools}-editenv`, [join(dirname(grub.config), 'grubenv'), 'unset', 'next_entry'])
+      .catch(() => undefined);
+  };
   try {
     await ensureDir(dir, 0o700);
     await copyFile(files.kernel, kernel);
@@ -131,20 +183,11 @@ export async function addBootOnceEntry(
       initrd: await relpath(initrd),
       cmdline: files.cmdline,
     });
-    const kept = withoutEntry(before ?? '');
-    const next = `${kept}${kept === '' || kept.endsWith('\n') ? '' : '\n'}${text}`;
-    const temporary = `${config}.imgctl-${process.pid}`;
-    await writeFile(temporary, next, { mode });
-    await rename(temporary, config);
-    wrote = true;
+    await write(`${kept}${kept === '' || kept.endsWith('\n') ? '' : '\n'}${text}`);
     await run(runner, `${grub.tools}-reboot`, [ENTRY_ID], 'grub-reboot');
   } catch (error) {
-    if (wrote) {
-      if (before === undefined) await rm(config, { force: true });
-      else await writeFile(config, before, { mode });
-    }
-    await rm(dir, { recursive: true, force: true });
+    await undo();
     throw error;
   }
-  return { loader: 'grub', config, kernel, initrd, entry: ENTRY_ID };
+  return { loader: 'grub', config, kernel, initrd, entry: ENTRY_ID, undo };
 }

@@ -54,7 +54,12 @@ import {
   type TargetWriter,
 } from './target-disk.ts';
 import type { PlanDisk, PlanDoc } from '../store/types.ts';
-import { ramdiskDryRun, type RamdiskSwitch, switchViaRamdisk } from './via-ramdisk.ts';
+import {
+  checkViaRamdisk,
+  ramdiskDryRun,
+  type RamdiskSwitch,
+  switchViaRamdisk,
+} from './via-ramdisk.ts';
 
 /** client.streamBlob: a blob's bytes handed to a sink in order while hashed, resumed on errors. */
 export interface BlobStreamer {
@@ -209,13 +214,7 @@ export async function replaceSelf(
     d.method = d.format === 'raw' ? 'stream' : 'convert';
   }
   const systemTarget = inspected.get(disks[0]!.id)!;
-  if (options.viaRamdisk && (systemTarget.kind === 'file' || options.boot === 'kexec'))
-    throw new ImgctlError(
-      'USAGE',
-      systemTarget.kind === 'file'
-        ? `--via-ramdisk: the target ${targetPath} is a file; the ramdisk writes disks of this machine`
-        : '--via-ramdisk switches with kexec itself: give --reboot (switch now) or neither',
-    );
+  if (options.viaRamdisk) checkViaRamdisk(options, systemTarget);
   if (options.boot !== 'none' && systemTarget.kind === 'file')
     throw new ImgctlError(
       'USAGE',
@@ -241,7 +240,7 @@ export async function replaceSelf(
   for (const d of disks)
     if (d.skipped) deps.log(`warning: disk ${d.id} (${d.use}) is not written: ${d.skipped}`);
   if (options.dryRun) {
-    const ramdisk = options.viaRamdisk ? await ramdiskDryRun(runner) : undefined;
+    const ramdisk = options.viaRamdisk ? await ramdiskDryRun(plan, runner) : undefined;
     result.boot.message = ramdisk?.message ?? nextBootNotice(plan, systemTarget, options.boot);
     refused ??= ramdisk?.refused;
     if (refused) result.refused = refused;
@@ -257,7 +256,7 @@ export async function replaceSelf(
       {
         cacheDir: options.cacheDir,
         targetDisk: targetPath,
-        dataDisks: options.dataDisks ?? {},
+        target: systemTarget,
         trustKey: options.trustKey,
         switchNow: options.boot === 'reboot',
       },

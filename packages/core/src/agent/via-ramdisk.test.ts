@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { PlanDoc } from '../store/types.ts';
-import { ramdiskDryRun, switchViaRamdisk } from './via-ramdisk.ts';
+import { checkViaRamdisk, ramdiskDryRun, switchViaRamdisk } from './via-ramdisk.ts';
 
 const KERNEL = 'a'.repeat(64);
 const INITRD = 'b'.repeat(64);
@@ -24,12 +24,17 @@ describe('switchViaRamdisk', () => {
   afterEach(() => rm(dir, { recursive: true, force: true }));
 
   /** kexec: present, missing, or present but refusing to load (lockdown) */
+  let diskId = '0x2b3c4d5e\n';
+  let stagedText = '';
   const deps = (kexec: 'yes' | 'no' | 'refuses' = 'yes') => ({
     runner: {
       async run(file: string, args: string[]) {
         calls.push([file, ...args]);
         if (file === 'kexec' && (kexec === 'no' || (kexec === 'refuses' && args[0] === '-l')))
           throw Object.assign(new Error('kexec failed'), { stderr: 'Operation not permitted' });
+        if (file === 'sfdisk') return { stdout: diskId };
+        if (file === 'kexec' && args[0] === '-l')
+          stagedText = await readFile(args[2]!.slice('--initrd='.length), 'latin1');
         if (file === 'grub-probe') return { stdout: args[0] === '--target=fs' ? 'ext2' : '' };
         if (file === 'grub-mkrelpath') return { stdout: args[0]!.slice(dir.length) };
         return { stdout: '' };
@@ -57,8 +62,8 @@ describe('switchViaRamdisk', () => {
   });
   const options = {
     cacheDir: '',
-    targetDisk: '/dev/vda',
-    dataDisks: {},
+    targetDisk: '/dev/disk/by-id/virtio-root',
+    target: { realPath: '/dev/vda', size: 2_000_000_000 },
     switchNow: true,
     bootDir: '/nonexistent',
   };
@@ -76,10 +81,15 @@ describe('switchViaRamdisk', () => {
       '--command-line=console=ttyS0 imgctl.instructions=/imgctl/instructions',
     ]);
     expect(calls.slice(-2)).toEqual([['sync'], ['systemctl', 'kexec']]);
-    const staged = await readFile(done.staged, 'latin1');
+    const staged = stagedText;
+    // loaded: the copy with the token is gone
+    await expect(readFile(done.staged)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(staged.startsWith('INITRD')).toBe(true);
     expect(staged).toContain(`token=${TOKEN}\n`);
-    expect(staged).toContain('target_disk=/dev/vda\n');
+    // the ramdisk finds the disk by its identifier and size, whatever its kernel names it
+    expect(staged).toContain('target_disk=/dev/disk/by-id/virtio-root\n');
+    expect(staged).toContain('target_disk_id=0x2b3c4d5e\ntarget_size=2000000000\nforce=1\n');
+    expect(calls).toContainEqual(['sfdisk', '--disk-id', '/dev/vda']);
     expect(staged).toContain('image=tiny-linux@3\n');
     expect(calls.flat().join(' ')).not.toContain(TOKEN);
   });
@@ -135,10 +145,37 @@ describe('switchViaRamdisk', () => {
   });
 
   it('a dry run says how it would switch, or why it could not', async () => {
-    const kexec = await ramdiskDryRun(deps('yes').runner as never, join(dir, 'none'));
+    const kexec = await ramdiskDryRun(PLAN, deps('yes').runner as never, join(dir, 'none'));
     expect(kexec).toEqual({ message: expect.stringContaining('with kexec') as unknown });
-    const neither = await ramdiskDryRun(deps('no').runner as never, join(dir, 'none'));
+    const neither = await ramdiskDryRun(PLAN, deps('no').runner as never, join(dir, 'none'));
+    const systemless = await ramdiskDryRun({}, deps('yes').runner as never, join(dir, 'none'));
+    expect(systemless.refused).toMatchObject({ code: 'USAGE' });
     expect(neither.refused).toMatchObject({ code: 'HOST' });
     expect(calls.some((c) => c[0] === 'token')).toBe(false);
+  });
+
+  it('refuses a disk it could not find again, and what the ramdisk would not get', async () => {
+    diskId = '';
+    await expect(
+      switchViaRamdisk(PLAN, { ...options, cacheDir: dir }, deps() as never),
+    ).rejects.toMatchObject({
+      code: 'HOST',
+      message: expect.stringContaining('no partition table') as unknown,
+    });
+    expect(calls.some((c) => c[0] === 'token')).toBe(false);
+    diskId = '0x2b3c4d5e';
+    const disk = { kind: 'block' as const, path: '/dev/sda' };
+    expect(() => checkViaRamdisk({ boot: 'reboot' }, disk)).not.toThrow();
+    const refusals: Array<[Parameters<typeof checkViaRamdisk>[0], string]> = [
+      [{ boot: 'reboot', sets: ['a=1'] }, '--set'],
+      [{ boot: 'none', update: true }, '--update'],
+      [{ boot: 'none', dataDisks: { data: '/dev/sdb' } }, '--data-disk'],
+      [{ boot: 'kexec' }, 'switches with kexec itself'],
+    ];
+    for (const [options, what] of refusals)
+      expect(() => checkViaRamdisk(options, disk)).toThrow(what);
+    expect(() => checkViaRamdisk({ boot: 'none' }, { kind: 'file', path: '/x.raw' })).toThrow(
+      'is a file',
+    );
   });
 });
