@@ -157,9 +157,11 @@ describe('slow: an empty machine network-boots and comes up provisioned', () => 
       new RegExp(`boot ${STRANGER_MAC}: local boot: no system has this MAC address$`),
       240_000,
     );
+    // its iPXE runs that script (a blank disk: nothing to boot) before the machine is stopped
+    await sleep(15_000);
     await virsh(['destroy', STRANGER]);
+    expect(server!.log()).not.toMatch(new RegExp(`boot ${STRANGER_MAC}: provisioning ramdisk`));
     const { stdout: blocks } = await execa('stat', ['-c', '%b', stranger.disk]);
     expect(Number(blocks), 'blocks written to its disk').toBe(0);
-    expect(server!.log()).not.toMatch(/boot token issued for system (?!nbsys)/);
   });
 });

@@ -205,11 +205,11 @@ describe('slow: a running Debian machine reinstalled through the provisioning ra
     expect(at).toEqual([...at].sort((a, b) => a - b));
     const status = JSON.parse(
       (await imgctl(['status', '--system', SYSTEM, '--json'])).stdout,
-    ) as Array<{
-      state: string;
-      phases: Array<{ phase: string }>;
-    }>;
-    expect(status[0]).toMatchObject({ state: 'done' });
+    ) as Array<{ state: string; image: string; runs: number; phases: Array<{ phase: string }> }>;
+    // the ramdisk's run, the second of the system (the first wrote Debian)
+    expect(status[0]).toMatchObject({ state: 'done', image: 'tiny-linux', runs: 2 });
+    // the one-time token was staged into the initrd, never shown
+    expect(console).not.toContain('imgctl-boot-');
     expect(status[0]!.phases.map((p) => p.phase)).toEqual(
       expect.arrayContaining(['started', 'disks-ready', 'configured', 'done']),
     );
