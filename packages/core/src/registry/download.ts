@@ -3,8 +3,8 @@
  * pulling one to a file — `<dest>.partial` resumed with Range, hashed as it is written, fsynced
  * and renamed to `<dest>` once its sha256 is the digest's.
  */
-import { createHash } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { createHash, type Hash } from 'node:crypto';
+import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -88,6 +88,74 @@ export async function openBlob(
   return response.res;
 }
 
+/** What a pull has in `<dest>.partial`: the hash and count of its bytes, one write in flight. */
+interface PartialFile {
+  path: string;
+  handle: FileHandle;
+  hash: Hash;
+  size: number;
+  writing: Promise<void>;
+}
+
+async function writeAll(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < data.length;) {
+    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+/** Appends `data`: hashed now and written while the next bytes arrive, one write at a time. */
+async function append(file: PartialFile, data: Buffer): Promise<void> {
+  await file.writing;
+  file.hash.update(data);
+  file.writing = writeAll(file.handle, data, file.size);
+  file.size += data.length;
+}
+
+async function emptyPartial(file: PartialFile): Promise<void> {
+  await file.writing;
+  await file.handle.truncate(0);
+  file.hash = createHash('sha256');
+  file.size = 0;
+}
+
+/**
+ * Appends a response body to the partial file, gathered into WRITE_CHUNK pieces (TLS hands on
+ * 16 KiB records); rejects when it ends before `total` or would go past it.
+ */
+async function receive(
+  body: Readable,
+  file: PartialFile,
+  total: number | undefined,
+  onProgress: RegistryOptions['onProgress'],
+  what: string,
+): Promise<void> {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  const flush = async () => {
+    const data = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+    pending = [];
+    pendingBytes = 0;
+    await append(file, data);
+    onProgress?.(file.size, total ?? file.size);
+  };
+  try {
+    for await (const chunk of body) {
+      const data = chunk as Buffer;
+      if (total !== undefined && file.size + pendingBytes + data.length > total)
+        throw new ImgctlError('INTEGRITY', `${what}: the registry sent more than ${total} bytes`);
+      pending.push(data);
+      pendingBytes += data.length;
+      if (pendingBytes >= WRITE_CHUNK) await flush();
+    }
+    if (pendingBytes > 0) await flush();
+  } finally {
+    await file.writing;
+  }
+  if (total !== undefined && file.size < total)
+    throw new Error(`the body ended at byte ${file.size} of ${total}`);
+}
+
 /** The size the registry says the blob has, from a 200's length or a 206's Content-Range. */
 function totalSize(response: Response): number | undefined {
   if (response.status === 206) return contentRange(response.header('content-range'))?.total;
@@ -103,116 +171,94 @@ export async function pullBlob(
   size: number | undefined,
   dest: string,
 ): Promise<{ size: number; resumedBytes: number }> {
-  const partial = `${dest}.partial`;
+  const path = `${dest}.partial`;
   const what = `GET blob ${digest} from ${transport.registry}/${repository}`;
-  let { hash, size: have } = await hashFile(partial);
-  let total = size;
+  const { hash, size: had } = await hashFile(path);
+  const handle = await open(path, had > 0 ? 'r+' : 'w');
+  const file: PartialFile = { path, handle, hash, size: had, writing: Promise.resolve() };
   let resumedBytes = 0;
-  const handle = await open(partial, have > 0 ? 'r+' : 'w');
-  const restart = async () => {
-    await handle.truncate(0);
-    hash = createHash('sha256');
-    have = 0;
-  };
   try {
-    if (size !== undefined && have > size) await restart();
-    for (let stalled = 0; total === undefined || have < total;) {
-      const from = have;
-      const response = await getBlob(transport, repository, digest, from, from > 0 ? [416] : []);
-      if (response.status === 416) {
-        drain(response.res);
-        // asked from the end: the partial file may hold the whole blob already
-        const whole = /\/(\d+)$/.exec(response.header('content-range') ?? '')?.[1];
-        if (whole !== undefined && Number(whole) === from) {
-          total = from;
-          resumedBytes += from;
-          break;
-        }
-        await restart();
-        continue;
-      }
-      if (response.status === 206) resumedBytes += from;
-      else if (from > 0) await restart();
-      const answered = totalSize(response);
-      if (answered !== undefined && size !== undefined && answered !== size) {
-        response.res.destroy();
-        throw new ImgctlError(
-          'INTEGRITY',
-          `${what}: the registry's blob is ${answered} bytes, the manifest says ${size}`,
-        );
-      }
-      total = answered ?? total;
-      try {
-        // TLS hands on 16 KiB records: written in pieces of WRITE_CHUNK, hashed as they go
-        let pending: Buffer[] = [];
-        let pendingBytes = 0;
-        const flush = async () => {
-          const data = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
-          pending = [];
-          pendingBytes = 0;
-          for (let done = 0; done < data.length;) {
-            const { bytesWritten } = await handle.write(
-              data,
-              done,
-              data.length - done,
-              have + done,
-            );
-            done += bytesWritten;
-          }
-          hash.update(data);
-          have += data.length;
-          options.onProgress?.(have, total ?? have);
-        };
-        for await (const chunk of response.res) {
-          const data = chunk as Buffer;
-          if (total !== undefined && have + pendingBytes + data.length > total)
-            throw new ImgctlError(
-              'INTEGRITY',
-              `${what}: the registry sent more than ${total} bytes`,
-            );
-          pending.push(data);
-          pendingBytes += data.length;
-          if (pendingBytes >= WRITE_CHUNK) await flush();
-        }
-        if (pendingBytes > 0) await flush();
-        total ??= have;
-        if (have < total) throw new Error(`the body ended at byte ${have} of ${total}`);
-      } catch (error) {
-        if (error instanceof ImgctlError || !isRetryableError(error, transport.signal)) throw error;
-        stalled = have > from ? 0 : stalled + 1;
-        if (stalled >= MAX_STALLED)
-          throw new ImgctlError('FAILED', `${what}: ${(error as Error).message}`, {
-            cause: error,
-            hint: `run again: the download resumes from ${partial}`,
-          });
-        const wait = retryDelay(stalled, undefined);
-        transport.log(
-          `${what}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message} at byte ${have}; resuming in ${wait / 1000} s`,
-        );
-        await sleep(wait, undefined, { signal: transport.signal });
-      }
-    }
+    if (size !== undefined && file.size > size) await emptyPartial(file);
+    resumedBytes = await download(transport, options, repository, digest, size, file, what);
     await handle.sync();
   } catch (error) {
-    if (error instanceof ImgctlError && error.code === 'INTEGRITY')
-      await rm(partial, { force: true });
+    if (error instanceof ImgctlError && error.code === 'INTEGRITY') await rm(path, { force: true });
     throw error;
   } finally {
     await handle.close();
   }
-  const got = `sha256:${hash.digest('hex')}`;
+  const got = `sha256:${file.hash.digest('hex')}`;
   if (got !== digest) {
-    await rm(partial, { force: true });
+    await rm(path, { force: true });
     throw new ImgctlError('INTEGRITY', `${what}: the bytes received hash to ${got}`, {
       hint: "the partial download was deleted; the registry's copy may be corrupt",
     });
   }
-  await rename(partial, dest);
+  await rename(path, dest);
   const dir = await open(dirname(dest), 'r');
   try {
     await dir.sync();
   } finally {
     await dir.close();
   }
-  return { size: have, resumedBytes };
+  return { size: file.size, resumedBytes };
+}
+
+/**
+ * GETs what the partial file lacks (Range from its size), again after a broken transfer;
+ * returns the bytes each request continued from, summed.
+ */
+async function download(
+  transport: Transport,
+  options: RegistryOptions,
+  repository: string,
+  digest: string,
+  size: number | undefined,
+  file: PartialFile,
+  what: string,
+): Promise<number> {
+  let total = size;
+  let resumedBytes = 0;
+  for (let stalled = 0; total === undefined || file.size < total;) {
+    const from = file.size;
+    const response = await getBlob(transport, repository, digest, from, from > 0 ? [416] : []);
+    if (response.status === 416) {
+      drain(response.res);
+      // asked from the end: the partial file may hold the whole blob already
+      const whole = /\/(\d+)$/.exec(response.header('content-range') ?? '')?.[1];
+      if (whole !== undefined && Number(whole) === from) return resumedBytes + from;
+      await emptyPartial(file);
+      continue;
+    }
+    if (response.status === 206) resumedBytes += from;
+    else if (from > 0) await emptyPartial(file);
+    const answered = totalSize(response);
+    if (answered !== undefined && size !== undefined && answered !== size) {
+      response.res.destroy();
+      throw new ImgctlError(
+        'INTEGRITY',
+        `${what}: the registry's blob is ${answered} bytes, the manifest says ${size}`,
+      );
+    }
+    total = answered ?? total;
+    try {
+      await receive(response.res, file, total, options.onProgress, what);
+      total ??= file.size;
+    } catch (error) {
+      if (transport.signal?.aborted) throw transport.signal.reason;
+      if (error instanceof ImgctlError || !isRetryableError(error, transport.signal)) throw error;
+      stalled = file.size > from ? 0 : stalled + 1;
+      if (stalled >= MAX_STALLED)
+        throw new ImgctlError('FAILED', `${what}: ${(error as Error).message}`, {
+          cause: error,
+          hint: `run again: the download resumes from ${file.path}`,
+        });
+      const wait = retryDelay(stalled, undefined);
+      transport.log(
+        `${what}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message} at byte ${file.size}; resuming in ${wait / 1000} s`,
+      );
+      await sleep(wait, undefined, { signal: transport.signal });
+    }
+  }
+  return resumedBytes;
 }

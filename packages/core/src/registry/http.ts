@@ -122,9 +122,12 @@ export async function readBody(
   return Buffer.concat(chunks);
 }
 
-/** Reads and drops what is left of a body, so its connection is used again. */
+/**
+ * Reads and drops what is left of a body, so its connection is used again: the socket goes back
+ * to the agent only once the body has ended, even an empty one that already arrived.
+ */
 export function drain(res: IncomingMessage): void {
-  if (!res.complete) res.resume();
+  res.resume();
 }
 
 /** A header's value (the first, when repeated). */

@@ -193,6 +193,9 @@ async function resumeSession(
   } catch (error) {
     if (!(error instanceof SessionLost) && !(error instanceof ImgctlError)) throw error;
     if (ctx.transport.signal?.aborted) throw error;
+    ctx.transport.log(
+      `the upload of ${short(digest)} an earlier push left cannot go on (${error.message}): uploading it from the start`,
+    );
     await ctx.sessions.forget(repository, digest);
     return undefined;
   }
