@@ -17,6 +17,7 @@ import type { OciDescriptor, Registry, RegistryOptions } from '../registry/types
 import { writeNonZero } from './blobs.ts';
 import { checkSpace, type ExtractOptions, imageExists } from './import-extract.ts';
 import {
+  diskLayers,
   OCI_MANIFEST,
   type OpenRegistry,
   parseImageConfig,
@@ -77,12 +78,11 @@ export async function stageOciImage(
   let done = fileBytes;
   options.onProgress?.({ done, total });
 
-  const layers = new Map(manifest.layers.map((l) => [l.digest, l]));
   for (const blob of missing) {
     const disk = config.disks.find((d) => d.sha256 === blob.sha256)!;
     const base = done;
     await fetchDisk(registry, ref.repository, {
-      layers: disk.layers.map((digest) => layers.get(digest)!),
+      layers: diskLayers(manifest, disk),
       sha256: blob.sha256,
       dest: join(stage, 'blobs', blob.sha256),
       onBytes: (n) => options.onProgress?.({ done: base + n, total }),

@@ -33,7 +33,7 @@ export async function openSource(source: string, options: SourceOptions): Promis
     }
     if (url.protocol !== 'http:' && url.protocol !== 'https:') {
       throw new ImgctlError('USAGE', `cannot import from a ${url.protocol} URL`, {
-        hint: 'give a local file or an http:// or https:// URL',
+        hint: 'give a local file, an http:// or https:// URL, or an oci://HOST/REPO[:TAG] reference',
       });
     }
     let response: Response;

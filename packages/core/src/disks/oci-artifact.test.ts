@@ -124,6 +124,39 @@ describe('the image artifact', () => {
     expect(parsed.contents.get('logo.bin')).toEqual(Buffer.from([0xff, 0xfe, 0x00]));
   });
 
+  it('keeps a disk and the same bytes as a segment of another disk apart: two layer types', () => {
+    const zeros = `sha256:${hex('zeros')}`;
+    const disks: ArtifactInput['disks'] = [
+      {
+        id: 'root',
+        use: 'system',
+        format: 'raw',
+        size: 8,
+        sha256: hex('root+zeros'),
+        segments: [
+          { digest: `sha256:${ROOT}`, size: 4 },
+          { digest: zeros, size: 4 },
+        ],
+      },
+      {
+        id: 'data',
+        use: 'data',
+        format: 'raw',
+        size: 4,
+        sha256: hex('zeros'),
+        segments: [{ digest: zeros, size: 4 }],
+      },
+    ];
+    const built = buildImageArtifact(input({ disks }));
+    expect(json(built.manifest.bytes).layers.map((l) => [l.digest, l.mediaType])).toEqual([
+      [`sha256:${ROOT}`, 'application/vnd.imgctl.disk.v1.raw.segment'],
+      [zeros, 'application/vnd.imgctl.disk.v1.raw.segment'],
+      [zeros, 'application/vnd.imgctl.disk.v1.raw'],
+    ]);
+    const parsed = parseImageConfig(built.config.bytes, parseImageManifest(built.manifest.bytes));
+    expect(parsed.blobs.map((b) => b.size)).toEqual([8, 4]);
+  });
+
   it.each<[string, (m: Json, c: Json) => void, RegExp]>([
     ['another artifactType', (m) => (m.artifactType = 'x/y'), /not an imgctl image/],
     ['a digest not sha256', (m) => (m.layers[0]!.digest = 'md5:abc'), /is not sha256/],

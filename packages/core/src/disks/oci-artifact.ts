@@ -221,11 +221,13 @@ export function buildImageArtifact(input: ArtifactInput): BuiltArtifact {
     for (const [i, segment] of disk.segments.entries()) {
       const at = offset;
       offset += segment.size;
-      if (seen.has(segment.digest)) continue;
-      seen.add(segment.digest);
+      // the same content as a whole disk and as a segment (zeros) is two layers: two types
+      const mediaType = diskMediaType(disk.format, segmented);
+      if (seen.has(`${segment.digest} ${mediaType}`)) continue;
+      seen.add(`${segment.digest} ${mediaType}`);
       const file = `${disk.id}.${disk.format}`;
       layers.push({
-        mediaType: diskMediaType(disk.format, segmented),
+        mediaType,
         digest: segment.digest,
         size: segment.size,
         annotations: {
@@ -360,6 +362,17 @@ function descriptorOf(value: unknown, what: string): OciDescriptor {
   };
 }
 
+/** The layers of a disk of a checked config, in order (by digest and the disk's media type). */
+export function diskLayers(
+  manifest: ParsedManifest,
+  disk: Pick<ArtifactDisk, 'format' | 'layers'>,
+): OciDescriptor[] {
+  const type = diskMediaType(disk.format, disk.layers.length > 1);
+  return disk.layers.map((digest) =>
+    manifest.layers.find((l) => l.digest === digest && l.mediaType === type)!,
+  );
+}
+
 /** A checked config: its files decoded (each one's size and sha256 verified). */
 export interface ParsedConfig {
   config: ImageConfig;
@@ -468,7 +481,9 @@ function checkParsed(value: unknown, bytes: Buffer, what: string, path: string):
 
 function checkDisks(disks: unknown[], manifest: ParsedManifest): ParsedConfig['blobs'] {
   const bad = (what: string) => refused(`config: ${what}`);
-  const layers = new Map(manifest.layers.map((l) => [l.digest, l]));
+  /** each layer by digest and media type: the same bytes may be a disk and another's segment */
+  const key = (digest: unknown, mediaType: string) => `${String(digest)} ${mediaType}`;
+  const layers = new Map(manifest.layers.map((l) => [key(l.digest, l.mediaType), l]));
   const used = new Set<string>();
   const ids = new Set<string>();
   const blobs = new Map<string, number>();
@@ -488,14 +503,14 @@ function checkDisks(disks: unknown[], manifest: ParsedManifest): ParsedConfig['b
     if (!Array.isArray(d.layers) || d.layers.length === 0) throw bad(`disk '${id}' has no layers`);
     const segmented = d.layers.length > 1;
     let total = 0;
+    const type = diskMediaType(format, segmented);
     for (const digest of d.layers as unknown[]) {
-      const layer = typeof digest === 'string' ? layers.get(digest) : undefined;
-      if (!layer) throw bad(`disk '${id}' names a layer the manifest does not list`);
-      if (layer.mediaType !== diskMediaType(format, segmented))
+      const layer = layers.get(key(digest, type));
+      if (!layer)
         throw refused(
-          `layer ${layer.digest} of disk '${id}' is ${printable(layer.mediaType)}, not ${diskMediaType(format, segmented)}`,
+          `disk '${id}' names a layer the manifest does not list as ${type}: ${printable(String(digest))}`,
         );
-      used.add(layer.digest);
+      used.add(key(layer.digest, layer.mediaType));
       total += layer.size;
     }
     if (!segmented && d.layers[0] !== `sha256:${sha256}`)
@@ -503,7 +518,7 @@ function checkDisks(disks: unknown[], manifest: ParsedManifest): ParsedConfig['b
     if (total !== size)
       throw refused(`the layers of disk '${id}' add up to ${total} bytes, not ${size}`);
   }
-  const unused = manifest.layers.find((l) => !used.has(l.digest));
+  const unused = manifest.layers.find((l) => !used.has(key(l.digest, l.mediaType)));
   if (unused) throw refused(`layer ${unused.digest} belongs to no disk`);
   return [...blobs].map(([sha256, size]) => ({ sha256, size }));
 }
