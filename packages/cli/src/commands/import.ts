@@ -4,8 +4,9 @@ import { humanSize } from '@imgctl/core/util/sizes';
 import { importVirtImage } from '@imgctl/core/disks/virt-image';
 import type { Handler } from '../command.ts';
 import { PROGRESS_MIN_BYTES, withProgress } from '../progress.ts';
+import { type RegistryFlags, registryOptions } from './push.ts';
 
-export interface ImportOptions {
+export interface ImportOptions extends RegistryFlags {
   as?: string;
   force?: boolean;
   /** 'archive' (the default) or 'virt-image' */
@@ -36,6 +37,7 @@ export const run: Handler<ImportOptions> = async ([source], options, ctx) => {
     return importArchive(storeDir, source!, {
       as,
       force,
+      ...(source!.startsWith('oci://') ? { registry: registryOptions(options, ctx) } : {}),
       onProgress: (p) => progress.bytes(p.done, p.total ?? Number.NaN),
     });
   });
@@ -44,6 +46,8 @@ export const run: Handler<ImportOptions> = async ([source], options, ctx) => {
     data: result,
     text: `imported image '${result.image}' revision ${result.revision}${
       result.replaced ? ' (replaced the previous one)' : ''
-    }: ${result.files} files, ${result.blobs} disk blobs${reused}, ${humanSize(result.bytes)}`,
+    }: ${result.files} files, ${result.blobs} disk blobs${reused}, ${humanSize(result.bytes)}${
+      result.digest ? ` (manifest ${result.digest})` : ''
+    }`,
   };
 };

@@ -1,8 +1,21 @@
 import type { CommandSpec } from '../command.ts';
 
+const registryFlags = [
+  {
+    flags: '--registry-auth <file>',
+    description:
+      'registry credentials as container tools write them (default: $REGISTRY_AUTH_FILE, ~/.docker/config.json)',
+  },
+  {
+    flags: '--registry-ca <file>',
+    description: "a PEM CA bundle the registry's certificate is checked against",
+  },
+  { flags: '--insecure-http', description: 'talk to the registry over plain http://' },
+];
+
 /**
  * Commands without a noun that work on the store and its images as a whole: make the store,
- * resolve a plan, build, pack, import, export, capture, verify.
+ * resolve a plan, build, pack, import, push, export, capture, verify.
  */
 export const topLevelCommands: CommandSpec[] = [
   {
@@ -89,7 +102,8 @@ export const topLevelCommands: CommandSpec[] = [
   },
   {
     path: ['import'],
-    summary: 'import an archive made by pack (file or URL), or a virt-image XML descriptor',
+    summary:
+      'import an archive made by pack (file or URL), an image pushed to a registry (oci://…), or a virt-image XML descriptor',
     args: ['<source>'],
     options: [
       { flags: '--as <name>', description: 'import under this image name' },
@@ -98,13 +112,44 @@ export const topLevelCommands: CommandSpec[] = [
         flags: '--from <format>',
         description: "what SOURCE is: 'archive' (default) or 'virt-image' (an image.xml)",
       },
+      ...registryFlags,
     ],
     examples: [
       'imgctl import web.tar.gz',
       'imgctl import https://images.example.com/web.tar.gz --as web-staging',
+      'imgctl import oci://registry.example.org/images/web:3 --registry-auth ~/.config/containers/auth.json',
       'imgctl import --from virt-image ./appliance/image.xml --as appliance',
     ],
     load: () => import('./import.ts'),
+  },
+  {
+    path: ['push'],
+    summary:
+      'push an image or a release to an OCI registry: its disks as layers, its files in the config',
+    args: ['<image>', '<target>'],
+    options: [
+      ...registryFlags,
+      {
+        flags: '--chunk-size <size>',
+        description: 'upload big blobs in chunks of this size (default 64MiB)',
+      },
+      {
+        flags: '--segment-size <size>',
+        description: 'push a disk larger than this as several layers (default 16GiB)',
+      },
+      {
+        flags: '--mount-from <repository>',
+        description: 'a repository of the same registry to mount blobs from (repeatable)',
+        repeatable: true,
+      },
+    ],
+    examples: [
+      'imgctl push web oci://registry.example.org/images/web',
+      'imgctl push web@stable oci://registry.example.org:5000/images/web --registry-ca ca.pem',
+      'imgctl push tiny-linux@2 oci://127.0.0.1:5000/lab/tiny-linux:2 --registry-auth auth.json --json',
+      'imgctl push big@7 oci://quay.example.org/site/big --segment-size 8GiB --chunk-size 256MiB',
+    ],
+    load: () => import('./push.ts'),
   },
   {
     path: ['export'],

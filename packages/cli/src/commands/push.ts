@@ -1,0 +1,87 @@
+import { resolve } from 'node:path';
+import { pushImage } from '@imgctl/core/disks/push';
+import type { RegistryOptions } from '@imgctl/core/registry/types';
+import { ImgctlError } from '@imgctl/core/util/errors';
+import { humanSize, parseSize } from '@imgctl/core/util/sizes';
+import type { Context, Handler } from '../command.ts';
+import { withProgress } from '../progress.ts';
+
+/** The flags of every command that talks to a registry (push, import oci://). */
+export interface RegistryFlags {
+  registryAuth?: string;
+  registryCa?: string;
+  insecureHttp?: boolean;
+}
+
+export interface PushOptions extends RegistryFlags {
+  chunkSize?: string;
+  segmentSize?: string;
+  mountFrom?: string[];
+}
+
+/** The registry client's options from the flags: files relative to the working directory. */
+export function registryOptions(flags: RegistryFlags, ctx: Context): RegistryOptions {
+  return {
+    authFile:
+      flags.registryAuth === undefined ? undefined : resolve(ctx.io.cwd, flags.registryAuth),
+    caFile: flags.registryCa === undefined ? undefined : resolve(ctx.io.cwd, flags.registryCa),
+    insecureHttp: Boolean(flags.insecureHttp),
+    log: ctx.log,
+  };
+}
+
+function sizeFlag(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  try {
+    return parseSize(value);
+  } catch {
+    throw new ImgctlError('USAGE', `${flag} takes a size like 64MiB or 16GiB, not '${value}'`);
+  }
+}
+
+/** SOURCE_DATE_EPOCH (seconds), the `created` of a pushed working image. */
+function sourceDate(value: string | undefined): Date | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (!/^\d{1,12}$/.test(value))
+    throw new ImgctlError('USAGE', `SOURCE_DATE_EPOCH must be whole seconds, not '${value}'`);
+  return new Date(Number(value) * 1000);
+}
+
+export const run: Handler<PushOptions> = async ([ref, target], options, ctx) => {
+  const storeDir = await ctx.storeDir();
+  const chunkSize = sizeFlag(options.chunkSize, '--chunk-size');
+  const segmentSize = sizeFlag(options.segmentSize, '--segment-size');
+  const created = sourceDate(ctx.io.env.SOURCE_DATE_EPOCH);
+  const result = await withProgress(ctx, {}, (progress) => {
+    let step = '';
+    return pushImage(storeDir, ref!, target!, {
+      registry: { ...registryOptions(options, ctx), chunkSize },
+      segmentSize,
+      mountFrom: options.mountFrom,
+      created,
+      onProgress: (p) => {
+        if (p.step !== step) {
+          step = p.step;
+          progress.step(p.step.startsWith('hashing') ? p.step : `pushing ${p.step}`);
+        }
+        progress.bytes(p.done, p.total);
+      },
+    });
+  });
+  const width = Math.max(...result.blobs.map((b) => b.what.length));
+  const lines = [
+    `pushed ${result.release ?? result.image} (revision ${result.revision}) to ${result.reference}`,
+    ...result.blobs.map(
+      (b) =>
+        `  ${b.what.padEnd(width)}  ${humanSize(b.size).padStart(10)}  ${b.how}${
+          b.how === 'uploaded' && b.sentBytes !== b.size ? ` (${humanSize(b.sentBytes)} sent)` : ''
+        }`,
+    ),
+    `sent ${humanSize(result.sentBytes)}`,
+  ];
+  if (result.signature)
+    lines.push(
+      `signature ${result.signature.digest} (key ${result.signature.keyId}, until ${result.signature.expiresAt}${result.signature.reused ? ', already there' : ''})`,
+    );
+  return { data: result, text: lines.join('\n') };
+};
