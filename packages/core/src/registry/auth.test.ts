@@ -196,6 +196,27 @@ describe('challenges, against a local registry and token service', () => {
     expect(registry.seen.slice(3).map((s) => s.authorization)).toEqual(['Bearer t1', 'Bearer t2']);
   });
 
+  it('says when an anonymous token is not enough, and how to give credentials', async () => {
+    const tokens = await serve((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"token":"anonymous"}');
+    });
+    const registry = await serve((_req, res) => {
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${tokens.host}/t"` }).end();
+    });
+    servers.push(tokens, registry);
+    const client = openRegistry(parseOciReference(`oci://${registry.host}/team/app`), {
+      authFile: await authFile({ auths: {} }),
+      insecureHttp: true,
+    });
+    const error = (await client
+      .hasBlob('team/app', `sha256:${'2'.repeat(64)}`)
+      .catch((e: unknown) => e)) as ImgctlError;
+    expect(error.code).toBe('USAGE');
+    expect(error.message).toMatch(/refused access without credentials \(401\)$/);
+    expect(error.hint).toMatch(/^give credentials for 127\.0\.0\.1:\d+ with --registry-auth FILE/);
+    expect(registry.seen.map((s) => s.authorization)).toEqual([undefined, 'Bearer anonymous']);
+  });
+
   it('says the credentials were refused, naming the file and never the password', async () => {
     const registry = await serve((_req, res) => {
       res.writeHead(401, { 'www-authenticate': 'Basic realm="fake"' }).end();

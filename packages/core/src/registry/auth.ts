@@ -205,7 +205,7 @@ export function makeAuthenticator(
     `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
   const describe = async () => {
     const { file, credentials: c } = await credentials();
-    return c ? `the credentials for ${registry} in ${file}` : 'no credentials';
+    return c ? `the credentials for ${registry} in ${file}` : 'access without credentials';
   };
   const noCredentials = async () => {
     const { file } = await credentials();
@@ -228,7 +228,7 @@ export function makeAuthenticator(
     if (url.protocol !== 'https:' && !(url.protocol === 'http:' && settings.insecureHttp))
       throw new ImgctlError(
         'FAILED',
-        `${registry} sends for tokens to ${url.origin}, which is not https`,
+        `${registry} sends clients to ${url.origin} for tokens, which is not https`,
         { hint: 'a token service over plain http is used only with --insecure-http' },
       );
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);

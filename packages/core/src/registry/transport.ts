@@ -163,7 +163,7 @@ export function makeTransport(
     if (codes.includes('DIGEST_INVALID')) throw new ImgctlError('INTEGRITY', said);
     if (status === 403)
       throw new ImgctlError('USAGE', said, {
-        hint: `${await auth.describe()} do not allow this (${request.scope})`,
+        hint: `not allowed with ${await auth.describe()} (${request.scope})`,
       });
     if (status >= 400 && status < 500 && status !== 429)
       throw new ImgctlError(request.refusedCode ?? 'FAILED', said);
@@ -210,13 +210,12 @@ export function makeTransport(
           reauthenticated = true;
           continue;
         }
-        throw new ImgctlError(
-          'USAGE',
-          `${req.what}: ${registry} refused ${await auth.describe()} (401)`,
-          {
-            hint: 'check the user and password in that file, and that the user may use this repository',
-          },
-        );
+        const used = await auth.describe();
+        throw new ImgctlError('USAGE', `${req.what}: ${registry} refused ${used} (401)`, {
+          hint: used.startsWith('the credentials')
+            ? 'check the user and password in that file, and that the user may use this repository'
+            : `give credentials for ${registry} with --registry-auth FILE (or $REGISTRY_AUTH_FILE, or ~/.docker/config.json)`,
+        });
       }
       if ((req.expect ?? []).includes(status)) return response;
       if (REDIRECTS.has(status)) {
