@@ -19,6 +19,7 @@ import {
   defineEmptyMachine,
   type EmptyMachine,
   type NetbootLan,
+  serialShows,
   startNetbootLan,
 } from './helpers/netboot.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
@@ -40,19 +41,8 @@ describe('slow: an empty machine network-boots and comes up provisioned', () => 
   const imgctl = (args: string[], env: Record<string, string> = {}) =>
     execImgctl(['--store', rig.store.dir, ...args], { env, timeoutMs: 600_000 });
 
-  /** Waits for `pattern` in the machine's serial console; returns the whole console. */
-  async function serialShows(pattern: RegExp, timeoutMs = 420_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const text = await readFile(machine!.serialLog, 'latin1').catch(() => '');
-      if (pattern.test(text)) return text;
-      if (Date.now() > deadline)
-        throw new Error(
-          `no ${pattern} on the serial console after ${timeoutMs} ms:\n${text.slice(-3000)}\n${lan?.log().slice(-2000)}`,
-        );
-      await sleep(500);
-    }
-  }
+  const consoleShows = (pattern: RegExp, timeoutMs?: number) =>
+    serialShows(machine!.serialLog, pattern, timeoutMs, () => lan?.log().slice(-2000) ?? '');
 
   beforeAll(async () => {
     await startLibvirt();
@@ -114,7 +104,7 @@ describe('slow: an empty machine network-boots and comes up provisioned', () => 
 
   it('boots the ramdisk, is provisioned, reboots into its disk; netboot is cleared', async () => {
     expect((await virsh(['start', VM])).exitCode).toBe(0);
-    const console = await serialShows(/IMGCTL-APPLIANCE hostname=nbhost /);
+    const console = await consoleShows(/IMGCTL-APPLIANCE hostname=nbhost /);
     // the ramdisk ran (its lines are on the console) before the appliance came up
     expect(console.indexOf('IMGCTL-RAMDISK')).toBeGreaterThanOrEqual(0);
     expect(console.indexOf('IMGCTL-RAMDISK')).toBeLessThan(console.indexOf('IMGCTL-APPLIANCE'));
@@ -138,7 +128,7 @@ describe('slow: an empty machine network-boots and comes up provisioned', () => 
   it('a second network boot boots the local disk', async () => {
     await virsh(['destroy', VM]);
     expect((await virsh(['start', VM])).exitCode).toBe(0);
-    const console = await serialShows(/IMGCTL-APPLIANCE hostname=nbhost /, 240_000);
+    const console = await consoleShows(/IMGCTL-APPLIANCE hostname=nbhost /, 240_000);
     expect(console).not.toContain('IMGCTL-RAMDISK');
   });
 

@@ -24,6 +24,7 @@ import {
   type EmptyMachine,
   lanSubnet,
   type NetbootLan,
+  serialShows,
   startNetbootLan,
 } from './helpers/netboot.ts';
 import { startServer, type TestServer } from './helpers/server.ts';
@@ -47,20 +48,6 @@ describe('slow: a running Debian machine reinstalled through the provisioning ra
     execImgctl(['--store', rig.store.dir, ...args], { env, timeoutMs: 900_000 });
 
   const serialConsole = () => readFile(machine!.serialLog, 'latin1').catch(() => '');
-
-  /** Waits for `pattern` on the machine's serial console; returns the whole console. */
-  async function serialShows(pattern: RegExp, timeoutMs = 420_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const text = await serialConsole();
-      if (pattern.test(text)) return text;
-      if (Date.now() > deadline)
-        throw new Error(
-          `no ${pattern} on the serial console after ${timeoutMs} ms:\n${text.slice(-4000)}`,
-        );
-      await sleep(500);
-    }
-  }
 
   beforeAll(async () => {
     await startLibvirt();
@@ -192,7 +179,10 @@ describe('slow: a running Debian machine reinstalled through the provisioning ra
       result: { ramdisk: { via: 'kexec', switched: true } },
     });
 
-    const console = await serialShows(new RegExp(`IMGCTL-APPLIANCE hostname=${SYSTEM} `));
+    const console = await serialShows(
+      machine!.serialLog,
+      new RegExp(`IMGCTL-APPLIANCE hostname=${SYSTEM} `),
+    );
     // Debian ran, its kernel started the ramdisk's (kexec: no firmware in between), which wrote
     // the disk before the appliance came up from it
     const at = [

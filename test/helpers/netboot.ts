@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { virsh } from './libvirt.ts';
@@ -147,4 +147,26 @@ export async function defineEmptyMachine(options: {
       await virsh(['undefine', options.name]);
     },
   };
+}
+
+/**
+ * Waits for `pattern` on a machine's serial console (a file); returns the whole console. On a
+ * timeout the error shows the console's end, and `context()` (a dnsmasq log, say).
+ */
+export async function serialShows(
+  serialLog: string,
+  pattern: RegExp,
+  timeoutMs = 420_000,
+  context: () => string = () => '',
+): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = await readFile(serialLog, 'latin1').catch(() => '');
+    if (pattern.test(text)) return text;
+    if (Date.now() > deadline)
+      throw new Error(
+        `no ${pattern} on the serial console after ${timeoutMs} ms:\n${text.slice(-4000)}\n${context()}`,
+      );
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
 }

@@ -21,7 +21,7 @@ import type {
   RegistryOptions,
 } from '../registry/types.ts';
 import type { Disk } from '../store/types.ts';
-import { MAX_MANIFEST, OCI_MANIFEST } from '../registry/registry.ts';
+import { digestOf, MAX_MANIFEST, OCI_MANIFEST } from '../registry/registry.ts';
 import { isSafeRelPath, isSha256, PACK_LIMITS } from './pack.ts';
 
 export { OCI_MANIFEST };
@@ -151,8 +151,7 @@ export interface BuiltArtifact {
   layers: ArtifactLayer[];
 }
 
-export const digestOf = (bytes: Buffer) =>
-  `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+export { digestOf };
 
 /** A blob held in memory (a config, a signature), opened again at any offset to resume. */
 export function bufferSource(bytes: Buffer, digest = digestOf(bytes)): BlobSource {

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { OCI_MANIFEST } from '../registry/registry.ts';
+import { digestOf, OCI_MANIFEST } from '../registry/registry.ts';
 import type { BlobSource } from '../registry/types.ts';
 import { tarHeader } from './pack.ts';
 
@@ -29,8 +29,6 @@ export interface ContainerDisk {
 
 /** The pieces of the tar stream, in order: fixed buffers, and the disk file's bytes. */
 type Piece = { bytes: Buffer } | { file: string; size: number };
-
-const digestOf = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 
 /** The containerDisk of `file` (the system disk), named `disk/<name>` in its layer. */
 export async function containerDisk(

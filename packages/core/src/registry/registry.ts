@@ -22,7 +22,9 @@ export const MAX_MANIFEST = 4 * 1024 * 1024;
 export const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
-const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+/** The OCI digest of bytes held in memory (a manifest, a config): `sha256:<hex>`. */
+export const digestOf = (bytes: Buffer) =>
+  `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 const pull = (repository: string) => `repository:${repository}:pull`;
 const push = (repository: string) => `repository:${repository}:pull,push`;
 
@@ -78,7 +80,7 @@ export function openRegistry(ref: OciReference, options: RegistryOptions = {}): 
     const bytes = await readBody(response.res, MAX_MANIFEST, () =>
       tooBig(what, response.header('content-length') ?? `over ${MAX_MANIFEST}`),
     );
-    const digest = sha256(bytes);
+    const digest = digestOf(bytes);
     if (DIGEST.test(reference) && digest !== reference)
       throw new ImgctlError(
         'INTEGRITY',
@@ -102,7 +104,7 @@ export function openRegistry(ref: OciReference, options: RegistryOptions = {}): 
     checkManifestReference(reference);
     const what = `PUT manifest ${repository}:${reference}`;
     if (manifest.bytes.length > MAX_MANIFEST) throw tooBig(what, manifest.bytes.length);
-    const digest = sha256(manifest.bytes);
+    const digest = digestOf(manifest.bytes);
     if (DIGEST.test(reference) && reference !== digest)
       throw new ImgctlError('USAGE', `${what}: the manifest's digest is ${digest}`);
     const response = await transport.request({
