@@ -47,15 +47,47 @@ function sourceDate(value: string | undefined): Date | undefined {
   return new Date(Number(value) * 1000);
 }
 
+/**
+ * Ctrl-C (or SIGTERM) once: the chunk in flight is finished and the push stops, so the next one
+ * resumes there (a registry may drop an upload whose PATCH was cut); twice: the signal's default,
+ * the process ends at once.
+ */
+function stopOnSignals(ctx: Context) {
+  const windDown = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (windDown.signal.aborted) {
+      dispose();
+      process.kill(process.pid, signal);
+      return;
+    }
+    ctx.io.stderr.write(
+      'imgctl: interrupted: stopping after the chunk being sent, so the next push resumes there (again to stop at once)\n',
+    );
+    windDown.abort();
+  };
+  const dispose = () => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return { windDown: windDown.signal, dispose };
+}
+
 export const run: Handler<PushOptions> = async ([ref, target], options, ctx) => {
   const storeDir = await ctx.storeDir();
   const chunkSize = sizeFlag(options.chunkSize, '--chunk-size');
   const segmentSize = sizeFlag(options.segmentSize, '--segment-size');
   const created = sourceDate(ctx.io.env.SOURCE_DATE_EPOCH);
+  const stop = stopOnSignals(ctx);
   const result = await withProgress(ctx, {}, (progress) => {
     let step = '';
     return pushImage(storeDir, ref!, target!, {
-      registry: { ...registryOptions(options, ctx), chunkSize },
+      registry: {
+        ...registryOptions(options, ctx),
+        chunkSize,
+        windDown: stop.windDown,
+      },
       segmentSize,
       mountFrom: options.mountFrom,
       created,
@@ -67,7 +99,7 @@ export const run: Handler<PushOptions> = async ([ref, target], options, ctx) => 
         progress.bytes(p.done, p.total);
       },
     });
-  });
+  }).finally(stop.dispose);
   const width = Math.max(...result.blobs.map((b) => b.what.length));
   const lines = [
     `pushed ${result.release ?? result.image} (revision ${result.revision}) to ${result.reference}`,

@@ -45,7 +45,13 @@ export interface RegistryOptions {
    * the registry's offset. Without it, an upload resumes only within one Registry.
    */
   uploadStateDir?: string;
+  /** stops everything at once: a PATCH cut in the middle may cost its upload session */
   signal?: AbortSignal;
+  /**
+   * Stops an upload between two chunks: the chunk in flight is finished and its `Location`
+   * kept, so the next push resumes from there (Ctrl-C; `signal` stops at once).
+   */
+  windDown?: AbortSignal;
   /** progress and retries, one line each (`retrying PATCH …: 500, in 1 s`) */
   log?: (line: string) => void;
   /** bytes moved so far of the current blob */

@@ -298,6 +298,16 @@ async function sendChunks(
   options.onProgress?.(session.offset, source.size);
   try {
     while (session.offset < source.size) {
+      if (options.windDown?.aborted)
+        throw new ImgctlError(
+          'FAILED',
+          `interrupted: ${session.offset} of ${source.size} bytes of ${source.digest} are in ${transport.registry}/${repository}`,
+          {
+            hint: options.uploadStateDir
+              ? 'run the same push again: it resumes from there'
+              : undefined,
+          },
+        );
       if (readerAt !== session.offset) {
         reader?.close();
         reader = chunkReader(source.open(session.offset), Math.min(chunkSize, source.size));
