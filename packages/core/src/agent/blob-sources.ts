@@ -3,12 +3,22 @@
  * registry"): the OCI registries given with `--blob-mirror`, then the plan's `blob_mirrors` (the
  * store's), in order, and last `imgctl serve`. A registry that does not have the blob, cannot be
  * reached, refuses the credentials or serves bytes that do not match the digest is passed over
- * with a warning; the blob is verified by its sha256 whichever source it came from. Plans,
- * records and events still come from the server.
+ * with a warning; the blob is verified by its sha256 whichever source it came from. A disk that
+ * was pushed in segments has no blob of its sha256: its disk index (disks/oci-disk-index.ts)
+ * lists the segments, pulled in order. Plans, records and events still come from the server.
  */
 import { createHash } from 'node:crypto';
-import type { BlobSink, Client, DownloadOptions, StreamResult } from '../client/client.ts';
-import { rm } from 'node:fs/promises';
+import type {
+  BlobSink,
+  Client,
+  DownloadOptions,
+  DownloadResult,
+  StreamResult,
+} from '../client/client.ts';
+import { open, rename, rm } from 'node:fs/promises';
+import { writeFully } from '../disks/blobs.ts';
+import { type DiskPart, diskIndexTag, parseDiskIndex } from '../disks/oci-disk-index.ts';
+import { OCI_MANIFEST } from '../registry/registry.ts';
 import { ImgctlError } from '../util/errors.ts';
 import type { OciReference, Registry } from '../registry/types.ts';
 import type { PlanDoc } from '../store/types.ts';
@@ -90,7 +100,9 @@ export function mirroredDownloader<T extends BlobServer>(
           } catch (error) {
             // the next source must not resume bytes this one served
             await rm(`${dest}.partial`, { force: true });
-            throw error;
+            if (!isNotFound(error)) throw error;
+            const parts = await diskIndex(registry, repository, hex);
+            return downloadParts(registry, repository, hex, parts, dest, options);
           }
         },
         () => server.downloadBlob(hex, dest, options),
@@ -101,7 +113,12 @@ export function mirroredDownloader<T extends BlobServer>(
             first(
               hex,
               options,
-              (registry, repository) => streamFrom(registry, repository, hex, sink, options),
+              async (registry, repository) => {
+                const parts = (await registry.hasBlob(repository, `sha256:${hex}`))
+                  ? [{ digest: `sha256:${hex}` }]
+                  : await diskIndex(registry, repository, hex);
+                return streamFrom(registry, repository, hex, parts, sink, options);
+              },
               () => server.streamBlob!(hex, sink, options),
             ),
         }
@@ -109,52 +126,131 @@ export function mirroredDownloader<T extends BlobServer>(
   };
 }
 
+const isNotFound = (error: unknown) => error instanceof ImgctlError && error.code === 'NOT_FOUND';
+
+/** The segments of the segmented disk `hex` from its disk index; NOT_FOUND without one. */
+async function diskIndex(registry: Registry, repository: string, hex: string): Promise<DiskPart[]> {
+  let manifest;
+  try {
+    manifest = await registry.getManifest(repository, diskIndexTag(hex), [OCI_MANIFEST]);
+  } catch (error) {
+    if (!isNotFound(error)) throw error;
+    throw new ImgctlError(
+      'NOT_FOUND',
+      `${repository} has neither the blob sha256:${short(hex)} nor its disk index`,
+      { cause: error },
+    );
+  }
+  return parseDiskIndex(manifest.bytes, hex, repository);
+}
+
+/**
+ * A segmented disk into `<dest>.partial` through streamFrom, fsynced and renamed to `dest` once
+ * whole and checked. It starts from 0: segments are not resumed across runs.
+ */
+async function downloadParts(
+  registry: Registry,
+  repository: string,
+  hex: string,
+  parts: DiskPart[],
+  dest: string,
+  options: DownloadOptions,
+): Promise<DownloadResult> {
+  const partial = `${dest}.partial`;
+  const handle = await open(partial, 'w', 0o644);
+  let result: StreamResult;
+  try {
+    const sink: BlobSink = {
+      write: (data, offset) => writeFully(handle, data, 0, data.length, offset),
+    };
+    result = await streamFrom(registry, repository, hex, parts, sink, options);
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await rm(partial, { force: true });
+    // a file is not a target that skips zeros: the next source may write it again
+    final.delete(error as Error);
+    throw error;
+  }
+  await handle.close();
+  await rename(partial, dest);
+  return { path: dest, resumedBytes: 0, ...result };
+}
+
+const OTHER_BYTES_HINT =
+  'that registry serves other bytes under this digest: take it out of blob_mirrors and --blob-mirror';
+
 /** Failures after a stream wrote bytes: no other source may write over them (streamFrom). */
 const final = new WeakSet<Error>();
 
 /**
- * A registry's blob into `sink` from offset 0, hashed on the way. Once bytes are written a
- * failure is final (FAILED, or INTEGRITY for other bytes): the target may skip zero blocks, so
- * another source writing again from 0 would leave this one's bytes where the image is zero.
+ * A registry's blob (or a segmented disk's segments, in order) into `sink` from offset 0, hashed
+ * on the way; each segment is checked against its digest and size, and the whole against `hex`.
+ * Once bytes are written a failure is final (FAILED, or INTEGRITY for other bytes): the target
+ * may skip zero blocks, so another source writing again from 0 would leave this one's bytes
+ * where the image is zero.
  */
 async function streamFrom(
   registry: Registry,
   repository: string,
   hex: string,
+  parts: Array<{ digest: string; size?: number }>,
   sink: BlobSink,
   options: DownloadOptions,
 ): Promise<StreamResult> {
   const hash = createHash('sha256');
   let offset = 0;
-  const body = await registry.openBlob(repository, `sha256:${hex}`, 0);
-  const stop = () => body.destroy();
-  options.signal?.addEventListener('abort', stop, { once: true });
   const finalError = (error: ImgctlError) => {
     final.add(error);
     return error;
   };
-  try {
-    for await (const chunk of body) {
-      const data = chunk as Buffer;
-      hash.update(data);
-      await sink.write(data, offset);
-      offset += data.length;
-      options.onProgress?.({ bytes: offset });
+  for (const part of parts) {
+    const start = offset;
+    const partHash = parts.length > 1 ? createHash('sha256') : undefined;
+    const body = await registry.openBlob(repository, part.digest, 0).catch((error: unknown) => {
+      if (offset === 0) throw error;
+      throw finalError(
+        new ImgctlError('FAILED', `${repository}: ${(error as Error).message}`, { cause: error }),
+      );
+    });
+    const stop = () => body.destroy();
+    options.signal?.addEventListener('abort', stop, { once: true });
+    try {
+      for await (const chunk of body) {
+        const data = chunk as Buffer;
+        hash.update(data);
+        partHash?.update(data);
+        await sink.write(data, offset);
+        offset += data.length;
+        options.onProgress?.({ bytes: offset });
+      }
+    } catch (error) {
+      if (offset === 0) throw error;
+      throw finalError(
+        new ImgctlError(
+          'FAILED',
+          `${repository}: the blob stopped after ${offset} bytes: ${(error as Error).message}`,
+          {
+            cause: error,
+            hint: 'run again: the disk is written from the start',
+          },
+        ),
+      );
+    } finally {
+      options.signal?.removeEventListener('abort', stop);
     }
-  } catch (error) {
-    if (offset === 0) throw error;
-    throw finalError(
-      new ImgctlError(
-        'FAILED',
-        `${repository}: the blob stopped after ${offset} bytes: ${(error as Error).message}`,
-        {
-          cause: error,
-          hint: 'run again: the disk is written from the start',
-        },
-      ),
-    );
-  } finally {
-    options.signal?.removeEventListener('abort', stop);
+    const got = partHash && `sha256:${partHash.digest('hex')}`;
+    if (
+      (got !== undefined && got !== part.digest) ||
+      (part.size ?? offset - start) !== offset - start
+    )
+      throw finalError(
+        new ImgctlError(
+          'INTEGRITY',
+          `${repository}: the segment ${part.digest.slice(0, 19)} of disk sha256:${short(hex)} holds other bytes (${offset - start} bytes, ${got})`,
+          { hint: OTHER_BYTES_HINT },
+        ),
+      );
   }
   const got = hash.digest('hex');
   if (got !== hex)
@@ -162,10 +258,8 @@ async function streamFrom(
       new ImgctlError(
         'INTEGRITY',
         `${repository}: the blob sha256:${short(hex)} has sha256 ${got}`,
-        {
-          hint: 'that registry serves other bytes under this digest: take it out of blob_mirrors and --blob-mirror',
-        },
+        { hint: OTHER_BYTES_HINT },
       ),
     );
-  return { size: offset, sha256: hex, requests: 1 };
+  return { size: offset, sha256: hex, requests: parts.length };
 }
