@@ -1,5 +1,9 @@
 import { resolve } from 'node:path';
-import { pushImage } from '@imgctl/core/disks/push';
+import { type PushProgress, pushImage, type PushResult } from '@imgctl/core/disks/push';
+import {
+  type ContainerDiskPushResult,
+  pushContainerDisk,
+} from '@imgctl/core/disks/push-containerdisk';
 import type { RegistryOptions } from '@imgctl/core/registry/types';
 import { ImgctlError } from '@imgctl/core/util/errors';
 import { humanSize, parseSize } from '@imgctl/core/util/sizes';
@@ -17,6 +21,7 @@ export interface PushOptions extends RegistryFlags {
   chunkSize?: string;
   segmentSize?: string;
   mountFrom?: string[];
+  containerdisk?: boolean;
 }
 
 /** The registry client's options from the flags: files relative to the working directory. */
@@ -75,6 +80,10 @@ function stopOnSignals(ctx: Context) {
 }
 
 export const run: Handler<PushOptions> = async ([ref, target], options, ctx) => {
+  if (options.containerdisk && options.segmentSize !== undefined)
+    throw new ImgctlError('USAGE', '--segment-size does not go with --containerdisk', {
+      hint: 'a containerDisk is one layer holding the whole disk, as KubeVirt reads it',
+    });
   const storeDir = await ctx.storeDir();
   const chunkSize = sizeFlag(options.chunkSize, '--chunk-size');
   const segmentSize = sizeFlag(options.segmentSize, '--segment-size');
@@ -82,27 +91,45 @@ export const run: Handler<PushOptions> = async ([ref, target], options, ctx) => 
   const stop = stopOnSignals(ctx);
   const result = await withProgress(ctx, {}, (progress) => {
     let step = '';
-    return pushImage(storeDir, ref!, target!, {
+    const session = {
       registry: {
         ...registryOptions(options, ctx),
         chunkSize,
         windDown: stop.windDown,
       },
-      segmentSize,
       mountFrom: options.mountFrom,
       created,
-      onProgress: (p) => {
+      onProgress: (p: PushProgress) => {
         if (p.step !== step) {
           step = p.step;
           progress.step(p.step.startsWith('hashing') ? p.step : `pushing ${p.step}`);
         }
         progress.bytes(p.done, p.total);
       },
-    });
+    };
+    return options.containerdisk
+      ? pushContainerDisk(storeDir, ref!, target!, session)
+      : pushImage(storeDir, ref!, target!, { ...session, segmentSize });
   }).finally(stop.dispose);
+  return { data: result, text: renderPush(result) };
+};
+
+function renderPush(result: PushResult | ContainerDiskPushResult): string {
   const width = Math.max(...result.blobs.map((b) => b.what.length));
   const lines = [
     `pushed ${result.release ?? result.image} (revision ${result.revision}) to ${result.reference}`,
+  ];
+  if ('containerDisk' in result) {
+    const cd = result.containerDisk;
+    lines.push(
+      `a KubeVirt containerDisk (${cd.architecture}) of disk ${cd.disk}: ${cd.path}, ${cd.format}, ${humanSize(cd.size)}, sha256 ${cd.sha256}`,
+    );
+    if (cd.leftOut.length > 0)
+      lines.push(
+        `not in it: ${cd.leftOut.map((d) => `disk ${d.id} (${d.use})`).join(', ')} — a containerDisk holds the boot disk only`,
+      );
+  }
+  lines.push(
     ...result.blobs.map(
       (b) =>
         `  ${b.what.padEnd(width)}  ${humanSize(b.size).padStart(10)}  ${b.how}${
@@ -110,10 +137,10 @@ export const run: Handler<PushOptions> = async ([ref, target], options, ctx) => 
         }`,
     ),
     `sent ${humanSize(result.sentBytes)}`,
-  ];
-  if (result.signature)
+  );
+  if ('signature' in result && result.signature)
     lines.push(
       `signature ${result.signature.digest} (key ${result.signature.keyId}, until ${result.signature.expiresAt}${result.signature.reused ? ', already there' : ''})`,
     );
-  return { data: result, text: lines.join('\n') };
-};
+  return lines.join('\n');
+}

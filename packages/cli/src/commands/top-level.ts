@@ -142,12 +142,18 @@ export const topLevelCommands: CommandSpec[] = [
         description: 'a repository of the same registry to mount blobs from (repeatable)',
         repeatable: true,
       },
+      {
+        flags: '--containerdisk',
+        description:
+          'push the boot disk as a KubeVirt containerDisk (a container image holding /disk/FILE)',
+      },
     ],
     examples: [
       'imgctl push web oci://registry.example.org/images/web',
       'imgctl push web@stable oci://registry.example.org:5000/images/web --registry-ca ca.pem',
       'imgctl push tiny-linux@2 oci://127.0.0.1:5000/lab/tiny-linux:2 --registry-auth auth.json --json',
       'imgctl push big@7 oci://quay.example.org/site/big --segment-size 8GiB --chunk-size 256MiB',
+      'imgctl push web@stable oci://registry.example.org/kubevirt/web --containerdisk',
     ],
     load: () => import('./push.ts'),
   },

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { buffer } from 'node:stream/consumers';
 import { execa } from 'execa';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { containerDisk } from './oci-containerdisk.ts';
+import { containerDisk, ociArchitecture } from './oci-containerdisk.ts';
 
 describe('containerDisk', () => {
   let dir: string;
@@ -18,7 +18,15 @@ describe('containerDisk', () => {
     const disk = join(dir, 'root.qcow2');
     const content = randomBytes(5000);
     await writeFile(disk, content);
-    const image = await containerDisk(disk, 'root.qcow2');
+    const input = {
+      file: disk,
+      name: 'root.qcow2',
+      architecture: 'arm64',
+      created: '2026-01-02T03:04:05.000Z',
+      annotations: { 'dev.imgctl.image.name': 'web' },
+    };
+    const image = await containerDisk(input);
+    expect(image.diskSha256).toBe(createHash('sha256').update(content).digest('hex'));
     const tar = await buffer(image.layer.open(0));
     expect(tar.length).toBe(image.layer.size);
     expect(tar.length % 512).toBe(0);
@@ -57,10 +65,22 @@ describe('containerDisk', () => {
         size: tar.length,
       },
     ]);
+    expect(JSON.parse(image.manifest.bytes.toString())).toMatchObject({
+      annotations: { 'dev.imgctl.image.name': 'web' },
+    });
     expect(JSON.parse(image.config.bytes.toString())).toMatchObject({
+      created: '2026-01-02T03:04:05.000Z',
+      architecture: 'arm64',
       os: 'linux',
+      config: { Labels: { 'dev.imgctl.image.name': 'web' } },
       rootfs: { type: 'layers', diff_ids: [image.layer.digest] },
     });
-    expect((await containerDisk(disk, 'root.qcow2')).manifest.digest).toBe(image.manifest.digest);
+    expect((await containerDisk(input)).manifest.digest).toBe(image.manifest.digest);
+  });
+
+  it('names architectures as OCI does', () => {
+    expect(ociArchitecture('x86_64')).toBe('amd64');
+    expect(ociArchitecture('aarch64')).toBe('arm64');
+    expect(ociArchitecture('pdp11')).toBeUndefined();
   });
 });

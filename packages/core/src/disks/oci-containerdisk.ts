@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
+import { ImgctlError } from '../util/errors.ts';
 import { digestOf, OCI_MANIFEST } from '../registry/registry.ts';
 import type { BlobSource } from '../registry/types.ts';
 import { tarHeader } from './pack.ts';
@@ -19,23 +20,60 @@ export const OCI_IMAGE_CONFIG = 'application/vnd.oci.image.config.v1+json';
 export const OCI_TAR_LAYER = 'application/vnd.oci.image.layer.v1.tar';
 /** KubeVirt's launcher runs qemu as 107:107 */
 const QEMU = { uid: 107, gid: 107 };
+const READ_CHUNK = 1024 * 1024;
+
+export interface ContainerDiskInput {
+  /** the disk's blob */
+  file: string;
+  /** its name in the layer: `disk/<name>` */
+  name: string;
+  /** the OCI architecture of the config (ociArchitecture) */
+  architecture: string;
+  /** RFC 3339: the config's `created`; none makes none, so the bytes stay the same */
+  created?: string;
+  /** the config's `Labels` and the manifest's annotations */
+  annotations?: Record<string, string>;
+  /** bytes of the disk read so far while hashing */
+  onBytes?: (done: number, total: number) => void;
+}
 
 export interface ContainerDisk {
   /** the tar layer: `disk/` and `disk/<file>` */
   layer: BlobSource & { mediaType: string };
   config: { mediaType: string; bytes: Buffer; digest: string };
   manifest: { mediaType: string; bytes: Buffer; digest: string };
+  /** the disk file's sha256 (hex), hashed on the same read as the layer */
+  diskSha256: string;
 }
 
 /** The pieces of the tar stream, in order: fixed buffers, and the disk file's bytes. */
 type Piece = { bytes: Buffer } | { file: string; size: number };
 
-/** The containerDisk of `file` (the system disk), named `disk/<name>` in its layer. */
-export async function containerDisk(
-  file: string,
-  name: string,
-  annotations: Record<string, string> = {},
-): Promise<ContainerDisk> {
+/** OCI (Go) names of the architectures a descriptor names as the kernel does. */
+const OCI_ARCHITECTURES: Readonly<Record<string, string>> = {
+  x86_64: 'amd64',
+  amd64: 'amd64',
+  aarch64: 'arm64',
+  arm64: 'arm64',
+  i686: '386',
+  i386: '386',
+  ppc64le: 'ppc64le',
+  s390x: 's390x',
+  riscv64: 'riscv64',
+};
+
+/** The OCI architecture of a descriptor's `arch` (x86_64 → amd64, aarch64 → arm64), if known. */
+export function ociArchitecture(arch: string): string | undefined {
+  return OCI_ARCHITECTURES[arch];
+}
+
+/**
+ * The containerDisk of `input.file` (the system disk), named `disk/<name>` in its layer. The
+ * disk is read once: it gives the layer's digest and the disk's own sha256, which the caller
+ * compares with the one the store names it by.
+ */
+export async function containerDisk(input: ContainerDiskInput): Promise<ContainerDisk> {
+  const { file, name } = input;
   const size = (await stat(file)).size;
   const pieces: Piece[] = [
     { bytes: tarHeader('disk/', 'Directory', 0, 0o555, QEMU) },
@@ -45,15 +83,33 @@ export async function containerDisk(
     { bytes: Buffer.alloc(((512 - (size % 512)) % 512) + 1024) },
   ];
   const total = pieces.reduce((n, p) => n + ('bytes' in p ? p.bytes.length : p.size), 0);
-  const hash = createHash('sha256');
-  for await (const chunk of streamPieces(pieces, 0)) hash.update(chunk as Buffer);
-  const layerDigest = `sha256:${hash.digest('hex')}`;
+  const layerHash = createHash('sha256');
+  const diskHash = createHash('sha256');
+  let done = 0;
+  for (const piece of pieces) {
+    if ('bytes' in piece) {
+      layerHash.update(piece.bytes);
+      continue;
+    }
+    for await (const chunk of createReadStream(piece.file, { highWaterMark: READ_CHUNK })) {
+      layerHash.update(chunk as Buffer);
+      diskHash.update(chunk as Buffer);
+      done += (chunk as Buffer).length;
+      input.onBytes?.(done, size);
+    }
+  }
+  if (done !== size)
+    throw new ImgctlError('FAILED', `${file} changed size while it was read (${size} → ${done})`);
+  const layerDigest = `sha256:${layerHash.digest('hex')}`;
+  const annotations = input.annotations ?? {};
+  const labelled = Object.keys(annotations).length > 0;
 
   const configBytes = Buffer.from(
     JSON.stringify({
-      architecture: 'amd64',
+      ...(input.created ? { created: input.created } : {}),
+      architecture: input.architecture,
       os: 'linux',
-      config: {},
+      config: labelled ? { Labels: annotations } : {},
       rootfs: { type: 'layers', diff_ids: [layerDigest] },
     }),
   );
@@ -64,7 +120,7 @@ export async function containerDisk(
       mediaType: OCI_MANIFEST,
       config: { mediaType: OCI_IMAGE_CONFIG, digest: config.digest, size: configBytes.length },
       layers: [{ mediaType: OCI_TAR_LAYER, digest: layerDigest, size: total }],
-      ...(Object.keys(annotations).length > 0 ? { annotations } : {}),
+      ...(labelled ? { annotations } : {}),
     }),
   );
   return {
@@ -76,6 +132,7 @@ export async function containerDisk(
     },
     config,
     manifest: { mediaType: OCI_MANIFEST, bytes: manifestBytes, digest: digestOf(manifestBytes) },
+    diskSha256: diskHash.digest('hex'),
   };
 }
 
@@ -91,7 +148,10 @@ function streamPieces(pieces: Piece[], offset: number): Readable {
       }
       if ('bytes' in piece) yield piece.bytes.subarray(skip);
       else
-        for await (const chunk of createReadStream(piece.file, { start: skip }))
+        for await (const chunk of createReadStream(piece.file, {
+          start: skip,
+          highWaterMark: READ_CHUNK,
+        }))
           yield chunk as Buffer;
       skip = 0;
     }

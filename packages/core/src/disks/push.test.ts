@@ -12,6 +12,7 @@ import type { OciDescriptor, Registry } from '../registry/types.ts';
 import { importArchive } from './import.ts';
 import { ANNOTATION, digestOf, SIGNATURE_ARTIFACT } from './oci-artifact.ts';
 import { pushImage } from './push.ts';
+import { pushContainerDisk } from './push-containerdisk.ts';
 import { verifyStore } from './verify.ts';
 
 const MiB = 1024 * 1024;
@@ -312,5 +313,78 @@ describe('importArchive of oci://', () => {
       code: 'VALIDATION',
       message: expect.stringMatching(/not an imgctl image/),
     });
+  });
+});
+
+describe('pushContainerDisk', () => {
+  it('pushes the boot disk as a containerDisk image, names what it left out, then nothing again', async () => {
+    const { store, sha } = await storeWithDisk(diskContent(MiB));
+    const fake = fakeRegistry();
+    const first = await pushContainerDisk(store, 'web', TARGET, { openRegistry: fake.open });
+    expect(first).toMatchObject({ image: 'web', revision: 1, tag: '1' });
+    expect(first.containerDisk).toMatchObject({
+      disk: 'system',
+      format: 'qcow2',
+      path: '/disk/system.qcow2',
+      sha256: sha,
+      architecture: 'amd64',
+      leftOut: [{ id: 'data', use: 'data' }],
+    });
+    expect(first.blobs.map((b) => [b.what, b.how])).toEqual([
+      ['layer /disk/system.qcow2', 'uploaded'],
+      ['config', 'uploaded'],
+    ]);
+    const manifest = JSON.parse(fake.manifests.get('site/web:1')!.bytes.toString()) as {
+      mediaType: string;
+      artifactType?: string;
+      config: OciDescriptor;
+      layers: OciDescriptor[];
+      annotations: Record<string, string>;
+    };
+    expect(manifest.artifactType).toBeUndefined();
+    expect(manifest.config.mediaType).toBe('application/vnd.oci.image.config.v1+json');
+    expect(manifest.layers).toEqual([
+      {
+        mediaType: 'application/vnd.oci.image.layer.v1.tar',
+        digest: first.containerDisk.layer,
+        size: MiB + 4 * 512, // the directory's and the file's headers, two end blocks
+      },
+    ]);
+    expect(manifest.annotations).toMatchObject({
+      [ANNOTATION.image]: 'web',
+      [ANNOTATION.revision]: '1',
+      'dev.imgctl.disk.sha256': sha,
+    });
+    expect(JSON.parse(fake.blobs.get(manifest.config.digest)!.toString())).toMatchObject({
+      architecture: 'amd64',
+      os: 'linux',
+      rootfs: { diff_ids: [first.containerDisk.layer] },
+    });
+
+    const again = await pushContainerDisk(store, 'web', TARGET, { openRegistry: fake.open });
+    expect(again.digest).toBe(first.digest);
+    expect(again.sentBytes).toBe(0);
+  });
+
+  it('refuses a damaged disk, and a format KubeVirt does not boot, before sending anything', async () => {
+    const { store, sha } = await storeWithDisk(diskContent(MiB));
+    const fake = fakeRegistry();
+    await writeFile(storePaths.blobFile(store, sha), diskContent(MiB).fill(1, 0, 10));
+    await expect(
+      pushContainerDisk(store, 'web', TARGET, { openRegistry: fake.open }),
+    ).rejects.toMatchObject({ code: 'INTEGRITY' });
+
+    const image = join(store, 'images/web/image.yaml');
+    await writeFile(
+      image,
+      (await readFile(image, 'utf8')).replace('format: qcow2', 'format: vmdk'),
+    );
+    await expect(
+      pushContainerDisk(store, 'web', TARGET, { openRegistry: fake.open }),
+    ).rejects.toMatchObject({
+      code: 'VALIDATION',
+      message: expect.stringMatching(/is vmdk: a KubeVirt containerDisk holds raw or qcow2/),
+    });
+    expect(fake.blobs.size).toBe(0);
   });
 });

@@ -3,88 +3,43 @@
  * as the OCI artifact of oci-artifact.ts — each disk's blob (a layer named by its sha256, or its
  * segments), the config, the manifest under the tag, and for a release of a store that signs,
  * its plan signed as a referrer of the manifest. Blobs the registry has are skipped, others
- * mounted from `mountFrom` repositories or uploaded in resumable chunks by the registry client.
+ * mounted from `mountFrom` repositories or uploaded in resumable chunks by the registry client
+ * (push-session.ts, shared with the containerDisk of push-containerdisk.ts).
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { lstat, mkdir, open, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { open } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { ImgctlError } from '../util/errors.ts';
-import { humanSize } from '../util/sizes.ts';
-import { loadDocument } from '../validate/load.ts';
-import { refuseRevoked, resolveImageRef } from '../store/releases.ts';
-import { storePaths } from '../store/store.ts';
-import type { ImageDoc } from '../store/types.ts';
-import { formatOciReference, parseOciReference } from '../registry/reference.ts';
-import { openRegistry } from '../registry/registry.ts';
-import type { BlobSource, PushedBlob, RegistryOptions } from '../registry/types.ts';
+import type { BlobSource } from '../registry/types.ts';
 import {
-  type ArtifactInput,
-  type ArtifactRelease,
   bufferSource,
   buildImageArtifact,
   DEFAULT_SEGMENT_SIZE,
   type DiskInput,
   MIN_SEGMENT_SIZE,
-  type OpenRegistry,
 } from './oci-artifact.ts';
 import { prepareSignature, pushSignature, type SignatureResult } from './oci-signature.ts';
-import { listImageTree } from './pack.ts';
+import {
+  damagedBlob,
+  openPushSession,
+  type PushedManifest,
+  type PushSessionOptions,
+  pushTarget,
+  readImageContent,
+} from './push-session.ts';
 
-export interface PushProgress {
-  /** what is being moved or hashed: `disk root`, `config`, … */
-  step: string;
-  done: number;
-  total: number;
-}
+export type { PushedBlobReport, PushProgress } from './push-session.ts';
 
-export interface PushOptions {
-  /** how to reach the registry: credentials file, CA, plain http, chunk size, log */
-  registry?: Omit<RegistryOptions, 'onProgress' | 'uploadStateDir'>;
+export interface PushOptions extends PushSessionOptions {
   /** disks larger than this are pushed as several layers (default 16 GiB) */
   segmentSize?: number;
-  /** repositories of the same registry to mount blobs from instead of uploading them */
-  mountFrom?: string[];
-  /** `created` of a working image (SOURCE_DATE_EPOCH); a release's is its creation */
-  created?: Date;
   /** when the signature is made (default now) */
   now?: Date;
-  /** the registry client (default registry/registry.ts's; tests pass a fake) */
-  openRegistry?: OpenRegistry;
-  onProgress?: (progress: PushProgress) => void;
 }
 
-export interface PushedBlobReport extends PushedBlob {
-  size: number;
-  /** `config`, `disk root`, `disk root segment 2/3` */
-  what: string;
-}
-
-export interface PushResult {
-  image: string;
-  revision: number;
-  /** NAME@REV when a release was pushed */
-  release?: string;
-  /** `oci://HOST/REPO:TAG@sha256:…` */
-  reference: string;
-  repository: string;
-  tag: string;
-  /** the manifest's digest */
-  digest: string;
-  manifestBytes: number;
-  blobs: PushedBlobReport[];
-  /** bytes uploaded, all blobs */
-  sentBytes: number;
+export interface PushResult extends PushedManifest {
   signature?: SignatureResult;
-}
-
-/** What push reads of an image or a release: the artifact's input and the blobs' files. */
-interface ImageContent {
-  input: Omit<ArtifactInput, 'disks'>;
-  disks: Array<Omit<DiskInput, 'segments'> & { file: string }>;
-  /** NAME or NAME@REV: what a signature's plan is resolved from */
-  planRef: string;
 }
 
 /**
@@ -99,11 +54,7 @@ export async function pushImage(
   target: string,
   options: PushOptions,
 ): Promise<PushResult> {
-  const ref = parseOciReference(target);
-  if (ref.digest)
-    throw new ImgctlError('USAGE', `push to a tag, not a digest: ${target}`, {
-      hint: 'the manifest digest is what the push makes; it is printed at the end',
-    });
+  const ref = pushTarget(target);
   const segmentSize = options.segmentSize ?? DEFAULT_SEGMENT_SIZE;
   if (!Number.isSafeInteger(segmentSize) || segmentSize < MIN_SEGMENT_SIZE)
     throw new ImgctlError('USAGE', `the segment size must be at least 1 MiB, not ${segmentSize}`);
@@ -127,21 +78,7 @@ export async function pushImage(
     ? await prepareSignature(storeDir, content.planRef)
     : undefined;
 
-  await mkdir(uploadStateDir(storeDir), { recursive: true, mode: 0o700 });
-  let current = '';
-  const registry = (options.openRegistry ?? openRegistry)(ref, {
-    ...options.registry,
-    uploadStateDir: uploadStateDir(storeDir),
-    onProgress: (done, total) => progress(current, done, total),
-  });
-  const blobs: PushedBlobReport[] = [];
-  const push = async (what: string, source: BlobSource) => {
-    current = what;
-    const pushed = await registry.pushBlob(ref.repository, source, {
-      mountFrom: options.mountFrom,
-    });
-    blobs.push({ ...pushed, size: source.size, what });
-  };
+  const session = await openPushSession(storeDir, ref, options);
   const files = new Map(content.disks.map((d) => [d.sha256, d.file]));
   for (const layer of artifact.layers) {
     const disk = disks.find((d) => d.sha256 === layer.sha256)!;
@@ -150,126 +87,27 @@ export async function pushImage(
       disk.segments.length > 1
         ? `disk ${disk.id} segment ${index + 1}/${disk.segments.length}`
         : `disk ${disk.id}`;
-    await push(what, fileSource(files.get(layer.sha256)!, layer.digest, layer.offset, layer.size));
-  }
-  await push('config', bufferSource(artifact.config.bytes));
-  current = 'manifest';
-  const digest = await registry.putManifest(ref.repository, tag, artifact.manifest);
-  if (digest !== artifact.manifest.digest)
-    throw new ImgctlError(
-      'INTEGRITY',
-      `the registry stored the manifest as ${digest}, not ${artifact.manifest.digest}`,
+    await session.push(
+      what,
+      fileSource(files.get(layer.sha256)!, layer.digest, layer.offset, layer.size),
     );
+  }
+  await session.push('config', bufferSource(artifact.config.bytes));
+  await session.putManifest(tag, artifact.manifest);
   const signature =
     signing &&
-    (await pushSignature(registry, ref.repository, signing, {
+    (await pushSignature(session.registry, ref.repository, signing, {
       subject: {
         mediaType: artifact.manifest.mediaType,
-        digest,
+        digest: artifact.manifest.digest,
         size: artifact.manifest.bytes.length,
       },
       now: options.now ?? new Date(),
-      push,
+      push: session.push,
     }));
   return {
-    image: content.input.image,
-    revision: content.input.revision,
-    ...(content.input.release ? { release: content.input.release.ref } : {}),
-    reference: formatOciReference({ ...ref, tag, digest }),
-    repository: ref.repository,
-    tag,
-    digest,
-    manifestBytes: artifact.manifest.bytes.length,
-    blobs,
-    sentBytes: blobs.reduce((n, b) => n + b.sentBytes, 0),
+    ...session.result(content, tag, artifact.manifest),
     ...(signature ? { signature } : {}),
-  };
-}
-
-/** Where a killed push finds the upload it can resume (the registry client keeps it there). */
-function uploadStateDir(storeDir: string): string {
-  return join(storePaths.stateDir(storeDir), 'registry-uploads');
-}
-
-/**
- * The image `refText` names, read whole: the working image from `images/NAME/`, a release from
- * its frozen copy (a revoked one refused); its files, and each disk whose content is a blob.
- */
-async function readImageContent(
-  storeDir: string,
-  refText: string,
-  created: Date | undefined,
-): Promise<ImageContent> {
-  const resolved = await resolveImageRef(storeDir, refText);
-  refuseRevoked(resolved);
-  const name = resolved.name;
-  const dir = storePaths.imageDir(resolved.root, name);
-  const shown = resolved.release
-    ? `releases/${name}/${resolved.release.revision}/images/${name}/image.yaml`
-    : storePaths.rel.imageFile(name);
-  const { value: image } = await loadDocument<ImageDoc>('Image', join(dir, 'image.yaml'), shown, {
-    expectedName: name,
-  });
-  const { dirs, files } = await listImageTree(dir);
-  const read = await Promise.all(
-    files.map(async (path) => {
-      const st = await lstat(join(dir, path));
-      return {
-        path,
-        mode: st.mode & 0o111 ? 0o755 : 0o644,
-        bytes: await readFile(join(dir, path)),
-      };
-    }),
-  );
-  const r = resolved.release;
-  const release: ArtifactRelease | undefined = r && {
-    ref: `${name}@${r.revision}`,
-    created_at: r.created_at,
-    created_by: r.created_by,
-    ...(r.parent ? { parent: r.parent } : {}),
-    ...(r.deprecated
-      ? {
-          deprecated: {
-            at: r.deprecated.at,
-            ...(r.deprecated.reason ? { reason: r.deprecated.reason } : {}),
-          },
-        }
-      : {}),
-  };
-  const disks: ImageContent['disks'] = [];
-  for (const disk of image.disks) {
-    if (disk.blob !== true || disk.sha256 === undefined) continue;
-    const file = storePaths.blobFile(storeDir, disk.sha256);
-    const size = await lstat(file).then(
-      (st) => st.size,
-      () => {
-        throw new ImgctlError(
-          'NOT_FOUND',
-          `disk '${disk.id}' of ${refText} has no content in the store (${disk.sha256})`,
-          { hint: "'imgctl verify' lists the blobs the store lacks" },
-        );
-      },
-    );
-    disks.push({
-      id: disk.id,
-      use: disk.use,
-      format: disk.format,
-      size,
-      sha256: disk.sha256,
-      file,
-    });
-  }
-  return {
-    input: {
-      image: name,
-      revision: image.revision,
-      ...(release ? { release } : {}),
-      dirs,
-      files: read,
-      created: r ? r.created_at : created?.toISOString(),
-    },
-    disks,
-    planRef: r ? `${name}@${r.revision}` : name,
   };
 }
 
@@ -314,12 +152,7 @@ async function hashSegments(
     await handle.close();
   }
   const digest = whole.digest('hex');
-  if (digest !== disk.sha256)
-    throw new ImgctlError(
-      'INTEGRITY',
-      `the blob of disk '${disk.id}' (${humanSize(disk.size)}) hashes to ${digest}, not ${disk.sha256}`,
-      { hint: "the store's copy of this disk is damaged; 'imgctl verify' finds every such blob" },
-    );
+  if (digest !== disk.sha256) throw damagedBlob(disk, digest);
   return segments;
 }
 
