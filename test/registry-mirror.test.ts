@@ -1,17 +1,15 @@
 /**
  * Agents pulling disks from an OCI registry, all real: Debian's docker-registry with TLS and
- * htpasswd auth (test/helpers/registry.ts), the tiny appliance's disk blobs pushed into it by
- * imgctl's registry client, and an `imgctl serve` that has the image's descriptor but not its
- * blobs. `imgagent --virt` pulls the disk from the registry — the store's `blob_mirrors`, after
+ * htpasswd auth (test/helpers/registry.ts), the tiny appliance pushed into it by `imgctl push`
+ * with its root disk in segments, and an `imgctl serve` that has the image's descriptor but not
+ * its blobs. `imgagent --virt` pulls the disk from the registry — the store's `blob_mirrors`, after
  * a `--blob-mirror` that lacks it — and the appliance boots with its system's hostname.
  */
-import { createReadStream } from 'node:fs';
-import { appendFile, readFile, rename, stat } from 'node:fs/promises';
+import { appendFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { openRegistry } from '../packages/core/src/registry/registry.ts';
 import { type AgentRig, runAgent, startAgentRig, virtFlags } from './helpers/agent-rig.ts';
+import { execImgctl } from './helpers/index.ts';
 import { makeBridge, removeDomain, startLibvirt } from './helpers/libvirt.ts';
 import { startRegistry, type TestRegistry } from './helpers/registry.ts';
 import { waitForApplianceReport } from './helpers/seed.ts';
@@ -41,23 +39,17 @@ describe('slow: imgagent pulls disks from an OCI registry', () => {
 
   it('--virt with the blobs only in the registry boots the appliance', async () => {
     onTestFinished(() => removeDomain(VM));
-    const image = parse(
-      await readFile(join(rig.store.dir, 'images/tiny-linux/image.yaml'), 'utf8'),
-    ) as { disks: Array<{ sha256: string }> };
-    const client = openRegistry(
-      { registry: registry.url, repository: 'site/tiny-linux' },
-      { authFile: registry.authFile, caFile: registry.caFile },
-    );
-    for (const { sha256 } of image.disks) {
-      const blob = join(rig.store.dir, '.blobs/sha256', sha256.slice(0, 2), sha256);
-      const { size } = await stat(blob);
-      const pushed = await client.pushBlob('site/tiny-linux', {
-        digest: `sha256:${sha256}`,
-        size,
-        open: (offset) => createReadStream(blob, { start: offset }),
-      });
-      expect(pushed).toMatchObject({ how: 'uploaded', sentBytes: size });
-    }
+    // pushed by imgctl in 16 MiB segments: the root disk is then several layers and no blob of
+    // its sha256, found by the agent through its disk index; the data disk is one layer
+    const push = await execImgctl([
+      ...['--store', rig.store.dir, 'push', 'tiny-linux', `oci://${registry.url}/site/tiny-linux`],
+      ...['--registry-auth', registry.authFile!, '--registry-ca', registry.caFile!],
+      ...['--segment-size', '16MiB', '--json'],
+    ]);
+    expect(push.exitCode, push.stderr).toBe(0);
+    const pushed = (JSON.parse(push.stdout) as { blobs: Array<{ what: string }> }).blobs;
+    expect(pushed.filter((b) => b.what.startsWith('disk root segment')).length).toBeGreaterThan(1);
+    expect(pushed.map((b) => b.what)).toContain('disk data');
 
     // the server keeps the descriptor, not the blobs
     await rename(join(rig.store.dir, '.blobs'), join(rig.store.dir, '.blobs.away'));
@@ -83,6 +75,9 @@ describe('slow: imgagent pulls disks from an OCI registry', () => {
       ),
     );
     expect(run.stderr).toContain(`pulled from oci://${registry.url}/site/tiny-linux`);
+    expect(run.stderr).toMatch(
+      new RegExp(`sha256:${rig.rootSha.slice(0, 12)} is in \\d+ segments in site/tiny-linux`),
+    );
     const report = await waitForApplianceReport(join(rig.paths.virt, `${VM}.serial.log`));
     expect(report).toMatchObject({ hostname: 'tiny01' });
   });

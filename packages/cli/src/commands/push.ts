@@ -138,6 +138,9 @@ function renderPush(result: PushResult | ContainerDiskPushResult): string {
     ),
     `sent ${humanSize(result.sentBytes)}`,
   );
+  if ('diskIndexes' in result)
+    for (const tag of result.diskIndexes ?? [])
+      lines.push(`disk index ${tag} (how agents find a disk pushed in segments)`);
   if ('signature' in result && result.signature)
     lines.push(
       `signature ${result.signature.digest} (key ${result.signature.keyId}, until ${result.signature.expiresAt}${result.signature.reused ? ', already there' : ''})`,

@@ -53,7 +53,7 @@ describe('mirroredDownloader', () => {
     };
     const streaming = {
       ...server,
-      async streamBlob(h: string) {
+      async streamBlob(h: string, _sink?: unknown) {
         written.push('server');
         return { size, sha256: h, requests: 1 };
       },
@@ -194,6 +194,7 @@ describe('mirroredDownloader', () => {
         expect(got).toMatchObject({ path: dest, sha256: hex, size: disk.length, requests: 3 });
         expect(await readFile(dest)).toEqual(disk);
         expect(log).toEqual([
+          `sha256:${hex.slice(0, 12)} is in 3 segments in imgctl/tiny-linux`,
           `sha256:${hex.slice(0, 12)} pulled from oci://r.example/imgctl/tiny-linux`,
         ]);
 

@@ -101,7 +101,7 @@ export function mirroredDownloader<T extends BlobServer>(
             // the next source must not resume bytes this one served
             await rm(`${dest}.partial`, { force: true });
             if (!isNotFound(error)) throw error;
-            const parts = await diskIndex(registry, repository, hex);
+            const parts = await diskIndex(registry, repository, hex, log);
             return downloadParts(registry, repository, hex, parts, dest, options);
           }
         },
@@ -116,7 +116,7 @@ export function mirroredDownloader<T extends BlobServer>(
               async (registry, repository) => {
                 const parts = (await registry.hasBlob(repository, `sha256:${hex}`))
                   ? [{ digest: `sha256:${hex}` }]
-                  : await diskIndex(registry, repository, hex);
+                  : await diskIndex(registry, repository, hex, log);
                 return streamFrom(registry, repository, hex, parts, sink, options);
               },
               () => server.streamBlob!(hex, sink, options),
@@ -129,7 +129,12 @@ export function mirroredDownloader<T extends BlobServer>(
 const isNotFound = (error: unknown) => error instanceof ImgctlError && error.code === 'NOT_FOUND';
 
 /** The segments of the segmented disk `hex` from its disk index; NOT_FOUND without one. */
-async function diskIndex(registry: Registry, repository: string, hex: string): Promise<DiskPart[]> {
+async function diskIndex(
+  registry: Registry,
+  repository: string,
+  hex: string,
+  log: (line: string) => void,
+): Promise<DiskPart[]> {
   let manifest;
   try {
     manifest = await registry.getManifest(repository, diskIndexTag(hex), [OCI_MANIFEST]);
@@ -141,7 +146,9 @@ async function diskIndex(registry: Registry, repository: string, hex: string): P
       { cause: error },
     );
   }
-  return parseDiskIndex(manifest.bytes, hex, repository);
+  const parts = parseDiskIndex(manifest.bytes, hex, repository);
+  log(`sha256:${short(hex)} is in ${parts.length} segments in ${repository}`);
+  return parts;
 }
 
 /**

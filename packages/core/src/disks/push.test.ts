@@ -11,6 +11,7 @@ import { storePaths } from '../store/store.ts';
 import type { OciDescriptor, Registry } from '../registry/types.ts';
 import { importArchive } from './import.ts';
 import { ANNOTATION, digestOf, SIGNATURE_ARTIFACT } from './oci-artifact.ts';
+import { parseDiskIndex } from './oci-disk-index.ts';
 import { pushImage } from './push.ts';
 import { pushContainerDisk } from './push-containerdisk.ts';
 import { verifyStore } from './verify.ts';
@@ -156,7 +157,17 @@ describe('pushImage', () => {
       'disk system segment 2/4',
       'disk system segment 4/4',
       'disk data',
+      'disk index config',
       'config',
+    ]);
+    // the disk index an agent finds the segments by
+    expect(pushed.diskIndexes).toEqual([`disk-${sha}`]);
+    const index = fake.manifests.get(`site/web:disk-${sha}`)!.bytes;
+    expect(parseDiskIndex(index, sha, 'site/web').map((p) => p.size)).toEqual([
+      2 * MiB,
+      2 * MiB,
+      2 * MiB,
+      MiB + 512,
     ]);
     const config = JSON.parse(
       fake.blobs

@@ -1,10 +1,11 @@
 /**
  * `imgctl push REF oci://HOST[:PORT]/REPO[:TAG]` (docs/distribution.md): an image or a release
  * as the OCI artifact of oci-artifact.ts — each disk's blob (a layer named by its sha256, or its
- * segments), the config, the manifest under the tag, and for a release of a store that signs,
- * its plan signed as a referrer of the manifest. Blobs the registry has are skipped, others
- * mounted from `mountFrom` repositories or uploaded in resumable chunks by the registry client
- * (push-session.ts, shared with the containerDisk of push-containerdisk.ts).
+ * segments, then the disk index of each segmented disk), the config, the manifest under the
+ * tag, and for a release of a store that signs, its plan signed as a referrer of the manifest.
+ * Blobs the registry has are skipped, others mounted from `mountFrom` repositories or uploaded
+ * in resumable chunks by the registry client (push-session.ts, shared with the containerDisk of
+ * push-containerdisk.ts).
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -17,13 +18,16 @@ import {
   buildImageArtifact,
   DEFAULT_SEGMENT_SIZE,
   type DiskInput,
+  EMPTY_CONFIG,
   MIN_SEGMENT_SIZE,
 } from './oci-artifact.ts';
+import { buildDiskIndex, diskIndexTag } from './oci-disk-index.ts';
 import { prepareSignature, pushSignature, type SignatureResult } from './oci-signature.ts';
 import {
   damagedBlob,
   openPushSession,
   type PushedManifest,
+  type PushSession,
   type PushSessionOptions,
   pushTarget,
   readImageContent,
@@ -39,6 +43,8 @@ export interface PushOptions extends PushSessionOptions {
 }
 
 export interface PushResult extends PushedManifest {
+  /** the tags of the disk indexes of segmented disks (`disk-<sha256>`) */
+  diskIndexes?: string[];
   signature?: SignatureResult;
 }
 
@@ -92,6 +98,7 @@ export async function pushImage(
       fileSource(files.get(layer.sha256)!, layer.digest, layer.offset, layer.size),
     );
   }
+  const diskIndexes = await pushDiskIndexes(session, disks);
   await session.push('config', bufferSource(artifact.config.bytes));
   await session.putManifest(tag, artifact.manifest);
   const signature =
@@ -107,8 +114,27 @@ export async function pushImage(
     }));
   return {
     ...session.result(content, tag, artifact.manifest),
+    ...(diskIndexes.length > 0 ? { diskIndexes } : {}),
     ...(signature ? { signature } : {}),
   };
+}
+
+/**
+ * For each disk pushed in segments, its disk index under the tag `disk-<sha256>`
+ * (oci-disk-index.ts): how an agent that knows only the disk's sha256 finds the segments.
+ * Returns the tags.
+ */
+async function pushDiskIndexes(session: PushSession, disks: DiskInput[]): Promise<string[]> {
+  const segmented = disks.filter((d) => d.segments.length > 1);
+  if (segmented.length > 0)
+    await session.push('disk index config', bufferSource(EMPTY_CONFIG.bytes));
+  const tags: string[] = [];
+  for (const disk of segmented) {
+    const tag = diskIndexTag(disk.sha256);
+    await session.putManifest(tag, buildDiskIndex(disk));
+    tags.push(tag);
+  }
+  return tags;
 }
 
 const READ_CHUNK = 1024 * 1024;
