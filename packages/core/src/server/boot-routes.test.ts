@@ -197,6 +197,21 @@ describe('imgagent --via-ramdisk', () => {
     expect((await issue({ system: 'web02' }, 'not-the-write-token-at-all')).status).toBe(403);
     expect(r.log.join('\n')).not.toContain(token);
   });
+
+  it('logs the bytes a streamed blob sent, a Range too', async () => {
+    const r = await rig();
+    const hex = r.store.sha256(r.store.kernel);
+    const whole = await r.get(`/v1/blobs/sha256/${hex}`);
+    expect(whole.status).toBe(200);
+    const part = await r.get(`/v1/blobs/sha256/${hex}`, undefined, { range: 'bytes=10-' });
+    expect(part.status).toBe(206);
+    await new Promise((done) => setTimeout(done, 50));
+    const lines = r.log.filter((l) => l.startsWith(`GET /v1/blobs/sha256/${hex}`));
+    expect(lines.map((l) => l.split(' ').slice(2, 4).join(' '))).toEqual([
+      `200 ${r.store.kernel.length}B`,
+      `206 ${r.store.kernel.length - 10}B`,
+    ]);
+  });
 });
 
 describe('netboot', () => {

@@ -96,8 +96,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     res.on('close', () => {
       const ms = (performance.now() - started).toFixed(1);
       const aborted = res.writableFinished ? '' : ' aborted';
-      log(
-        `${req.method} ${printableUrl(rawUrl)} ${res.statusCode} ${bytes}B ${ms}ms${aborted} ${req.socket.remoteAddress ?? '-'}`,
+      const address = req.socket.remoteAddress ?? '-';
+      // a streamed body's byte count reaches `send` a few promise turns after its end, and the
+      // response may close before those run (nextTick): log once they have
+      setImmediate(() =>
+        log(
+          `${req.method} ${printableUrl(rawUrl)} ${res.statusCode} ${bytes}B ${ms}ms${aborted} ${address}`,
+        ),
       );
     });
     const send = (reply: Reply) => {
