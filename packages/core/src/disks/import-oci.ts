@@ -6,7 +6,7 @@
  * and checked against its digest, and a segmented disk against its whole sha256 too. Disks the
  * store already holds are not fetched.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
@@ -115,21 +115,28 @@ interface DiskFetch {
 /**
  * Streams a disk's layers into `dest`, one after the other, all-zero blocks left as holes. Each
  * layer is hashed as it arrives and must match its digest, and the whole disk its sha256
- * (INTEGRITY otherwise); a download broken off resumes from the byte it reached.
+ * (INTEGRITY otherwise; a disk of one layer has that layer's digest, and is hashed once); a
+ * download broken off resumes from the byte it reached. One buffer is written while the next
+ * fills.
  */
 async function fetchDisk(registry: Registry, repository: string, disk: DiskFetch): Promise<void> {
   const handle = await open(disk.dest, 'wx', 0o644);
-  const whole = createHash('sha256');
-  const buffer = Buffer.allocUnsafe(WRITE_CHUNK);
+  const single = disk.layers.length === 1 && disk.layers[0]!.digest === `sha256:${disk.sha256}`;
+  const whole = single ? undefined : createHash('sha256');
+  const buffers = [Buffer.allocUnsafe(WRITE_CHUNK), Buffer.allocUnsafe(WRITE_CHUNK)];
+  let buffer = buffers[0]!;
+  let writing: Promise<unknown> = Promise.resolve();
   let position = 0;
   try {
     for (const layer of disk.layers) {
       const hash = createHash('sha256');
       let done = 0;
       let filled = 0;
-      /** writes what the buffer holds at the layer's offset `done - filled` */
+      /** writes what the buffer holds at the layer's offset `done - filled`, from the other one next */
       const flush = async () => {
-        await writeNonZero(handle, buffer, filled, position + done - filled);
+        await writing;
+        writing = writeNonZero(handle, buffer, filled, position + done - filled);
+        buffer = buffer === buffers[0] ? buffers[1]! : buffers[0]!;
         filled = 0;
       };
       for (let stalled = 0; done < layer.size;) {
@@ -142,7 +149,8 @@ async function fetchDisk(registry: Registry, repository: string, disk: DiskFetch
                 'INTEGRITY',
                 `refused the artifact: layer ${layer.digest} is longer than the ${layer.size} bytes its manifest declares`,
               );
-            update(hash, whole, chunk);
+            hash.update(chunk);
+            whole?.update(chunk);
             for (let at = 0; at < chunk.length;) {
               const n = chunk.copy(buffer, filled, at);
               filled += n;
@@ -169,6 +177,7 @@ async function fetchDisk(registry: Registry, repository: string, disk: DiskFetch
           );
         }
       }
+      await writing;
       const digest = `sha256:${hash.digest('hex')}`;
       if (digest !== layer.digest) throw mismatch(`layer ${layer.digest}`, digest);
       position += layer.size;
@@ -176,15 +185,11 @@ async function fetchDisk(registry: Registry, repository: string, disk: DiskFetch
     await handle.truncate(position);
     await handle.sync();
   } finally {
+    await writing.catch(() => undefined);
     await handle.close();
   }
-  const digest = `sha256:${whole.digest('hex')}`;
+  const digest = whole ? `sha256:${whole.digest('hex')}` : `sha256:${disk.sha256}`;
   if (digest !== `sha256:${disk.sha256}`) throw mismatch(`disk ${disk.sha256}`, digest);
-}
-
-function update(hash: Hash, whole: Hash, chunk: Buffer): void {
-  hash.update(chunk);
-  whole.update(chunk);
 }
 
 function mismatch(what: string, digest: string): ImgctlError {

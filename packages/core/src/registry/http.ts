@@ -4,9 +4,14 @@
  * abort signal. No auth, retries or redirects here: transport.ts decides those.
  */
 import { readFile } from 'node:fs/promises';
-import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http';
+import {
+  Agent as HttpAgent,
+  type ClientRequest,
+  type IncomingMessage,
+  request as httpRequest,
+} from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { rootCertificates } from 'node:tls';
+import { createSecureContext, rootCertificates } from 'node:tls';
 import { ImgctlError } from '../util/errors.ts';
 
 /** A connection that sends or receives nothing for this long fails (it is retried above). */
@@ -20,6 +25,12 @@ export interface HttpSettings {
   signal?: AbortSignal;
 }
 
+/** A request body: bytes, or pieces sent one after the other. */
+export type Body = Buffer | readonly Buffer[];
+
+const bodyLength = (body: Body) =>
+  Buffer.isBuffer(body) ? body.length : body.reduce((n, piece) => n + piece.length, 0);
+
 export interface Http {
   /** `https://HOST[:PORT]`, or `http://` with `insecureHttp` */
   origin: string;
@@ -27,7 +38,7 @@ export interface Http {
     method: string,
     url: URL,
     headers: Record<string, string>,
-    body?: Buffer,
+    body?: Body,
   ): Promise<IncomingMessage>;
   close(): void;
 }
@@ -57,7 +68,14 @@ export function makeHttp(registry: string, settings: HttpSettings): Http {
   let httpsAgent: Promise<HttpsAgent> | undefined;
   const secureAgent = () =>
     (httpsAgent ??= certificates(settings.caFile).then(
-      (ca) => new HttpsAgent({ keepAlive: true, maxSockets: 16, ...(ca ? { ca } : {}) }),
+      // one context made once: with `ca`, the agent would join every certificate into the
+      // name it gives each request's connection pool
+      (ca) =>
+        new HttpsAgent({
+          keepAlive: true,
+          maxSockets: 16,
+          ...(ca ? { secureContext: createSecureContext({ ca }) } : {}),
+        }),
     ));
 
   return {
@@ -75,7 +93,7 @@ export function makeHttp(registry: string, settings: HttpSettings): Http {
             ...headers,
             ...(body === undefined && method !== 'PUT' && method !== 'POST'
               ? {}
-              : { 'content-length': String(body?.length ?? 0) }),
+              : { 'content-length': String(body === undefined ? 0 : bodyLength(body)) }),
           },
           signal: settings.signal,
           timeout: STALL_MS,
@@ -88,7 +106,7 @@ export function makeHttp(registry: string, settings: HttpSettings): Http {
           );
           resolve(res);
         });
-        req.end(body);
+        void writeBody(req, body).catch((error: Error) => req.destroy(error));
       });
     },
     close() {
@@ -96,6 +114,29 @@ export function makeHttp(registry: string, settings: HttpSettings): Http {
       void httpsAgent?.then((agent) => agent.destroy());
     },
   };
+}
+
+/** the most handed to a socket at once: TLS encrypts what it is given before sending any of it */
+const WRITE_SLICE = 1024 * 1024;
+
+/** Sends `body` in slices, each once the socket took the previous one, and ends the request. */
+async function writeBody(req: ClientRequest, body: Body | undefined): Promise<void> {
+  const pieces = body === undefined ? [] : Buffer.isBuffer(body) ? [body] : body;
+  for (const piece of pieces)
+    for (let at = 0; at < piece.length; at += WRITE_SLICE) {
+      if (req.destroyed) return;
+      if (!req.write(piece.subarray(at, at + WRITE_SLICE)))
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            req.off('drain', done);
+            req.off('close', done);
+            resolve();
+          };
+          req.on('drain', done);
+          req.on('close', done);
+        });
+    }
+  req.end();
 }
 
 /** Reads a response body as bytes, at most `limit`: more is an error made by `tooBig`. */

@@ -19,7 +19,8 @@ export interface Request {
   /** a path of the registry (`/v2/…`) or a URL it gave (a Location) */
   url: string | URL;
   headers?: Record<string, string>;
-  body?: Buffer;
+  /** bytes, or pieces sent one after the other (an upload's chunk, not copied into one) */
+  body?: Buffer | readonly Buffer[];
   /** the token scope the request needs: `repository:NAME:pull` or `…:pull,push` */
   scope: string;
   /** scopes asked for besides, e.g. pull on a mount's source repository */

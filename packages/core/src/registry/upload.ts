@@ -92,27 +92,35 @@ export function rangeOffset(value: string | undefined, expected: number): number
   return end === 0 && expected !== 1 ? 0 : end + 1;
 }
 
-/** Reads a source's bytes in pieces of a given size, into one reused buffer. */
-function chunkReader(stream: Readable, chunkSize: number) {
+/**
+ * Reads a source's bytes in chunks of a given size, each a list of the stream's own buffers (the
+ * last one cut), so nothing is copied on the way to the socket.
+ */
+interface Chunk {
+  pieces: Buffer[];
+  length: number;
+}
+
+function chunkReader(stream: Readable) {
   const iterator = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-  const buffer = Buffer.allocUnsafe(chunkSize);
   let left: Buffer | undefined;
   return {
-    /** the next `n` (≤ chunkSize) bytes; fewer when the source ends */
-    async read(n: number): Promise<Buffer> {
-      let filled = 0;
-      while (filled < n) {
+    /** the next `n` bytes; fewer when the source ends */
+    async read(n: number): Promise<Chunk> {
+      const pieces: Buffer[] = [];
+      let length = 0;
+      while (length < n) {
         if (left === undefined || left.length === 0) {
           const next = await iterator.next();
           if (next.done) break;
           left = next.value;
         }
-        const take = Math.min(n - filled, left.length);
-        left.copy(buffer, filled, 0, take);
+        const take = Math.min(n - length, left.length);
+        pieces.push(left.subarray(0, take));
         left = left.subarray(take);
-        filled += take;
+        length += take;
       }
-      return buffer.subarray(0, filled);
+      return { pieces, length };
     },
     close() {
       stream.destroy();
@@ -294,7 +302,9 @@ async function sendChunks(
   const what = `PATCH blob ${short(source.digest)}`;
   let stalled = 0;
   let reader: ReturnType<typeof chunkReader> | undefined;
+  /** where the reader's next chunk starts (the one `ahead` is reading, if any) */
   let readerAt = -1;
+  let ahead: Promise<Chunk> | undefined;
   options.onProgress?.(session.offset, source.size);
   try {
     while (session.offset < source.size) {
@@ -310,12 +320,19 @@ async function sendChunks(
         );
       if (readerAt !== session.offset) {
         reader?.close();
-        reader = chunkReader(source.open(session.offset), Math.min(chunkSize, source.size));
+        reader = chunkReader(source.open(session.offset));
         readerAt = session.offset;
+        ahead = undefined;
       }
       const want = Math.min(chunkSize, source.size - session.offset);
-      const chunk = await reader!.read(want);
+      const chunk = await (ahead ?? reader!.read(want));
       readerAt += chunk.length;
+      // the next chunk is read while this one is sent; dropped if the upload goes on elsewhere
+      ahead =
+        chunk.length === want && readerAt < source.size
+          ? reader!.read(Math.min(chunkSize, source.size - readerAt))
+          : undefined;
+      ahead?.catch(() => undefined);
       if (chunk.length < want)
         throw new ImgctlError(
           'FAILED',
@@ -333,7 +350,7 @@ async function sendChunks(
             'content-type': 'application/octet-stream',
             'content-range': `${start}-${expected - 1}`,
           },
-          body: chunk,
+          body: chunk.pieces,
           scope: pushScope(repository),
           what,
           retry: false,
