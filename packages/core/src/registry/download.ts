@@ -97,19 +97,32 @@ interface PartialFile {
   writing: Promise<void>;
 }
 
-async function writeAll(handle: FileHandle, data: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < data.length;) {
-    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
-    done += bytesWritten;
+/** Writes `pieces` one after the other from `position`, however many calls it takes. */
+async function writeAll(handle: FileHandle, pieces: Buffer[], position: number): Promise<void> {
+  let rest = pieces;
+  while (rest.length > 0) {
+    const { bytesWritten } = await handle.writev(rest, position);
+    if (bytesWritten === 0) throw new Error('writing the download wrote nothing');
+    position += bytesWritten;
+    let skip = bytesWritten;
+    while (rest.length > 0 && skip >= rest[0]!.length) {
+      skip -= rest[0]!.length;
+      rest = rest.slice(1);
+    }
+    if (skip > 0) rest = [rest[0]!.subarray(skip), ...rest.slice(1)];
   }
 }
 
-/** Appends `data`: hashed now and written while the next bytes arrive, one write at a time. */
-async function append(file: PartialFile, data: Buffer): Promise<void> {
+/** Appends `pieces`: hashed now and written while the next bytes arrive, one write at a time. */
+async function append(file: PartialFile, pieces: Buffer[]): Promise<void> {
   await file.writing;
-  file.hash.update(data);
-  file.writing = writeAll(file.handle, data, file.size);
-  file.size += data.length;
+  let size = 0;
+  for (const piece of pieces) {
+    file.hash.update(piece);
+    size += piece.length;
+  }
+  file.writing = writeAll(file.handle, pieces, file.size);
+  file.size += size;
 }
 
 async function emptyPartial(file: PartialFile): Promise<void> {
@@ -120,8 +133,8 @@ async function emptyPartial(file: PartialFile): Promise<void> {
 }
 
 /**
- * Appends a response body to the partial file, gathered into WRITE_CHUNK pieces (TLS hands on
- * 16 KiB records); rejects when it ends before `total` or would go past it.
+ * Appends a response body to the partial file, gathered into writes of WRITE_CHUNK (TLS hands on
+ * 16 KiB records: written together, not copied into one buffer); rejects when it ends before `total` or would go past it.
  */
 async function receive(
   body: Readable,
@@ -133,10 +146,10 @@ async function receive(
   let pending: Buffer[] = [];
   let pendingBytes = 0;
   const flush = async () => {
-    const data = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+    const pieces = pending;
     pending = [];
     pendingBytes = 0;
-    await append(file, data);
+    await append(file, pieces);
     onProgress?.(file.size, total ?? file.size);
   };
   try {
