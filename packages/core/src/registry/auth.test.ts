@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ImgctlError } from '../util/errors.ts';
 import { findCredentials, parseChallenges } from './auth.ts';
 import { parseOciReference } from './reference.ts';
@@ -194,6 +194,45 @@ describe('challenges, against a local registry and token service', () => {
     valid.clear(); // the token expired early
     expect(await client.hasBlob('team/app', digest)).toBe(false);
     expect(registry.seen.slice(3).map((s) => s.authorization)).toEqual(['Bearer t1', 'Bearer t2']);
+  });
+
+  it('uses a short-lived token for half its lifetime, then fetches a new one before the request', async () => {
+    let issued = 0;
+    const tokens = await serve((_req, res) => {
+      res
+        .writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ token: `t${++issued}`, expires_in: 4 }));
+    });
+    const registry = await serve((req, res) => {
+      if (!req.headers.authorization) {
+        res.writeHead(401, {
+          'www-authenticate': `Bearer realm="http://${tokens.host}/token",service="fake",scope="repository:team/app:pull"`,
+        });
+        return void res.end();
+      }
+      res.writeHead(404).end();
+    });
+    servers.push(tokens, registry);
+    const client = openRegistry(parseOciReference(`oci://${registry.host}/team/app`), {
+      authFile: await authFile({ auths: { [registry.host]: { auth: b64('u:pw') } } }),
+      insecureHttp: true,
+    });
+    const digest = `sha256:${'3'.repeat(64)}`;
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      await client.hasBlob('team/app', digest);
+      await client.hasBlob('team/app', digest);
+      vi.setSystemTime(Date.now() + 2_500);
+      await client.hasBlob('team/app', digest);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(registry.seen.map((s) => s.authorization)).toEqual([
+      undefined,
+      'Bearer t1',
+      'Bearer t1',
+      'Bearer t2',
+    ]);
   });
 
   it('says when an anonymous token is not enough, and how to give credentials', async () => {

@@ -183,7 +183,10 @@ export interface Authenticator {
 }
 
 const TOKEN_LIMIT = 1024 * 1024;
-/** a token is renewed this long before the end of its lifetime */
+/**
+ * a token is renewed this long before the end of its lifetime, or after half of it when it is
+ * short (else a token service giving tokens of a few seconds would be asked before every request)
+ */
 const TOKEN_MARGIN_MS = 10_000;
 
 /** The credentials (looked up once) and tokens of one Registry. */
@@ -263,7 +266,8 @@ export function makeAuthenticator(
     if (typeof value !== 'string' || value === '')
       throw new ImgctlError('FAILED', `the token service of ${registry} sent no token`);
     const lifetime = typeof parsed.expires_in === 'number' ? parsed.expires_in * 1000 : Infinity;
-    return { value, expires: Date.now() + lifetime - TOKEN_MARGIN_MS, challenge, scopes };
+    const margin = Math.min(TOKEN_MARGIN_MS, lifetime / 2);
+    return { value, expires: Date.now() + lifetime - margin, challenge, scopes };
   };
 
   return {
