@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ImgctlError } from '../util/errors.ts';
 import { findCredentials, parseChallenges } from './auth.ts';
@@ -233,6 +234,43 @@ describe('challenges, against a local registry and token service', () => {
       'Bearer t1',
       'Bearer t2',
     ]);
+  });
+
+  it('says which access the token lacks when the registry answers insufficient_scope', async () => {
+    let issued = 0;
+    const tokens = await serve((_req, res) => {
+      res
+        .writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ token: `pull-only-${++issued}` }));
+    });
+    // a token lets the user look (HEAD) but not start an upload (POST)
+    const registry = await serve((req, res) => {
+      if (req.method === 'HEAD' && req.headers.authorization) return void res.writeHead(404).end();
+      const error = req.headers.authorization ? ',error="insufficient_scope"' : '';
+      res.writeHead(401, {
+        'www-authenticate': `Bearer realm="http://${tokens.host}/token",service="fake",scope="repository:team/app:pull,push"${error}`,
+      });
+      res.end();
+    });
+    servers.push(tokens, registry);
+    const file = await authFile({ auths: { [registry.host]: { auth: b64('reader:pw') } } });
+    const client = openRegistry(parseOciReference(`oci://${registry.host}/team/app`), {
+      authFile: file,
+      insecureHttp: true,
+    });
+    const error = (await client
+      .pushBlob('team/app', {
+        digest: `sha256:${'4'.repeat(64)}`,
+        size: 1,
+        open: () => Readable.from([Buffer.from('x')]),
+      })
+      .catch((e: unknown) => e)) as ImgctlError;
+    expect(error).toBeInstanceOf(ImgctlError);
+    expect(error.code).toBe('USAGE');
+    expect(error.message).toContain(
+      `refused the credentials for ${registry.host} in ${file}: the token they get does not grant repository:team/app:pull,push (401 insufficient_scope)`,
+    );
+    expect(error.hint).toMatch(/gives that user less than this needs/);
   });
 
   it('says when an anonymous token is not enough, and how to give credentials', async () => {

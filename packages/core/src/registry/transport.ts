@@ -9,7 +9,7 @@
 import type { IncomingMessage } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ErrorCode, ImgctlError } from '../util/errors.ts';
-import type { Authenticator } from './auth.ts';
+import { type Authenticator, parseChallenges } from './auth.ts';
 import { drain, header, type Http, readBody } from './http.ts';
 
 export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -212,6 +212,15 @@ export function makeTransport(
           continue;
         }
         const used = await auth.describe();
+        const bearer = parseChallenges(challenge ?? '').find((c) => c.scheme === 'bearer');
+        if (bearer?.params.error === 'insufficient_scope' && used.startsWith('the credentials'))
+          throw new ImgctlError(
+            'USAGE',
+            `${req.what}: ${registry} refused ${used}: the token they get does not grant ${req.scope} (401 insufficient_scope)`,
+            {
+              hint: 'the token service gives that user less than this needs: grant it, or use credentials that have it',
+            },
+          );
         throw new ImgctlError('USAGE', `${req.what}: ${registry} refused ${used} (401)`, {
           hint: used.startsWith('the credentials')
             ? 'check the user and password in that file, and that the user may use this repository'
