@@ -29,6 +29,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { benchArgs } from './lib/args.ts';
+import { bundleScript } from './lib/bundle.ts';
 import { median, reportHead, timeIt, writeReport } from './lib/report.ts';
 import { startServe } from './lib/serve.ts';
 import { bundleAgent, exampleStoreWith } from './lib/store.ts';
@@ -46,21 +47,10 @@ function parseArgs(argv: string[]) {
 /** dist/imgagent.mjs (scripts/build.mjs) and bench/lib/pull-blob.ts, bundled into `outdir`. */
 async function bundle(outdir: string): Promise<{ agent: string; pull: string }> {
   const agent = await bundleAgent(outdir);
-  const { build } = await import('esbuild');
-  const pull = join(outdir, 'pull-blob.mjs');
-  await build({
-    entryPoints: [join(ROOT, 'bench/lib/pull-blob.ts')],
-    outfile: pull,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    logLevel: 'warning',
-    // CommonJS dependencies (yaml) call require: give them one, as scripts/build.mjs does
-    banner: {
-      js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);",
-    },
-  });
+  const pull = await bundleScript(
+    join(ROOT, 'bench/lib/pull-blob.ts'),
+    join(outdir, 'pull-blob.mjs'),
+  );
   return { agent, pull };
 }
 
