@@ -9,18 +9,10 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import {
-  copyExampleStore,
-  execImgctl,
-  listTree,
-  makeStore,
-  storeState,
-  type TempDir,
-} from './helpers/index.ts';
+import { execImgctl, listTree, makeStore, storeState, type TempDir } from './helpers/index.ts';
 import { startRegistry, type TestRegistry } from './helpers/registry.ts';
-import { buildAppliance } from './helpers/seed.ts';
+import { buildApplianceStore } from './helpers/seed.ts';
 
 interface Pushed {
   tag: string;
@@ -46,14 +38,7 @@ describe('imgctl push and import oci:// with a real registry', () => {
   const cleanups: Array<() => Promise<void>> = [];
 
   beforeAll(async () => {
-    store = await copyExampleStore();
-    const build = await buildAppliance(store.dir);
-    if (build.exitCode !== 0) throw new Error(`imgctl build tiny-linux failed:\n${build.stderr}`);
-    const image = parse(
-      await readFile(join(store.dir, 'images/tiny-linux/image.yaml'), 'utf8'),
-    ) as { disks: typeof disks; revision: number };
-    disks = image.disks;
-    revision = String(image.revision);
+    ({ store, disks, revision } = await buildApplianceStore());
     registry = await startRegistry({ auth: true, tls: true });
   }, 600_000);
 

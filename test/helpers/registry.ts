@@ -2,7 +2,8 @@
  * A real OCI registry on 127.0.0.1 for e2e tests and benches: Debian's `docker-registry`
  * (distribution 2.8) run as `docker-registry serve CONFIG.yml` with a config written here —
  * filesystem storage in a temp dir, TLS with a certificate for 127.0.0.1/localhost signed by a
- * throwaway CA, htpasswd (bcrypt) auth. Free of vitest so the benches use it too; the caller
+ * throwaway CA, htpasswd (bcrypt) auth, or token auth (bearer tokens from a token service the
+ * helper starts, helpers/token-service.ts). Free of vitest so the benches use it too; the caller
  * stops it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -15,10 +16,16 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { stringify } from 'yaml';
 import { freePort } from './sshd.ts';
+import { startTokenService, type TokenService } from './token-service.ts';
 
 export interface StartRegistryOptions {
   /** htpasswd auth (a user and a random password); default false */
   auth?: boolean;
+  /**
+   * token auth instead: the registry sends clients to a token service for bearer tokens; its
+   * user (may pull and push) and a pull-only user have random passwords. Needs `tls`.
+   */
+  tokenAuth?: boolean | { lifetime?: number };
   /** HTTPS with a certificate signed by a throwaway CA; default false */
   tls?: boolean;
   /** how long to wait until /v2/ answers, ms */
@@ -37,6 +44,9 @@ export interface TestRegistry {
   authFile?: string;
   user?: string;
   password?: string;
+  /** with `tokenAuth`: the token service, and an auth file for a user who may only pull */
+  tokenService?: TokenService;
+  pullOnlyAuthFile?: string;
   /** the registry's storage root */
   storageDir: string;
   /** everything the registry logged so far */
@@ -44,6 +54,9 @@ export interface TestRegistry {
   /** SIGTERM, then waits for the registry to exit and removes its temp dir; safe to call twice */
   stop(): Promise<void>;
 }
+
+/** the registry's `service` with `tokenAuth`: the audience of its tokens */
+const TOKEN_SERVICE = 'imgctl-test-registry';
 
 const EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
 
@@ -129,14 +142,77 @@ async function launch(dir: string, options: StartRegistryOptions): Promise<TestR
     await mkdir(certDir);
     await writeFile(join(certDir, 'ca.crt'), await readFile(certs.ca));
   }
-  const user = options.auth ? 'imgctl-test' : undefined;
-  const password = options.auth ? randomBytes(18).toString('base64url') : undefined;
-  const htpasswd = join(dir, 'htpasswd');
-  if (user && password) {
+  if (options.tokenAuth && !certs)
+    throw new Error('startRegistry: tokenAuth needs tls (clients fetch tokens over https only)');
+  const user = options.auth || options.tokenAuth ? 'imgctl-test' : undefined;
+  const password = user ? randomBytes(18).toString('base64url') : undefined;
+  const pullOnly = { user: 'imgctl-test-reader', password: randomBytes(18).toString('base64url') };
+  let auth: Record<string, unknown> | undefined;
+  let tokenService: TokenService | undefined;
+  if (options.tokenAuth && certs && user && password) {
+    tokenService = await startTokenService({
+      dir,
+      service: TOKEN_SERVICE,
+      users: {
+        [user]: { password, actions: ['pull', 'push'] },
+        [pullOnly.user]: { password: pullOnly.password, actions: ['pull'] },
+      },
+      lifetime: typeof options.tokenAuth === 'object' ? options.tokenAuth.lifetime : undefined,
+      tls: certs,
+    });
+    const { realm, issuer, rootCertBundle: rootcertbundle } = tokenService;
+    auth = { token: { realm, service: TOKEN_SERVICE, issuer, rootcertbundle } };
+  } else if (user && password) {
+    const htpasswd = join(dir, 'htpasswd');
     // -i: the password comes on stdin, not on htpasswd's command line
     const { stdout } = await execa('htpasswd', ['-Bin', user], { input: password });
     await writeFile(htpasswd, `${stdout.trim()}\n`, { mode: 0o600 });
+    auth = { htpasswd: { realm: 'imgctl-test', path: htpasswd } };
   }
+  let registry: Omit<TestRegistry, 'authFile' | 'pullOnlyAuthFile'>;
+  try {
+    registry = await serve(dir, options, { storageDir, certs, certDir, auth });
+  } catch (error) {
+    await tokenService?.stop();
+    throw error;
+  }
+  const authFile = user && password ? join(dir, 'auth.json') : undefined;
+  if (authFile) await writeAuthFile(authFile, registry.url, user!, password!);
+  const pullOnlyAuthFile = tokenService ? join(dir, 'auth-pull-only.json') : undefined;
+  if (pullOnlyAuthFile)
+    await writeAuthFile(pullOnlyAuthFile, registry.url, pullOnly.user, pullOnly.password);
+  return {
+    ...registry,
+    authFile,
+    user,
+    password,
+    tokenService,
+    pullOnlyAuthFile,
+    async stop() {
+      await tokenService?.stop();
+      await registry.stop();
+    },
+  };
+}
+
+/** Writes a container tools' auth file for `registry` with `user:password` (0600). */
+async function writeAuthFile(file: string, registry: string, user: string, password: string) {
+  const auth = Buffer.from(`${user}:${password}`).toString('base64');
+  await writeFile(file, JSON.stringify({ auths: { [registry]: { auth } } }), { mode: 0o600 });
+}
+
+/** Starts docker-registry on a free port (another one when the port was taken meanwhile). */
+async function serve(
+  dir: string,
+  options: StartRegistryOptions,
+  setup: {
+    storageDir: string;
+    certs: { ca: string; cert: string; key: string } | undefined;
+    certDir: string | undefined;
+    auth: Record<string, unknown> | undefined;
+  },
+): Promise<Omit<TestRegistry, 'authFile' | 'pullOnlyAuthFile'>> {
+  const { storageDir, certs, certDir, auth } = setup;
   const ca = certs ? await readFile(certs.ca) : undefined;
 
   for (let attempt = 0; ; attempt++) {
@@ -157,7 +233,7 @@ async function launch(dir: string, options: StartRegistryOptions): Promise<TestR
           secret: randomBytes(24).toString('hex'),
           ...(certs ? { tls: { certificate: certs.cert, key: certs.key } } : {}),
         },
-        ...(user ? { auth: { htpasswd: { realm: 'imgctl-test', path: htpasswd } } } : {}),
+        ...(auth ? { auth } : {}),
       }),
     );
     const proc: ChildProcess = spawn('docker-registry', ['serve', config], {
@@ -188,23 +264,12 @@ async function launch(dir: string, options: StartRegistryOptions): Promise<TestR
         `docker-registry did not start (GET /v2/: ${status ?? 'no answer'}):\n${log}`,
       );
     }
-    let authFile: string | undefined;
-    if (user && password) {
-      authFile = join(dir, 'auth.json');
-      const auth = Buffer.from(`${user}:${password}`).toString('base64');
-      await writeFile(authFile, JSON.stringify({ auths: { [`127.0.0.1:${port}`]: { auth } } }), {
-        mode: 0o600,
-      });
-    }
     let stopped = false;
     return {
       url: `127.0.0.1:${port}`,
       port,
       caFile: certs?.ca,
       certDir,
-      authFile,
-      user,
-      password,
       storageDir,
       log: () => log,
       async stop() {

@@ -8,7 +8,8 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { execImgctl, REPO_ROOT } from './index.ts';
+import { parse } from 'yaml';
+import { copyExampleStore, execImgctl, REPO_ROOT, type TempDir } from './index.ts';
 
 export interface SeedOptions {
   /** where the seed file (and its source files) go */
@@ -72,6 +73,30 @@ export async function buildAppliance(storeDir: string, args: string[] = []) {
   return execImgctl(['--store', storeDir, 'build', 'tiny-linux', ...args], {
     env: { IMGCTL_BUILD_CACHE: APPLIANCE_BUILD_CACHE },
   });
+}
+
+export interface BuiltAppliance {
+  /** a copy of the example store with the appliance built in it */
+  store: TempDir;
+  /** the built image's disks, as its image.yaml lists them */
+  disks: Array<{ id: string; format: string; sha256: string }>;
+  /** the built image's revision */
+  revision: string;
+}
+
+/** A copy of the example store with the appliance built in it; the caller cleans it up. */
+export async function buildApplianceStore(): Promise<BuiltAppliance> {
+  const store = await copyExampleStore();
+  const build = await buildAppliance(store.dir);
+  if (build.exitCode !== 0) {
+    await store.cleanup();
+    throw new Error(`imgctl build tiny-linux failed:\n${build.stderr}`);
+  }
+  const image = parse(await readFile(join(store.dir, 'images/tiny-linux/image.yaml'), 'utf8')) as {
+    disks: BuiltAppliance['disks'];
+    revision: number;
+  };
+  return { store, disks: image.disks, revision: String(image.revision) };
 }
 
 /**
