@@ -17,6 +17,7 @@ import {
   type PushSessionOptions,
   pushTarget,
   readImageContent,
+  stopIfWoundDown,
 } from './push-session.ts';
 
 /** the formats KubeVirt's containerDisk boots */
@@ -81,8 +82,10 @@ export async function pushContainerDisk(
     architecture,
     created: content.input.created,
     annotations: annotations(content, disk),
-    onBytes: (done, total) =>
-      options.onProgress?.({ step: `hashing disk ${disk.id}`, done, total }),
+    onBytes: (done, total) => {
+      stopIfWoundDown(options, `hashing disk ${disk.id}`);
+      options.onProgress?.({ step: `hashing disk ${disk.id}`, done, total });
+    },
   });
   if (built.diskSha256 !== disk.sha256) throw damagedBlob(disk, built.diskSha256);
 

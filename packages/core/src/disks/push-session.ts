@@ -102,6 +102,15 @@ export function damagedBlob(
   );
 }
 
+/**
+ * FAILED once Ctrl-C (the registry options' `windDown`) came while a disk is read before the
+ * upload: nothing was sent yet, and a disk of many GiB would otherwise be read to its end first.
+ */
+export function stopIfWoundDown(options: PushSessionOptions, what: string): void {
+  if (options.registry?.windDown?.aborted)
+    throw new ImgctlError('FAILED', `interrupted while ${what}: nothing was sent`);
+}
+
 export interface PushSession {
   registry: Registry;
   progress(step: string, done: number, total: number): void;

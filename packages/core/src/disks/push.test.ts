@@ -203,6 +203,43 @@ describe('pushImage', () => {
     expect(fake.blobs.size).toBe(0);
   });
 
+  it('stops hashing at Ctrl-C (windDown), both pushes, having sent nothing', async () => {
+    const { store } = await storeWithDisk(diskContent(3 * MiB));
+    const fake = fakeRegistry();
+    /** Ctrl-C at the first MiB hashed; the bytes hashed seen */
+    const ctrlC = () => {
+      const windDown = new AbortController();
+      const hashed: number[] = [];
+      return {
+        hashed,
+        options: {
+          openRegistry: fake.open,
+          registry: { windDown: windDown.signal },
+          onProgress: (p: { step: string; done: number }) => {
+            if (!p.step.startsWith('hashing')) return;
+            hashed.push(p.done);
+            windDown.abort();
+          },
+        },
+      };
+    };
+    const interrupted = {
+      code: 'FAILED',
+      message: 'interrupted while hashing disk system: nothing was sent',
+    };
+    const segmented = ctrlC();
+    await expect(
+      pushImage(store, 'web', TARGET, { ...segmented.options, segmentSize: MiB }),
+    ).rejects.toMatchObject(interrupted);
+    expect(segmented.hashed).toEqual([MiB]);
+    const containerdisk = ctrlC();
+    await expect(
+      pushContainerDisk(store, 'web', TARGET, containerdisk.options),
+    ).rejects.toMatchObject(interrupted);
+    expect(containerdisk.hashed).toEqual([MiB]);
+    expect(fake.blobs.size).toBe(0);
+  });
+
   it('pushes a release with its signed plan as a referrer, once', async () => {
     const { store } = await storeWithDisk(diskContent(MiB));
     const key = await writeSigningKey(join(store, '.state/keys/signing.key'));

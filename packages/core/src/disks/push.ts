@@ -31,6 +31,7 @@ import {
   type PushSessionOptions,
   pushTarget,
   readImageContent,
+  stopIfWoundDown,
 } from './push-session.ts';
 
 export type { PushedBlobReport, PushProgress } from './push-session.ts';
@@ -72,9 +73,10 @@ export async function pushImage(
   for (const disk of content.disks) {
     const segments =
       disk.size > segmentSize
-        ? await hashSegments(disk, segmentSize, (done) =>
-            progress(`hashing disk ${disk.id}`, done, disk.size),
-          )
+        ? await hashSegments(disk, segmentSize, (done) => {
+            stopIfWoundDown(options, `hashing disk ${disk.id}`);
+            progress(`hashing disk ${disk.id}`, done, disk.size);
+          })
         : [{ digest: `sha256:${disk.sha256}`, size: disk.size }];
     disks.push({ ...disk, segments });
   }
