@@ -203,6 +203,24 @@ describe('pushImage', () => {
     expect(fake.blobs.size).toBe(0);
   });
 
+  it('hashes two disks of the same content once and tags one disk index for them', async () => {
+    const { store, sha } = await storeWithDisk(diskContent(3 * MiB));
+    const image = join(store, 'images/web/image.yaml');
+    await writeFile(image, (await readFile(image, 'utf8')).replace(DATA_SHA, sha));
+    const fake = fakeRegistry();
+    const hashing = new Set<string>();
+    const pushed = await pushImage(store, 'web', TARGET, {
+      openRegistry: fake.open,
+      segmentSize: MiB,
+      onProgress: (p) => {
+        if (p.step.startsWith('hashing')) hashing.add(p.step);
+      },
+    });
+    expect([...hashing]).toEqual(['hashing disk system']);
+    expect(pushed.diskIndexes).toEqual([`disk-${sha}`]);
+    expect(pushed.blobs.filter((b) => b.what === 'disk index config')).toHaveLength(1);
+  });
+
   it('stops hashing at Ctrl-C (windDown), both pushes, having sent nothing', async () => {
     const { store } = await storeWithDisk(diskContent(3 * MiB));
     const fake = fakeRegistry();

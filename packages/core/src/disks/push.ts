@@ -71,8 +71,11 @@ export async function pushImage(
 
   const disks: DiskInput[] = [];
   for (const disk of content.disks) {
-    const segments =
-      disk.size > segmentSize
+    // two disks of the same content: one layer, hashed once, one disk index
+    const same = disks.find((d) => d.sha256 === disk.sha256);
+    const segments = same
+      ? same.segments
+      : disk.size > segmentSize
         ? await hashSegments(disk, segmentSize, (done) => {
             stopIfWoundDown(options, `hashing disk ${disk.id}`);
             progress(`hashing disk ${disk.id}`, done, disk.size);
@@ -127,7 +130,9 @@ export async function pushImage(
  * Returns the tags.
  */
 async function pushDiskIndexes(session: PushSession, disks: DiskInput[]): Promise<string[]> {
-  const segmented = disks.filter((d) => d.segments.length > 1);
+  const segmented = disks.filter(
+    (d, i) => d.segments.length > 1 && disks.findIndex((o) => o.sha256 === d.sha256) === i,
+  );
   if (segmented.length > 0)
     await session.push('disk index config', bufferSource(EMPTY_CONFIG.bytes));
   const tags: string[] = [];
