@@ -221,6 +221,30 @@ describe('mirroredDownloader', () => {
       );
       expect(written).toEqual(['0:01234567', '8:89abcdef', '16:ghij']);
 
+      // a segment longer than its index says: nothing past its end is written, and once the
+      // first segment is written the failure is final (the server does not write over it)
+      written.length = 0;
+      const long = all();
+      long.set(segments[1]!.digest, Buffer.alloc(100, 'X'));
+      await expect(
+        mirroredDownloader(plan(), streaming, segmented(long), () => undefined).streamBlob(
+          hex,
+          sink,
+        ),
+      ).rejects.toMatchObject({
+        code: 'INTEGRITY',
+        message: expect.stringMatching(/holds other bytes \(more than its 8\)/),
+      });
+      expect(written).toEqual(['0:01234567']);
+      // the first segment too long: nothing written, the server writes the disk
+      written.length = 0;
+      long.set(segments[0]!.digest, Buffer.alloc(100, 'X'));
+      await mirroredDownloader(plan(), streaming, segmented(long), () => undefined).streamBlob(
+        hex,
+        sink,
+      );
+      expect(written).toEqual(['server']);
+
       written.length = 0;
       const other = buildDiskIndex({
         sha256: 'cd'.repeat(32),

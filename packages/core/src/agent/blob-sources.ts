@@ -222,9 +222,15 @@ async function streamFrom(
     });
     const stop = () => body.destroy();
     options.signal?.addEventListener('abort', stop, { once: true });
+    /** the segment went past the size its index gives: nothing of it is written past there */
+    let overlong = false;
     try {
       for await (const chunk of body) {
         const data = chunk as Buffer;
+        if (part.size !== undefined && offset - start + data.length > part.size) {
+          overlong = true;
+          break;
+        }
         hash.update(data);
         partHash?.update(data);
         await sink.write(data, offset);
@@ -248,16 +254,17 @@ async function streamFrom(
     }
     const got = partHash && `sha256:${partHash.digest('hex')}`;
     if (
+      overlong ||
       (got !== undefined && got !== part.digest) ||
       (part.size ?? offset - start) !== offset - start
-    )
-      throw finalError(
-        new ImgctlError(
-          'INTEGRITY',
-          `${repository}: the segment ${part.digest.slice(0, 19)} of disk sha256:${short(hex)} holds other bytes (${offset - start} bytes, ${got})`,
-          { hint: OTHER_BYTES_HINT },
-        ),
+    ) {
+      const error = new ImgctlError(
+        'INTEGRITY',
+        `${repository}: the segment ${part.digest.slice(0, 19)} of disk sha256:${short(hex)} holds other bytes (${overlong ? `more than its ${part.size}` : `${offset - start} bytes, ${got}`})`,
+        { hint: OTHER_BYTES_HINT },
       );
+      throw offset === 0 ? error : finalError(error);
+    }
   }
   const got = hash.digest('hex');
   if (got !== hex)
