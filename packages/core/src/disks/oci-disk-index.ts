@@ -69,7 +69,8 @@ export function buildDiskIndex(disk: {
 export function parseDiskIndex(bytes: Buffer, hex: string, where: string): DiskPart[] {
   const refuse = (why: string) =>
     new ImgctlError('INTEGRITY', `${where}: the index of disk sha256:${hex.slice(0, 12)} ${why}`);
-  if (!HEX.test(hex) || bytes.length > MAX_MANIFEST) throw refuse('is too large');
+  if (!HEX.test(hex)) throw new ImgctlError('USAGE', `not a sha256: '${hex.slice(0, 80)}'`);
+  if (bytes.length > MAX_MANIFEST) throw refuse(`is ${bytes.length} bytes, over 4 MiB`);
   let doc: {
     mediaType?: unknown;
     artifactType?: unknown;
