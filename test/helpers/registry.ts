@@ -38,6 +38,9 @@ export interface TestRegistry {
   port: number;
   /** the CA that signed the registry's certificate (PEM), with `tls` */
   caFile?: string;
+  /** the registry's certificate (for 127.0.0.1 and localhost) and its key, with `tls` */
+  certFile?: string;
+  keyFile?: string;
   /** a directory holding only `ca.crt`, for skopeo's `--cert-dir`, with `tls` */
   certDir?: string;
   /** a container tools' config.json (`auths.HOST.auth`) with the credentials (0600), with `auth` */
@@ -269,6 +272,8 @@ async function serve(
       url: `127.0.0.1:${port}`,
       port,
       caFile: certs?.ca,
+      certFile: certs?.cert,
+      keyFile: certs?.key,
       certDir,
       storageDir,
       log: () => log,
