@@ -27,11 +27,11 @@ import {
   startOtherOrigin,
   startRegistryProxy,
 } from './helpers/registry-proxy.ts';
+import { OCI_MANIFEST } from '../packages/core/src/registry/registry.ts';
 import { startRegistry, type TestRegistry } from './helpers/registry.ts';
 
 const BRIDGE = `imgrb${process.pid % 100000}`;
 const VM = 'regbadmirror';
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
 /** Requests of `method` whose path matches `path`. */
 const is = (method: string, path: RegExp) => (req: IncomingMessage) =>

@@ -92,15 +92,13 @@ export function rangeOffset(value: string | undefined, expected: number): number
   return end === 0 && expected !== 1 ? 0 : end + 1;
 }
 
-/**
- * Reads a source's bytes in chunks of a given size, each a list of the stream's own buffers (the
- * last one cut), so nothing is copied on the way to the socket.
- */
+/** Bytes of a source as the stream's own buffers (the last one cut), `length` in all. */
 interface Chunk {
   pieces: Buffer[];
   length: number;
 }
 
+/** Reads a source's bytes in chunks, so nothing is copied on the way to the socket. */
 function chunkReader(stream: Readable) {
   const iterator = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let left: Buffer | undefined;
