@@ -1,4 +1,4 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
@@ -78,6 +78,18 @@ describe('commands: init', () => {
     for (const path of ['store.yaml', 'common/functions.sh', 'common/defs.sh', '.gitignore']) {
       await expect(readFile(join(storeDir, path), 'utf8')).resolves.toBeTypeOf('string');
     }
+  });
+
+  it('init --store DIR creates the store there, not in the working directory', async () => {
+    const { dir } = await makeTempDir();
+    const init = await runCli(['--store', 'elsewhere', 'init', '--json'], { cwd: dir });
+    expect(init.exitCode, init.stderr).toBe(0);
+    expect(JSON.parse(init.stdout).storeDir).toBe(join(dir, 'elsewhere'));
+    expect(await readdir(dir)).toEqual(['elsewhere']);
+    const both = await runCli(['--store', 'a', 'init', 'b'], { cwd: dir });
+    expect(both.exitCode).toBe(2);
+    expect(both.stderr).toMatch(/init was given two places: b and --store a/);
+    expect(await readdir(dir)).toEqual(['elsewhere']);
   });
 
   it('init writes a .gitignore that keeps blobs and state out of git', async () => {
