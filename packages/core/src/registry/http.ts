@@ -25,11 +25,27 @@ export interface HttpSettings {
   signal?: AbortSignal;
 }
 
-/** A request body: bytes, or pieces sent one after the other. */
-export type Body = Buffer | readonly Buffer[];
+/**
+ * `length` bytes read while they are sent (an upload's chunk from its file): nothing waits for
+ * the whole of it, and nothing holds it. `read()` starts again for each attempt (a 401 or a
+ * redirect sends the body again).
+ */
+export interface StreamedBody {
+  length: number;
+  read(): AsyncIterable<Buffer>;
+}
+
+/** A request body: bytes, pieces sent one after the other, or bytes read as they are sent. */
+export type Body = Buffer | readonly Buffer[] | StreamedBody;
+
+const isStreamed = (body: Body): body is StreamedBody => 'read' in body;
 
 const bodyLength = (body: Body) =>
-  Buffer.isBuffer(body) ? body.length : body.reduce((n, piece) => n + piece.length, 0);
+  Buffer.isBuffer(body)
+    ? body.length
+    : isStreamed(body)
+      ? body.length
+      : body.reduce((n, piece) => n + piece.length, 0);
 
 export interface Http {
   /** `https://HOST[:PORT]`, or `http://` with `insecureHttp` */
@@ -119,10 +135,20 @@ export function makeHttp(registry: string, settings: HttpSettings): Http {
 /** the most handed to a socket at once: TLS encrypts what it is given before sending any of it */
 const WRITE_SLICE = 1024 * 1024;
 
-/** Sends `body` in slices, each once the socket took the previous one, and ends the request. */
+/**
+ * Sends `body` in slices, each once the socket took the previous one, and ends the request. A
+ * streamed body that fails (its source is short) destroys the request with that error.
+ */
 async function writeBody(req: ClientRequest, body: Body | undefined): Promise<void> {
-  const pieces = body === undefined ? [] : Buffer.isBuffer(body) ? [body] : body;
-  for (const piece of pieces)
+  const pieces =
+    body === undefined
+      ? []
+      : Buffer.isBuffer(body)
+        ? [body]
+        : isStreamed(body)
+          ? body.read()
+          : body;
+  for await (const piece of pieces)
     for (let at = 0; at < piece.length; at += WRITE_SLICE) {
       if (req.destroyed) return;
       if (!req.write(piece.subarray(at, at + WRITE_SLICE)))

@@ -346,6 +346,20 @@ describe('chunked uploads', () => {
     expect(progress.at(-1)).toBe(10_000);
   });
 
+  it('fails, without retrying, when the source ends before its size (a chunk is read as it is sent)', async () => {
+    const data = randomBytes(10_000);
+    const short = { ...source(data), size: 10_100 };
+    const error = await open({ chunkSize: 4096 })
+      .pushBlob('team/app', short)
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ImgctlError);
+    expect((error as ImgctlError).code).toBe('FAILED');
+    expect((error as Error).message).toMatch(/ended at byte 10000 of 10100/);
+    // no status GET: a short source is not a broken connection
+    expect(fake.seen.filter((s) => s.method === 'GET')).toHaveLength(0);
+    expect(fake.blobs.has(short.digest)).toBe(false);
+  });
+
   it('sends every request of an upload over the connections it has (bodies read to their end)', async () => {
     // Empty answers left unread kept their sockets from the pool: the 17th request of an upload
     // waited two minutes for the agent's 16 sockets to time out.

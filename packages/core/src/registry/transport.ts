@@ -10,7 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ErrorCode, ImgctlError } from '../util/errors.ts';
 import { type Authenticator, parseChallenges } from './auth.ts';
-import { drain, header, type Http, readBody } from './http.ts';
+import { type Body, drain, header, type Http, readBody } from './http.ts';
 
 export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -19,8 +19,8 @@ export interface Request {
   /** a path of the registry (`/v2/…`) or a URL it gave (a Location) */
   url: string | URL;
   headers?: Record<string, string>;
-  /** bytes, or pieces sent one after the other (an upload's chunk, not copied into one) */
-  body?: Buffer | readonly Buffer[];
+  /** bytes, pieces sent one after the other, or an upload's chunk read from its file as it is sent */
+  body?: Body;
   /** the token scope the request needs: `repository:NAME:pull` or `…:pull,push` */
   scope: string;
   /** scopes asked for besides, e.g. pull on a mount's source repository */

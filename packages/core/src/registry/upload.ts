@@ -14,9 +14,8 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { ImgctlError } from '../util/errors.ts';
-import { drain } from './http.ts';
+import { drain, type StreamedBody } from './http.ts';
 import { isRetryableError, isRetryableStatus, retryDelay, type Transport } from './transport.ts';
 import type { BlobSource, PushedBlob, RegistryOptions } from './types.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -92,36 +91,31 @@ export function rangeOffset(value: string | undefined, expected: number): number
   return end === 0 && expected !== 1 ? 0 : end + 1;
 }
 
-/** Bytes of a source as the stream's own buffers (the last one cut), `length` in all. */
-interface Chunk {
-  pieces: Buffer[];
-  length: number;
-}
-
-/** Reads a source's bytes in chunks, so nothing is copied on the way to the socket. */
-function chunkReader(stream: Readable) {
-  const iterator = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-  let left: Buffer | undefined;
+/**
+ * `length` bytes of `source` from `start`, read from it while they are sent (the request starts
+ * at once, and no chunk is held whole). A source that ends before is FAILED, not a broken
+ * connection to retry.
+ */
+function chunkBody(source: BlobSource, start: number, length: number): StreamedBody {
   return {
-    /** the next `n` bytes; fewer when the source ends */
-    async read(n: number): Promise<Chunk> {
-      const pieces: Buffer[] = [];
-      let length = 0;
-      while (length < n) {
-        if (left === undefined || left.length === 0) {
-          const next = await iterator.next();
-          if (next.done) break;
-          left = next.value;
+    length,
+    async *read() {
+      const stream = source.open(start);
+      let left = length;
+      try {
+        for await (const piece of stream as AsyncIterable<Buffer>) {
+          const take = piece.length > left ? piece.subarray(0, left) : piece;
+          left -= take.length;
+          yield take;
+          if (left === 0) return;
         }
-        const take = Math.min(n - length, left.length);
-        pieces.push(left.subarray(0, take));
-        left = left.subarray(take);
-        length += take;
+      } finally {
+        stream.destroy();
       }
-      return { pieces, length };
-    },
-    close() {
-      stream.destroy();
+      throw new ImgctlError(
+        'FAILED',
+        `the source of ${source.digest} ended at byte ${start + length - left} of ${source.size}`,
+      );
     },
   };
 }
@@ -299,121 +293,94 @@ async function sendChunks(
   const chunkSize = Math.max(1, options.chunkSize ?? DEFAULT_CHUNK_SIZE);
   const what = `PATCH blob ${short(source.digest)}`;
   let stalled = 0;
-  let reader: ReturnType<typeof chunkReader> | undefined;
-  /** where the reader's next chunk starts (the one `ahead` is reading, if any) */
-  let readerAt = -1;
-  let ahead: Promise<Chunk> | undefined;
   options.onProgress?.(session.offset, source.size);
-  try {
-    while (session.offset < source.size) {
-      if (options.windDown?.aborted)
-        throw new ImgctlError(
-          'FAILED',
-          `interrupted: ${session.offset} of ${source.size} bytes of ${source.digest} are in ${transport.registry}/${repository}`,
-          {
-            hint: options.uploadStateDir
-              ? 'run the same push again: it resumes from there'
-              : undefined,
-          },
-        );
-      if (readerAt !== session.offset) {
-        reader?.close();
-        reader = chunkReader(source.open(session.offset));
-        readerAt = session.offset;
-        ahead = undefined;
-      }
-      const want = Math.min(chunkSize, source.size - session.offset);
-      const chunk = await (ahead ?? reader!.read(want));
-      readerAt += chunk.length;
-      // the next chunk is read while this one is sent; dropped if the upload goes on elsewhere
-      ahead =
-        chunk.length === want && readerAt < source.size
-          ? reader!.read(Math.min(chunkSize, source.size - readerAt))
-          : undefined;
-      ahead?.catch(() => undefined);
-      if (chunk.length < want)
-        throw new ImgctlError(
-          'FAILED',
-          `the source of ${source.digest} ended at byte ${readerAt} of ${source.size}`,
-        );
-      const start = session.offset;
-      const expected = start + chunk.length;
-      let failure: string;
-      let wait = 0;
-      try {
-        const response = await transport.request({
-          method: 'PATCH',
-          url: session.location,
-          headers: {
-            'content-type': 'application/octet-stream',
-            'content-range': `${start}-${expected - 1}`,
-          },
-          body: chunk.pieces,
-          scope: pushScope(repository),
-          what,
-          retry: false,
-          expect: [404, 416, 429, 500, 502, 503, 504],
-        });
-        drain(response.res);
-        const next = response.header('location');
-        if (next) session.location = transport.resolve(next, session.location, what);
-        if (response.status === 404)
-          throw new SessionLost(`${what}: the registry no longer knows the session`);
-        if (response.status === 202) {
-          counter.sent += chunk.length;
-          await ctx.sessions.set(repository, source.digest, session.location);
-          const held = rangeOffset(response.header('range'), expected) ?? expected;
-          if (held === expected) {
-            session.offset = expected;
-            stalled = 0;
-            options.onProgress?.(session.offset, source.size);
-            continue;
-          }
-          if (held > expected) {
-            await cancel(ctx, repository, session.location);
-            throw new SessionLost(
-              `after bytes ${start}-${expected - 1} the registry holds ${held} bytes, more than were sent: a chunk was stored twice`,
-            );
-          }
-          transport.log(
-            `${what}: the registry holds ${held} bytes after bytes ${start}-${expected - 1}; going on from ${held}`,
-          );
-          session.offset = held;
+  while (session.offset < source.size) {
+    if (options.windDown?.aborted)
+      throw new ImgctlError(
+        'FAILED',
+        `interrupted: ${session.offset} of ${source.size} bytes of ${source.digest} are in ${transport.registry}/${repository}`,
+        {
+          hint: options.uploadStateDir
+            ? 'run the same push again: it resumes from there'
+            : undefined,
+        },
+      );
+    const start = session.offset;
+    const length = Math.min(chunkSize, source.size - start);
+    const expected = start + length;
+    let failure: string;
+    let wait = 0;
+    try {
+      const response = await transport.request({
+        method: 'PATCH',
+        url: session.location,
+        headers: {
+          'content-type': 'application/octet-stream',
+          'content-range': `${start}-${expected - 1}`,
+        },
+        body: chunkBody(source, start, length),
+        scope: pushScope(repository),
+        what,
+        retry: false,
+        expect: [404, 416, 429, 500, 502, 503, 504],
+      });
+      drain(response.res);
+      const next = response.header('location');
+      if (next) session.location = transport.resolve(next, session.location, what);
+      if (response.status === 404)
+        throw new SessionLost(`${what}: the registry no longer knows the session`);
+      if (response.status === 202) {
+        counter.sent += length;
+        await ctx.sessions.set(repository, source.digest, session.location);
+        const held = rangeOffset(response.header('range'), expected) ?? expected;
+        if (held === expected) {
+          session.offset = expected;
+          stalled = 0;
+          options.onProgress?.(session.offset, source.size);
           continue;
         }
-        failure = String(response.status);
-        if (isRetryableStatus(response.status))
-          wait = retryDelay(stalled, response.header('retry-after'));
-      } catch (error) {
-        if (error instanceof SessionLost || !isRetryableError(error, transport.signal)) throw error;
-        failure = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-        wait = retryDelay(stalled, undefined);
-      }
-      // Where does the upload stand? Go on from there.
-      if (++stalled > MAX_STALLED_RECOVERIES)
-        throw new ImgctlError(
-          'FAILED',
-          `${what} to ${transport.registry}/${repository}: ${failure}, ${stalled} times at byte ${start}`,
-          { hint: 'run the push again: it resumes from what the registry holds' },
+        if (held > expected) {
+          await cancel(ctx, repository, session.location);
+          throw new SessionLost(
+            `after bytes ${start}-${expected - 1} the registry holds ${held} bytes, more than were sent: a chunk was stored twice`,
+          );
+        }
+        transport.log(
+          `${what}: the registry holds ${held} bytes after bytes ${start}-${expected - 1}; going on from ${held}`,
         );
-      transport.log(
-        `${what} bytes ${start}-${expected - 1}: ${failure}; asking the registry where the upload stands${wait ? ` in ${wait / 1000} s` : ''}`,
-      );
-      if (wait) await sleep(wait, undefined, { signal: transport.signal });
-      const status = await uploadStatus(
-        ctx,
-        repository,
-        session.location,
-        `status of upload ${short(source.digest)}`,
-      );
-      session.location = status.location;
-      await ctx.sessions.set(repository, source.digest, session.location);
-      if (status.offset > start) stalled = 0;
-      session.offset = status.offset;
-      options.onProgress?.(session.offset, source.size);
+        session.offset = held;
+        continue;
+      }
+      failure = String(response.status);
+      if (isRetryableStatus(response.status))
+        wait = retryDelay(stalled, response.header('retry-after'));
+    } catch (error) {
+      if (error instanceof SessionLost || !isRetryableError(error, transport.signal)) throw error;
+      failure = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      wait = retryDelay(stalled, undefined);
     }
-  } finally {
-    reader?.close();
+    // Where does the upload stand? Go on from there.
+    if (++stalled > MAX_STALLED_RECOVERIES)
+      throw new ImgctlError(
+        'FAILED',
+        `${what} to ${transport.registry}/${repository}: ${failure}, ${stalled} times at byte ${start}`,
+        { hint: 'run the push again: it resumes from what the registry holds' },
+      );
+    transport.log(
+      `${what} bytes ${start}-${expected - 1}: ${failure}; asking the registry where the upload stands${wait ? ` in ${wait / 1000} s` : ''}`,
+    );
+    if (wait) await sleep(wait, undefined, { signal: transport.signal });
+    const status = await uploadStatus(
+      ctx,
+      repository,
+      session.location,
+      `status of upload ${short(source.digest)}`,
+    );
+    session.location = status.location;
+    await ctx.sessions.set(repository, source.digest, session.location);
+    if (status.offset > start) stalled = 0;
+    session.offset = status.offset;
+    options.onProgress?.(session.offset, source.size);
   }
 }
 
