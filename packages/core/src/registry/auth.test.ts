@@ -236,6 +236,47 @@ describe('challenges, against a local registry and token service', () => {
     ]);
   });
 
+  it('takes a token that gives no lifetime to last 60 s, as the token spec says', async () => {
+    let issued = 0;
+    const tokens = await serve((_req, res) => {
+      res
+        .writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ token: `t${++issued}` }));
+    });
+    const registry = await serve((req, res) => {
+      if (!req.headers.authorization) {
+        res.writeHead(401, {
+          'www-authenticate': `Bearer realm="http://${tokens.host}/token",service="fake",scope="repository:team/app:pull"`,
+        });
+        return void res.end();
+      }
+      res.writeHead(404).end();
+    });
+    servers.push(tokens, registry);
+    const client = openRegistry(parseOciReference(`oci://${registry.host}/team/app`), {
+      authFile: await authFile({ auths: { [registry.host]: { auth: b64('u:pw') } } }),
+      insecureHttp: true,
+    });
+    const digest = `sha256:${'4'.repeat(64)}`;
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      await client.hasBlob('team/app', digest);
+      vi.setSystemTime(Date.now() + 45_000);
+      await client.hasBlob('team/app', digest);
+      vi.setSystemTime(Date.now() + 10_000);
+      await client.hasBlob('team/app', digest);
+    } finally {
+      vi.useRealTimers();
+    }
+    // renewed 10 s before the 60 s are over, not used for ever
+    expect(registry.seen.map((s) => s.authorization)).toEqual([
+      undefined,
+      'Bearer t1',
+      'Bearer t1',
+      'Bearer t2',
+    ]);
+  });
+
   it('says which access the token lacks when the registry answers insufficient_scope', async () => {
     let issued = 0;
     const tokens = await serve((_req, res) => {

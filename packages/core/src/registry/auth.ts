@@ -188,6 +188,8 @@ const TOKEN_LIMIT = 1024 * 1024;
  * short (else a token service giving tokens of a few seconds would be asked before every request)
  */
 const TOKEN_MARGIN_MS = 10_000;
+/** the lifetime of a token whose answer gives none (distribution's token spec: 60 seconds) */
+const DEFAULT_TOKEN_LIFETIME_S = 60;
 
 /** The credentials (looked up once) and tokens of one Registry. */
 export function makeAuthenticator(
@@ -265,7 +267,11 @@ export function makeAuthenticator(
     const value = parsed.token ?? parsed.access_token;
     if (typeof value !== 'string' || value === '')
       throw new ImgctlError('FAILED', `the token service of ${registry} sent no token`);
-    const lifetime = typeof parsed.expires_in === 'number' ? parsed.expires_in * 1000 : Infinity;
+    const seconds =
+      typeof parsed.expires_in === 'number' && parsed.expires_in > 0
+        ? parsed.expires_in
+        : DEFAULT_TOKEN_LIFETIME_S;
+    const lifetime = seconds * 1000;
     const margin = Math.min(TOKEN_MARGIN_MS, lifetime / 2);
     return { value, expires: Date.now() + lifetime - margin, challenge, scopes };
   };
