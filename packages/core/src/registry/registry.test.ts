@@ -396,6 +396,23 @@ describe('chunked uploads', () => {
     expect(fake.seen.filter((s) => s.method === 'POST')).toHaveLength(2);
   });
 
+  it('stops at once on Ctrl-C (windDown) while it waits to retry a PATCH, at the offset the registry gives', async () => {
+    const data = randomBytes(10_000);
+    const windDown = new AbortController();
+    let n = 0;
+    fake.before = (req, res) => {
+      if (req.method !== 'PATCH' || ++n !== 2) return false;
+      res.writeHead(503, { 'retry-after': '30' }).end();
+      setTimeout(() => windDown.abort(), 50);
+      return true;
+    };
+    const started = Date.now();
+    await expect(
+      open({ chunkSize: 4096, windDown: windDown.signal }).pushBlob('team/app', source(data)),
+    ).rejects.toThrow(/interrupted: 4096 of 10000 bytes/);
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
   it('after a 416 or a broken PATCH, asks for the upload status and resumes from its Range', async () => {
     const data = randomBytes(10_000);
     let n = 0;

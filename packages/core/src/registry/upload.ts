@@ -369,7 +369,7 @@ async function sendChunks(
     transport.log(
       `${what} bytes ${start}-${expected - 1}: ${failure}; asking the registry where the upload stands${wait ? ` in ${wait / 1000} s` : ''}`,
     );
-    if (wait) await sleep(wait, undefined, { signal: transport.signal });
+    if (wait) await backOff(wait, transport.signal, options.windDown);
     const status = await uploadStatus(
       ctx,
       repository,
@@ -381,6 +381,23 @@ async function sendChunks(
     if (status.offset > start) stalled = 0;
     session.offset = status.offset;
     options.onProgress?.(session.offset, source.size);
+  }
+}
+
+/**
+ * Waits `wait` ms before asking where an upload stands; Ctrl-C (`windDown`) cuts the wait short,
+ * so the push stops at once at the offset the registry then gives.
+ */
+async function backOff(
+  wait: number,
+  signal: AbortSignal | undefined,
+  windDown: AbortSignal | undefined,
+): Promise<void> {
+  const either = [signal, windDown].filter((s) => s !== undefined);
+  try {
+    await sleep(wait, undefined, { signal: AbortSignal.any(either) });
+  } catch (error) {
+    if (signal?.aborted || !windDown?.aborted) throw error;
   }
 }
 
