@@ -245,6 +245,17 @@ describe('mirroredDownloader', () => {
       );
       expect(written).toEqual(['server']);
 
+      // a later segment missing: found before anything is written, the server writes the disk
+      written.length = 0;
+      const lacking = all();
+      lacking.delete(segments[2]!.digest);
+      const said: string[] = [];
+      await mirroredDownloader(plan(), streaming, segmented(lacking), (l) =>
+        said.push(l),
+      ).streamBlob(hex, sink);
+      expect(written).toEqual(['server']);
+      expect(said.at(-1)).toMatch(/segment 3\/3 \(sha256:\w+\) of disk sha256:\w+ is not there/);
+
       written.length = 0;
       const other = buildDiskIndex({
         sha256: 'cd'.repeat(32),

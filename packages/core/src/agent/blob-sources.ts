@@ -116,7 +116,12 @@ export function mirroredDownloader<T extends BlobServer>(
               async (registry, repository) => {
                 const parts = (await registry.hasBlob(repository, `sha256:${hex}`))
                   ? [{ digest: `sha256:${hex}` }]
-                  : await diskIndex(registry, repository, hex, log);
+                  : await allThere(
+                      registry,
+                      repository,
+                      hex,
+                      await diskIndex(registry, repository, hex, log),
+                    );
                 return streamFrom(registry, repository, hex, parts, sink, options);
               },
               () => server.streamBlob!(hex, sink, options),
@@ -186,6 +191,26 @@ async function downloadParts(
 
 const OTHER_BYTES_HINT =
   'that registry serves other bytes under this digest: take it out of blob_mirrors and --blob-mirror';
+
+/**
+ * The segments of a disk to be streamed onto a target, once the registry has every one (HEAD):
+ * a missing one is NOT_FOUND before the first byte is written, so the next source writes the
+ * disk instead of the stream failing for good half-way.
+ */
+async function allThere(
+  registry: Registry,
+  repository: string,
+  hex: string,
+  parts: DiskPart[],
+): Promise<DiskPart[]> {
+  for (const [i, part] of parts.entries())
+    if (!(await registry.hasBlob(repository, part.digest)))
+      throw new ImgctlError(
+        'NOT_FOUND',
+        `${repository}: segment ${i + 1}/${parts.length} (${part.digest.slice(0, 19)}) of disk sha256:${short(hex)} is not there`,
+      );
+  return parts;
+}
 
 /** Failures after a stream wrote bytes: no other source may write over them (streamFrom). */
 const final = new WeakSet<Error>();
