@@ -16,6 +16,12 @@ import { ImgctlError } from '../util/errors.ts';
 
 /** A connection that sends or receives nothing for this long fails (it is retried above). */
 export const STALL_MS = 120_000;
+/**
+ * A new connection not made (TCP, and TLS's handshake) in this long fails (it is retried
+ * above): a registry behind a firewall that drops packets, or a port that never speaks TLS,
+ * is given up in seconds, not after the stall timeout — an agent then tries its next source.
+ */
+export const CONNECT_MS = 30_000;
 /** The certificates of the system, as Debian and most distributions keep them. */
 const SYSTEM_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
 
@@ -23,6 +29,8 @@ export interface HttpSettings {
   caFile?: string;
   insecureHttp?: boolean;
   signal?: AbortSignal;
+  /** default CONNECT_MS */
+  connectTimeoutMs?: number;
 }
 
 /**
@@ -119,6 +127,16 @@ export function makeHttp(registry: string, settings: HttpSettings): Http {
           timeout: STALL_MS,
         });
         req.on('timeout', () => req.destroy(new Error(`no data for ${STALL_MS / 1000} s`)));
+        req.on('socket', (socket) => {
+          if (req.reusedSocket) return;
+          const connectMs = settings.connectTimeoutMs ?? CONNECT_MS;
+          const timer = setTimeout(() => {
+            const error = new Error(`no connection in ${connectMs / 1000} s`);
+            req.destroy(Object.assign(error, { code: 'ETIMEDOUT' }));
+          }, connectMs);
+          socket.once(secure ? 'secureConnect' : 'connect', () => clearTimeout(timer));
+          socket.once('close', () => clearTimeout(timer));
+        });
         req.on('error', reject);
         req.on('response', (res) => {
           res.setTimeout(STALL_MS, () =>

@@ -6,7 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -259,6 +259,29 @@ describe('retries', () => {
     expect(error.code).toBe('FAILED');
     expect(error.message).toMatch(new RegExp(`${fake.host} answered 503`));
     expect(fake.seen).toHaveLength(4);
+  });
+
+  it('gives up a connection whose TLS handshake never comes after the connect timeout, retried', async () => {
+    // a port that takes connections and never answers: the client's hello goes unanswered
+    const silent = createNetServer(() => undefined);
+    let accepted = 0;
+    silent.on('connection', () => (accepted += 1));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const host = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    try {
+      const started = Date.now();
+      const registry = openRegistry(parseOciReference(`oci://${host}/team/app`), {
+        connectTimeoutMs: 100,
+        log: (line) => lines.push(line),
+      });
+      const error = await caught(registry.hasBlob('team/app', sha256(Buffer.from('x'))));
+      expect(error.code).toBe('FAILED');
+      expect(error.message).toMatch(/cannot reach https:\/\/127\.0\.0\.1:\d+ \(ETIMEDOUT\)/);
+      expect(accepted).toBe(4);
+      expect(Date.now() - started).toBeLessThan(10_000);
+    } finally {
+      silent.close();
+    }
   });
 });
 

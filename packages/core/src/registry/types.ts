@@ -37,6 +37,8 @@ export interface RegistryOptions {
   caFile?: string;
   /** plain http:// — only when asked (`--insecure-http`) */
   insecureHttp?: boolean;
+  /** how long a new connection (TCP and TLS) may take (default 30 s) */
+  connectTimeoutMs?: number;
   /** upload chunk size in bytes (default 64 MiB) */
   chunkSize?: number;
   /**
