@@ -3,8 +3,9 @@
  * docs/distribution.md): a runnable OCI image of one uncompressed tar layer holding `/disk/`
  * and the disk file in it, owned by 107:107 (the qemu user of KubeVirt's launcher) with mode
  * 0440, as KubeVirt's containerDisk expects. The layer's bytes are the tar stream, so its digest
- * is not the disk's sha256: it is computed here by reading the disk once; the layer's source
- * then streams the same bytes again from any offset (an upload resumes). Everything else is
+ * is not the disk's sha256: it is computed here by reading the disk once (unless the caller
+ * knows it); the layer's source then streams the same bytes again from any offset (an upload
+ * resumes). Everything else is
  * fixed — owner, mode, a zero mtime — so the same disk always gives the same digests.
  */
 import { createHash } from 'node:crypto';
@@ -35,6 +36,11 @@ export interface ContainerDiskInput {
   annotations?: Record<string, string>;
   /** bytes of the disk read so far while hashing */
   onBytes?: (done: number, total: number) => void;
+  /**
+   * the layer's digest when it is known (the registry has that layer): the disk is not read,
+   * and `diskSha256` is undefined
+   */
+  layerDigest?: string;
 }
 
 export interface ContainerDisk {
@@ -42,8 +48,8 @@ export interface ContainerDisk {
   layer: BlobSource & { mediaType: string };
   config: { mediaType: string; bytes: Buffer; digest: string };
   manifest: { mediaType: string; bytes: Buffer; digest: string };
-  /** the disk file's sha256 (hex), hashed on the same read as the layer */
-  diskSha256: string;
+  /** the disk file's sha256 (hex), hashed on the same read as the layer; none when not read */
+  diskSha256?: string;
 }
 
 /** The pieces of the tar stream, in order: fixed buffers, and the disk file's bytes. */
@@ -83,24 +89,8 @@ export async function containerDisk(input: ContainerDiskInput): Promise<Containe
     { bytes: Buffer.alloc(((512 - (size % 512)) % 512) + 1024) },
   ];
   const total = pieces.reduce((n, p) => n + ('bytes' in p ? p.bytes.length : p.size), 0);
-  const layerHash = createHash('sha256');
-  const diskHash = createHash('sha256');
-  let done = 0;
-  for (const piece of pieces) {
-    if ('bytes' in piece) {
-      layerHash.update(piece.bytes);
-      continue;
-    }
-    for await (const chunk of createReadStream(piece.file, { highWaterMark: READ_CHUNK })) {
-      layerHash.update(chunk as Buffer);
-      diskHash.update(chunk as Buffer);
-      done += (chunk as Buffer).length;
-      input.onBytes?.(done, size);
-    }
-  }
-  if (done !== size)
-    throw new ImgctlError('FAILED', `${file} changed size while it was read (${size} → ${done})`);
-  const layerDigest = `sha256:${layerHash.digest('hex')}`;
+  const hashed = input.layerDigest === undefined ? await hashLayer(pieces, input) : undefined;
+  const layerDigest = input.layerDigest ?? hashed!.layer;
   const annotations = input.annotations ?? {};
   const labelled = Object.keys(annotations).length > 0;
 
@@ -132,8 +122,36 @@ export async function containerDisk(input: ContainerDiskInput): Promise<Containe
     },
     config,
     manifest: { mediaType: OCI_MANIFEST, bytes: manifestBytes, digest: digestOf(manifestBytes) },
-    diskSha256: diskHash.digest('hex'),
+    ...(hashed ? { diskSha256: hashed.disk } : {}),
   };
+}
+
+/** The layer's digest and the disk's sha256 (hex), on one read of the disk. */
+async function hashLayer(
+  pieces: Piece[],
+  input: ContainerDiskInput,
+): Promise<{ layer: string; disk: string }> {
+  const layerHash = createHash('sha256');
+  const diskHash = createHash('sha256');
+  for (const piece of pieces) {
+    if ('bytes' in piece) {
+      layerHash.update(piece.bytes);
+      continue;
+    }
+    let done = 0;
+    for await (const chunk of createReadStream(piece.file, { highWaterMark: READ_CHUNK })) {
+      layerHash.update(chunk as Buffer);
+      diskHash.update(chunk as Buffer);
+      done += (chunk as Buffer).length;
+      input.onBytes?.(done, piece.size);
+    }
+    if (done !== piece.size)
+      throw new ImgctlError(
+        'FAILED',
+        `${piece.file} changed size while it was read (${piece.size} → ${done})`,
+      );
+  }
+  return { layer: `sha256:${layerHash.digest('hex')}`, disk: diskHash.digest('hex') };
 }
 
 /** The tar stream from `offset`. */

@@ -5,8 +5,12 @@
  * from a containerDisk, so the boot disk alone is pushed and the others are reported as left
  * out; the disk stays in its stored format, which must be one KubeVirt reads (raw or qcow2).
  */
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
+import { storePaths } from '../store/store.ts';
 import type { ImageDoc } from '../store/types.ts';
+import { isObject } from '../validate/values.ts';
 import { ANNOTATION, bufferSource } from './oci-artifact.ts';
 import { containerDisk, ociArchitecture } from './oci-containerdisk.ts';
 import {
@@ -24,6 +28,8 @@ import {
 const KUBEVIRT_FORMATS: ReadonlySet<string> = new Set(['raw', 'qcow2']);
 /** the disk's own sha256 (the layer's digest is the tar's) */
 const DISK_SHA256 = 'dev.imgctl.disk.sha256';
+/** how the layer is made (oci-containerdisk.ts): cached digests of another are not used */
+const LAYER_FORMAT = 1;
 
 export type ContainerDiskPushOptions = PushSessionOptions;
 
@@ -51,7 +57,8 @@ export interface ContainerDiskPushResult extends PushedManifest {
  * containerDisk; the tag defaults to the revision. Refused before anything is sent: an image
  * without a system disk or an architecture KubeVirt knows (VALIDATION), a boot disk without
  * content in the store (NOT_FOUND) or in another format than raw or qcow2 (VALIDATION), a disk
- * whose blob no longer hashes to its sha256 (INTEGRITY).
+ * whose blob no longer hashes to its sha256 (INTEGRITY; the disk is not read at all when the
+ * registry has the layer an earlier push made of it).
  */
 export async function pushContainerDisk(
   storeDir: string,
@@ -76,6 +83,14 @@ export async function pushContainerDisk(
     );
   const architecture = imageArchitecture(image, refText);
   const name = `${disk.id}.${disk.format}`;
+  const session = await openPushSession(storeDir, ref, options);
+  const layers = layerCache(storeDir, disk.sha256);
+  // a layer made of this disk before and in the registry already: the disk need not be read
+  const known = await layers.get(name);
+  const present =
+    known !== undefined && (await session.registry.hasBlob(ref.repository, known))
+      ? known
+      : undefined;
   const built = await containerDisk({
     file: disk.file,
     name,
@@ -86,11 +101,14 @@ export async function pushContainerDisk(
       stopIfWoundDown(options, `hashing disk ${disk.id}`);
       options.onProgress?.({ step: `hashing disk ${disk.id}`, done, total });
     },
+    layerDigest: present,
   });
-  if (built.diskSha256 !== disk.sha256) throw damagedBlob(disk, built.diskSha256);
+  if (built.diskSha256 !== undefined) {
+    if (built.diskSha256 !== disk.sha256) throw damagedBlob(disk, built.diskSha256);
+    await layers.set(name, built.layer.digest);
+  }
 
   const tag = ref.tag ?? String(content.input.revision);
-  const session = await openPushSession(storeDir, ref, options);
   await session.push(`layer /disk/${name}`, built.layer);
   await session.push('config', bufferSource(built.config.bytes, built.config.digest));
   await session.putManifest(tag, built.manifest);
@@ -105,6 +123,42 @@ export async function pushContainerDisk(
       layer: built.layer.digest,
       architecture,
       leftOut: image.disks.filter((d) => d.id !== disk.id).map((d) => ({ id: d.id, use: d.use })),
+    },
+  };
+}
+
+/**
+ * The digests of the containerDisk layers made of the disk `hex` (`.state/containerdisk-layers/
+ * HEX.json`, by file name in the layer), so that a push whose registry has that layer does not
+ * read the disk again. `LAYER_FORMAT` names how the layer is made: another makes other digests.
+ */
+function layerCache(storeDir: string, hex: string) {
+  const file = join(storePaths.stateDir(storeDir), 'containerdisk-layers', `${hex}.json`);
+  const read = async (): Promise<Record<string, string>> => {
+    try {
+      const saved = JSON.parse(await readFile(file, 'utf8')) as {
+        format?: unknown;
+        layers?: Record<string, unknown>;
+      };
+      if (saved.format !== LAYER_FORMAT || !isObject(saved.layers)) return {};
+      return Object.fromEntries(
+        Object.entries(saved.layers).filter(
+          (entry): entry is [string, string] =>
+            typeof entry[1] === 'string' && /^sha256:[0-9a-f]{64}$/.test(entry[1]),
+        ),
+      );
+    } catch {
+      return {};
+    }
+  };
+  return {
+    get: async (name: string): Promise<string | undefined> => (await read())[name],
+    async set(name: string, digest: string): Promise<void> {
+      const layers = { ...(await read()), [name]: digest };
+      await mkdir(dirname(file), { recursive: true });
+      const tmp = `${file}.${process.pid}.tmp`;
+      await writeFile(tmp, `${JSON.stringify({ format: LAYER_FORMAT, layers })}\n`);
+      await rename(tmp, file);
     },
   };
 }

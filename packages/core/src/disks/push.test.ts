@@ -427,9 +427,21 @@ describe('pushContainerDisk', () => {
       rootfs: { diff_ids: [first.containerDisk.layer] },
     });
 
-    const again = await pushContainerDisk(store, 'web', TARGET, { openRegistry: fake.open });
+    // the registry has the layer this disk made: the disk is not read again
+    const steps: string[] = [];
+    const onProgress = (p: { step: string }) => steps.push(p.step);
+    const again = await pushContainerDisk(store, 'web', TARGET, {
+      openRegistry: fake.open,
+      onProgress,
+    });
     expect(again.digest).toBe(first.digest);
     expect(again.sentBytes).toBe(0);
+    expect(steps.filter((s) => s.startsWith('hashing'))).toEqual([]);
+    // a registry without it: read (and checked) again
+    const other = fakeRegistry();
+    await pushContainerDisk(store, 'web', TARGET, { openRegistry: other.open, onProgress });
+    expect(steps.filter((s) => s.startsWith('hashing')).length).toBeGreaterThan(0);
+    expect(other.blobs.has(first.containerDisk.layer)).toBe(true);
   });
 
   it('refuses a damaged disk, and a format KubeVirt does not boot, before sending anything', async () => {
