@@ -142,6 +142,9 @@ export function makeHttp(registry: string, settings: HttpSettings): Http {
           res.setTimeout(STALL_MS, () =>
             res.destroy(new Error(`no data for ${STALL_MS / 1000} s`)),
           );
+          // answered before the body was sent (a 401, a 413): the rest of it is of no use, and
+          // a server that stops reading would hold the body's file and this socket for ever
+          if (body !== undefined && !req.writableFinished) res.once('end', () => req.destroy());
           resolve(res);
         });
         void writeBody(req, body).catch((error: Error) => req.destroy(error));

@@ -383,6 +383,24 @@ describe('chunked uploads', () => {
     expect(fake.blobs.has(short.digest)).toBe(false);
   });
 
+  it('fails, without retrying, when the source cannot be read (a local failure, not the registry)', async () => {
+    const data = randomBytes(10_000);
+    const failing: BlobSource = {
+      ...source(data),
+      open: () =>
+        Readable.from(
+          (async function* () {
+            yield data.subarray(0, 1000);
+            throw Object.assign(new Error('i/o error'), { code: 'EIO' });
+          })(),
+        ),
+    };
+    const error = await caught(open({ chunkSize: 4096 }).pushBlob('team/app', failing));
+    expect(error.code).toBe('FAILED');
+    expect(error.message).toMatch(/reading the source of sha256:\w+ at byte 1000: EIO/);
+    expect(fake.seen.filter((s) => s.method === 'GET')).toHaveLength(0);
+  });
+
   it('sends every request of an upload over the connections it has (bodies read to their end)', async () => {
     // Empty answers left unread kept their sockets from the pool: the 17th request of an upload
     // waited two minutes for the agent's 16 sockets to time out.

@@ -93,8 +93,8 @@ export function rangeOffset(value: string | undefined, expected: number): number
 
 /**
  * `length` bytes of `source` from `start`, read from it while they are sent (the request starts
- * at once, and no chunk is held whole). A source that ends before is FAILED, not a broken
- * connection to retry.
+ * at once, and no chunk is held whole). A source that fails (EIO, a file gone) or ends before
+ * is FAILED — a local failure, not a broken connection to retry.
  */
 function chunkBody(source: BlobSource, start: number, length: number): StreamedBody {
   return {
@@ -109,6 +109,13 @@ function chunkBody(source: BlobSource, start: number, length: number): StreamedB
           yield take;
           if (left === 0) return;
         }
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+        throw new ImgctlError(
+          'FAILED',
+          `reading the source of ${source.digest} at byte ${start + length - left}: ${code}`,
+          { cause: error },
+        );
       } finally {
         stream.destroy();
       }
