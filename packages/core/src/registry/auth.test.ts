@@ -254,6 +254,40 @@ describe('challenges, against a local registry and token service', () => {
     ]);
   });
 
+  it('asks the token service again after a 503 or a dropped connection, saying so', async () => {
+    let asked = 0;
+    const tokens = await serve((req, res) => {
+      asked += 1;
+      if (asked === 1) return void res.writeHead(503, { 'retry-after': '0' }).end();
+      if (asked === 2) return void req.socket.destroy();
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"token":"t1"}');
+    });
+    const registry = await serve((req, res) => {
+      if (req.headers.authorization === 'Bearer t1') return void res.writeHead(404).end();
+      res.writeHead(401, {
+        'www-authenticate': `Bearer realm="http://${tokens.host}/token",service="fake"`,
+      });
+      res.end();
+    });
+    servers.push(tokens, registry);
+    const lines: string[] = [];
+    const client = openRegistry(parseOciReference(`oci://${registry.host}/team/app`), {
+      authFile: await authFile({ auths: { [registry.host]: { auth: b64('u:pw') } } }),
+      insecureHttp: true,
+      log: (line) => lines.push(line),
+    });
+    expect(await client.hasBlob('team/app', `sha256:${'5'.repeat(64)}`)).toBe(false);
+    expect(asked).toBe(3);
+    expect(lines).toEqual([
+      expect.stringMatching(
+        /^retrying the token request to http:\/\/127\.0\.0\.1:\d+: 503, in 0 s$/,
+      ),
+      expect.stringMatching(
+        /^retrying the token request to http:\/\/127\.0\.0\.1:\d+: \w+, in 1 s$/,
+      ),
+    ]);
+  });
+
   it('says which access the token lacks when the registry answers insufficient_scope', async () => {
     let issued = 0;
     const tokens = await serve((_req, res) => {

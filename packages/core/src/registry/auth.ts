@@ -13,10 +13,19 @@
  * there are credentials), cached per scope until it expires or a 401 says it is no longer good.
  */
 import { access, readFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
-import { type Http, readBody } from './http.ts';
+import { drain, header, type Http, readBody } from './http.ts';
+import {
+  errorCode,
+  isRetryableError,
+  isRetryableStatus,
+  RETRIES,
+  retryDelay,
+  waitToRetry,
+} from './retry.ts';
 
 export interface Credentials {
   username: string;
@@ -196,7 +205,7 @@ export function makeAuthenticator(
   http: Http,
   registry: string,
   lookup: () => Promise<CredentialLookup>,
-  settings: { insecureHttp?: boolean; log?: (line: string) => void },
+  settings: { insecureHttp?: boolean; log?: (line: string) => void; signal?: AbortSignal },
 ): Authenticator {
   let found: Promise<CredentialLookup> | undefined;
   const credentials = () =>
@@ -221,6 +230,30 @@ export function makeAuthenticator(
     });
   };
 
+  /**
+   * GET a token: 429, 5xx and broken connections tried again, as requests to the registry are
+   * (a long push asks for one every minute or so, and one failed answer would end it).
+   */
+  const askTokenService = async (url: URL, headers: Record<string, string>) => {
+    for (let attempt = 0; ; attempt++) {
+      let res: IncomingMessage;
+      try {
+        res = await http.send('GET', url, headers);
+      } catch (error) {
+        if (attempt >= RETRIES || !isRetryableError(error, settings.signal)) throw error;
+        const why = `the token request to ${url.origin}: ${errorCode(error)}`;
+        await waitToRetry(retryDelay(attempt, undefined), why, settings.log, settings.signal);
+        continue;
+      }
+      const status = res.statusCode ?? 0;
+      if (attempt >= RETRIES || !isRetryableStatus(status)) return res;
+      drain(res);
+      const wait = retryDelay(attempt, header(res, 'retry-after'));
+      const why = `the token request to ${url.origin}: ${status}`;
+      await waitToRetry(wait, why, settings.log, settings.signal);
+    }
+  };
+
   const fetchToken = async (challenge: Challenge, scopes: string[]): Promise<Token> => {
     const realm = challenge.params.realm;
     let url: URL;
@@ -238,7 +271,7 @@ export function makeAuthenticator(
       );
     if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
     for (const scope of scopes) url.searchParams.append('scope', scope);
-    const res = await http.send('GET', url, {
+    const res = await askTokenService(url, {
       accept: 'application/json',
       ...(c ? { authorization: basicHeader(c) } : {}),
     });

@@ -11,7 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ImgctlError } from '../util/errors.ts';
 import { hashFile } from '../util/hash-file.ts';
 import { drain } from './http.ts';
-import { isRetryableError, retryDelay, type Response, type Transport } from './transport.ts';
+import { isRetryableError, retryDelay } from './retry.ts';
+import type { Response, Transport } from './transport.ts';
 import type { RegistryOptions } from './types.ts';
 
 /** broken transfers in a row (no byte gained) before a pull gives up */

@@ -7,10 +7,18 @@
  * turned into ImgctlErrors.
  */
 import type { IncomingMessage } from 'node:http';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { type ErrorCode, ImgctlError } from '../util/errors.ts';
 import { type Authenticator, parseChallenges } from './auth.ts';
 import { type Body, drain, header, type Http, readBody } from './http.ts';
+import {
+  isRetryableError,
+  isRetryableStatus,
+  RETRIES,
+  retryDelay,
+  TLS_ERROR,
+  waitToRetry,
+  errorCode,
+} from './retry.ts';
 
 export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -60,33 +68,9 @@ export interface Transport {
   signal?: AbortSignal;
 }
 
-const RETRIES = 3;
-const BACKOFF_MS = 500;
-const MAX_RETRY_AFTER_S = 30;
 const MAX_REDIRECTS = 5;
 const ERROR_BODY_LIMIT = 64 * 1024;
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
-/** errors of the certificate check: another attempt gives the same answer */
-const TLS_ERROR = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL/;
-
-export function isRetryableStatus(status: number): boolean {
-  return status === 429 || status >= 500;
-}
-
-/** A connection failure another attempt may fix (not an abort, not a certificate problem). */
-export function isRetryableError(error: unknown, signal: AbortSignal | undefined): boolean {
-  if (signal?.aborted || error instanceof ImgctlError) return false;
-  const code = (error as NodeJS.ErrnoException)?.code ?? '';
-  return !TLS_ERROR.test(code);
-}
-
-/** The wait before retry `attempt` (0-based): the registry's Retry-After, else doubling. */
-export function retryDelay(attempt: number, retryAfter: string | undefined): number {
-  const seconds = Number(retryAfter);
-  if (retryAfter !== undefined && Number.isFinite(seconds) && seconds >= 0)
-    return Math.min(seconds, MAX_RETRY_AFTER_S) * 1000;
-  return BACKOFF_MS * 2 ** attempt;
-}
 
 /** The error a failed connection becomes once its retries are spent. */
 export function connectionError(what: string, origin: string, error: unknown): ImgctlError {
@@ -193,12 +177,13 @@ export function makeTransport(
           throw req.retry === false ? error : connectionError(req.what, origin, error);
         }
         if (attempt >= RETRIES) throw connectionError(req.what, origin, error);
-        const wait = retryDelay(attempt, undefined);
-        log(
-          `retrying ${req.what}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}, in ${wait / 1000} s`,
+        await waitToRetry(
+          retryDelay(attempt, undefined),
+          `${req.what}: ${errorCode(error)}`,
+          options.log,
+          options.signal,
         );
         attempt += 1;
-        await sleep(wait, undefined, { signal: options.signal });
         continue;
       }
       const status = res.statusCode ?? 0;
@@ -256,11 +241,14 @@ export function makeTransport(
       }
       if (isRetryableStatus(status) && req.retry !== false) {
         if (attempt >= RETRIES) return fail(req, response);
-        const wait = retryDelay(attempt, header(res, 'retry-after'));
         drain(res);
-        log(`retrying ${req.what}: ${status}, in ${wait / 1000} s`);
+        await waitToRetry(
+          retryDelay(attempt, header(res, 'retry-after')),
+          `${req.what}: ${status}`,
+          options.log,
+          options.signal,
+        );
         attempt += 1;
-        await sleep(wait, undefined, { signal: options.signal });
         continue;
       }
       if (status >= 200 && status < 300) return response;

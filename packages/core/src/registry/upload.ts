@@ -16,7 +16,8 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ImgctlError } from '../util/errors.ts';
 import { drain, type StreamedBody } from './http.ts';
-import { isRetryableError, isRetryableStatus, retryDelay, type Transport } from './transport.ts';
+import { isRetryableError, isRetryableStatus, retryDelay } from './retry.ts';
+import type { Transport } from './transport.ts';
 import type { BlobSource, PushedBlob, RegistryOptions } from './types.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
