@@ -16,16 +16,9 @@ import { access, readFile } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { ImgctlError } from '../util/errors.ts';
+import { errorCode, ImgctlError } from '../util/errors.ts';
 import { drain, header, type Http, readBody } from './http.ts';
-import {
-  errorCode,
-  isRetryableError,
-  isRetryableStatus,
-  RETRIES,
-  retryDelay,
-  waitToRetry,
-} from './retry.ts';
+import { isRetryableError, isRetryableStatus, RETRIES, retryDelay, waitToRetry } from './retry.ts';
 
 export interface Credentials {
   username: string;
@@ -93,10 +86,7 @@ export async function findCredentials(
   try {
     parsed = JSON.parse(await readFile(file, 'utf8')) as AuthFile;
   } catch (error) {
-    const why =
-      error instanceof SyntaxError
-        ? 'it is not JSON'
-        : ((error as NodeJS.ErrnoException).code ?? (error as Error).message);
+    const why = error instanceof SyntaxError ? 'it is not JSON' : errorCode(error);
     throw new ImgctlError('USAGE', `cannot read the registry auth file ${file}: ${why}`, {
       hint: 'give a file as container tools write it: {"auths": {"HOST:PORT": {"auth": "base64 of user:password"}}}',
     });

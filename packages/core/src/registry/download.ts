@@ -8,7 +8,7 @@ import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ImgctlError } from '../util/errors.ts';
+import { errorCode, ImgctlError } from '../util/errors.ts';
 import { hashFile } from '../util/hash-file.ts';
 import { drain } from './http.ts';
 import { isRetryableError, retryDelay } from './retry.ts';
@@ -269,7 +269,7 @@ async function download(
         });
       const wait = retryDelay(stalled, undefined);
       transport.log(
-        `${what}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message} at byte ${file.size}; resuming in ${wait / 1000} s`,
+        `${what}: ${errorCode(error)} at byte ${file.size}; resuming in ${wait / 1000} s`,
       );
       await sleep(wait, undefined, { signal: transport.signal });
     }

@@ -12,7 +12,7 @@ import {
 } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { createSecureContext, rootCertificates } from 'node:tls';
-import { ImgctlError } from '../util/errors.ts';
+import { errorCode, ImgctlError } from '../util/errors.ts';
 
 /** A connection that sends or receives nothing for this long fails (it is retried above). */
 export const STALL_MS = 120_000;
@@ -80,7 +80,7 @@ async function certificates(caFile: string | undefined): Promise<string[] | unde
   } catch (error) {
     throw new ImgctlError(
       'USAGE',
-      `cannot read the registry CA file ${caFile}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+      `cannot read the registry CA file ${caFile}: ${errorCode(error)}`,
       { cause: error },
     );
   }
@@ -162,7 +162,7 @@ const WRITE_SLICE = 1024 * 1024;
 
 /**
  * Sends `body` in slices, each once the socket took the previous one, and ends the request. A
- * streamed body that fails (its source is short) destroys the request with that error.
+ * streamed body that fails (its source is short or unreadable) destroys the request with that error.
  */
 async function writeBody(req: ClientRequest, body: Body | undefined): Promise<void> {
   const pieces =

@@ -32,11 +32,6 @@ export function retryDelay(attempt: number, retryAfter: string | undefined): num
   return BACKOFF_MS * 2 ** attempt;
 }
 
-/** How a failed connection is named in a log line: its code (ECONNRESET), else its message. */
-export function errorCode(error: unknown): string {
-  return (error as NodeJS.ErrnoException)?.code ?? (error as Error)?.message ?? String(error);
-}
-
 /** Logs `retrying WHAT: WHY, in N s` and waits that long (an abort cuts it short). */
 export async function waitToRetry(
   wait: number,

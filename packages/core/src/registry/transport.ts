@@ -7,7 +7,7 @@
  * turned into ImgctlErrors.
  */
 import type { IncomingMessage } from 'node:http';
-import { type ErrorCode, ImgctlError } from '../util/errors.ts';
+import { type ErrorCode, errorCode, ImgctlError } from '../util/errors.ts';
 import { type Authenticator, parseChallenges } from './auth.ts';
 import { type Body, drain, header, type Http, readBody } from './http.ts';
 import {
@@ -17,7 +17,6 @@ import {
   retryDelay,
   TLS_ERROR,
   waitToRetry,
-  errorCode,
 } from './retry.ts';
 
 export type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -76,7 +75,7 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 export function connectionError(what: string, origin: string, error: unknown): ImgctlError {
   if (error instanceof ImgctlError) return error;
   const code = (error as NodeJS.ErrnoException)?.code;
-  const detail = code ?? (error as Error)?.message ?? String(error);
+  const detail = errorCode(error);
   const tls = TLS_ERROR.test(code ?? '');
   return new ImgctlError('FAILED', `${what}: cannot reach ${origin} (${detail})`, {
     cause: error,

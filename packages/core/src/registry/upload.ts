@@ -14,7 +14,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ImgctlError } from '../util/errors.ts';
+import { errorCode, ImgctlError } from '../util/errors.ts';
 import { drain, type StreamedBody } from './http.ts';
 import { isRetryableError, isRetryableStatus, retryDelay } from './retry.ts';
 import type { Transport } from './transport.ts';
@@ -111,10 +111,9 @@ function chunkBody(source: BlobSource, start: number, length: number): StreamedB
           if (left === 0) return;
         }
       } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
         throw new ImgctlError(
           'FAILED',
-          `reading the source of ${source.digest} at byte ${start + length - left}: ${code}`,
+          `reading the source of ${source.digest} at byte ${start + length - left}: ${errorCode(error)}`,
           { cause: error },
         );
       } finally {
@@ -364,7 +363,7 @@ async function sendChunks(
         wait = retryDelay(stalled, response.header('retry-after'));
     } catch (error) {
       if (error instanceof SessionLost || !isRetryableError(error, transport.signal)) throw error;
-      failure = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      failure = errorCode(error);
       wait = retryDelay(stalled, undefined);
     }
     // Where does the upload stand? Go on from there.

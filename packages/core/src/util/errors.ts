@@ -40,3 +40,8 @@ export class ImgctlError extends Error {
 export function isImgctlError(error: unknown): error is ImgctlError {
   return error instanceof ImgctlError;
 }
+
+/** How a failed system call or connection is named in a message: its code (EIO), else its message. */
+export function errorCode(error: unknown): string {
+  return (error as NodeJS.ErrnoException)?.code ?? (error as Error)?.message ?? String(error);
+}
