@@ -162,7 +162,8 @@ const WRITE_SLICE = 1024 * 1024;
 
 /**
  * Sends `body` in slices, each once the socket took the previous one, and ends the request. A
- * streamed body that fails (its source is short or unreadable) destroys the request with that error.
+ * streamed body that fails (its source is short or unreadable) destroys the request with that
+ * error.
  */
 async function writeBody(req: ClientRequest, body: Body | undefined): Promise<void> {
   const pieces =
