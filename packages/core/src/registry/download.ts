@@ -135,7 +135,8 @@ async function emptyPartial(file: PartialFile): Promise<void> {
 
 /**
  * Appends a response body to the partial file, gathered into writes of WRITE_CHUNK (TLS hands on
- * 16 KiB records: written together, not copied into one buffer); rejects when it ends before `total` or would go past it.
+ * 16 KiB records: written together, not copied into one buffer); rejects when it ends before
+ * `total` or would go past it.
  */
 async function receive(
   body: Readable,
